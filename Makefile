@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/univ demo
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q --doctest-modules src tests
 
 bench: setup
 	$(BIN)/python benchmarks/bench_moments.py

@@ -1,0 +1,111 @@
+"""`Comparison`: the result of comparing K models' units, with the moments it was derived from."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..errors import UniversalityError
+from ..moments import MomentAccumulator, load_moments, save_moments
+from ._correlation import pearson
+from ._universality import layer_summary, universality_tables
+
+__all__ = ["Comparison", "compare_moments"]
+
+
+class Comparison:
+    """Universality of every unit of every model, against every other model.
+
+    Attributes
+    ----------
+    units : DataFrame, one row per (model, unit_set, unit)
+        `model, unit_set, unit, mean_max_corr, mean_baseline, excess_corr, universal, dead`.
+        mean_max_corr / mean_baseline average over the other models; `universal` is
+        excess_corr > threshold; dead units (zero variance) have NaN correlations.
+    pairs : DataFrame, one row per (model, unit_set, unit, other_model)
+        `max_corr, partner_unit_set, partner_unit, baseline_max_corr`; partner_unit is -1 (and
+        partner_unit_set "") when the unit or every unit of the other model is dead.
+    layers : DataFrame, one row per (model, unit_set)
+        unit, dead and universal counts, percent universal of live units, medians.
+    moments : MomentAccumulator
+        The streamed state every number here is derived from.
+    threshold, rotations, seed : the settings used.
+    """
+
+    def __init__(self, moments: MomentAccumulator, units: pd.DataFrame, pairs: pd.DataFrame, *,
+                 threshold: float, rotations: int, seed: int):
+        self.moments, self.units, self.pairs = moments, units, pairs
+        self.threshold, self.rotations, self.seed = threshold, rotations, seed
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.moments.models)
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        return layer_summary(self.units)
+
+    def correlation(self, model_a: str, model_b: str) -> torch.Tensor:
+        """Pearson correlation, float64 [units_a, units_b], units concatenated in unit-set order."""
+        for model in (model_a, model_b):
+            if model not in self.models:
+                raise UniversalityError(f"unknown model {model!r}; choose one of: {', '.join(self.models)}")
+        if model_a == model_b:
+            raise UniversalityError("correlation of a model with itself is not stored; pass two different models")
+        return pearson(self.moments, model_a, model_b)
+
+    def __repr__(self) -> str:
+        live = int((~self.units["dead"]).sum())
+        return (f"Comparison({len(self.models)} models, {len(self.units)} units, {live} live, "
+                f"{int(self.units['universal'].sum())} universal at excess > {self.threshold})")
+
+    def save(self, path: str | Path) -> Path:
+        """Write into directory `path` (replaced atomically): tables as parquet, moments, settings."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.units.to_parquet(tmp / "units.parquet", index=False)
+        self.pairs.to_parquet(tmp / "pairs.parquet", index=False)
+        save_moments(self.moments, tmp / "moments")
+        settings = {"threshold": self.threshold, "rotations": self.rotations, "seed": self.seed}
+        (tmp / "comparison.json").write_text(json.dumps(settings))
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> "Comparison":
+        path = Path(path)
+        if not (path / "comparison.json").is_file():
+            raise UniversalityError(f"{str(path)!r} is not a saved Comparison (no comparison.json)")
+        settings = json.loads((path / "comparison.json").read_text())
+        moments, _ = load_moments(path / "moments", device=device)
+        return cls(moments, pd.read_parquet(path / "units.parquet"), pd.read_parquet(path / "pairs.parquet"),
+                   **settings)
+
+
+def check_settings(threshold: float, rotations: int) -> None:
+    """Validate comparison settings before any data is read."""
+    if not (0 < threshold <= 1):
+        raise UniversalityError(f"threshold must be in (0, 1], got {threshold!r}")
+    if not isinstance(rotations, int) or rotations < 1:
+        raise UniversalityError(f"rotations must be an integer >= 1, got {rotations!r}")
+
+
+def compare_moments(moments: MomentAccumulator, *, threshold: float = 0.5, rotations: int = 1,
+                    seed: int = 0) -> Comparison:
+    """Universality tables from streamed moments (no further pass over data)."""
+    check_settings(threshold, rotations)
+    if moments.count_ < 2:
+        raise UniversalityError(f"need at least 2 tokens to correlate, the stream had {moments.count_}")
+    units, pairs = universality_tables(moments, threshold=threshold, rotations=rotations, seed=seed)
+    return Comparison(moments, units, pairs, threshold=threshold, rotations=rotations, seed=seed)

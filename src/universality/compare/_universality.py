@@ -1,0 +1,129 @@
+"""Universal units (Gurnee et al. 2024): max correlation against each other model, minus the
+same against a randomly rotated copy of it, averaged over the other models.
+
+For unit i of model a and another model b:
+    max_corr_ab(i)  = max_j rho(x_a,i, x_b,j)              over every unit j of b, every unit set
+    baseline_ab(i)  = max_k rho(x_a,i, (Q x_b)_k)          Q: Haar rotation inside each unit set of b
+    excess(i)       = mean_b max_corr_ab(i) - mean_b baseline_ab(i)
+    universal(i)    = excess(i) > threshold                (the paper's 0.5)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..moments import MomentAccumulator
+from ._baseline import rotation_for
+from ._correlation import _inverse_std, dead_units, pearson
+
+__all__ = ["universality_tables", "layer_summary"]
+
+_ROW_BLOCK = 4096  # rows of model a per correlation block: bounds memory at 4096 x units_b float64
+
+
+def _rotated_moments(acc: MomentAccumulator, model: str, rotations: int, seed: int):
+    """Per rotation, per unit set of `model`: (Q [n, n], 1/sqrt(diag Q G Q^T) [n]), float64."""
+    model_index = acc.models.index(model)
+    out = []
+    for r in range(rotations):
+        per_set = []
+        for set_index, (name, size) in enumerate(acc.layout[model].items()):
+            q = rotation_for(seed, model_index, set_index, r, size)
+            gram = acc.gram_[model][name].double()
+            variance = ((q @ gram) * q).sum(dim=1)  # diag(Q G Q^T) [n]
+            per_set.append((q, variance.clamp_min(0).rsqrt()))
+        out.append(per_set)
+    return out
+
+
+def _best(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over columns ignoring NaN (dead partners): values (NaN if none live) and indices (-1)."""
+    filled = torch.nan_to_num(corr, nan=-torch.inf)
+    values, indices = filled.max(dim=1)
+    none = torch.isneginf(values)
+    values[none] = float("nan")
+    indices[none] = -1
+    return values, indices
+
+
+def _pair_maxima(acc, model_a, model_b, rotated, rows):
+    """max_corr, partner index and baseline (mean over rotations) for `rows` of model a vs b."""
+    corr = pearson(acc, model_a, model_b, rows)  # [rows, units_b]
+    max_corr, partner = _best(corr)
+    cross = acc.cross(model_a, model_b)[rows].double()  # [rows, units_b]
+    scale_a = _inverse_std(acc, model_a)[rows]  # NaN for dead units of a
+    baseline = torch.zeros_like(max_corr)
+    for per_set in rotated:
+        best = torch.full_like(max_corr, -torch.inf)
+        start = 0
+        for q, scale_rot in per_set:
+            size = q.shape[0]
+            rotated_corr = (cross[:, start:start + size] @ q.T) * scale_a[:, None] * scale_rot[None, :]
+            best = torch.maximum(best, torch.nan_to_num(rotated_corr, nan=-torch.inf).max(dim=1).values)
+            start += size
+        baseline += best
+    baseline /= len(rotated)
+    baseline[torch.isinf(baseline)] = float("nan")
+    return max_corr, partner, baseline
+
+
+def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int):
+    """The `units` and `pairs` tables of a `Comparison` (see its docstring for the columns)."""
+    rotated = {m: _rotated_moments(acc, m, rotations, seed) for m in acc.models}
+    unit_index = {m: _unit_index(acc, m) for m in acc.models}
+    pair_frames, unit_frames = [], []
+    for a in acc.models:
+        others = [b for b in acc.models if b != a]
+        sets_a, units_a = unit_index[a]
+        max_corr = np.empty((len(others), acc.sizes[a]))
+        baseline = np.empty_like(max_corr)
+        for k, b in enumerate(others):
+            partner = np.empty(acc.sizes[a], dtype=np.int64)
+            for start in range(0, acc.sizes[a], _ROW_BLOCK):
+                rows = slice(start, min(start + _ROW_BLOCK, acc.sizes[a]))
+                mc, pj, bl = _pair_maxima(acc, a, b, rotated[b], rows)
+                max_corr[k, rows], partner[rows], baseline[k, rows] = mc.numpy(), pj.numpy(), bl.numpy()
+            sets_b, units_b = unit_index[b]
+            live = partner >= 0
+            pair_frames.append(pd.DataFrame({
+                "model": a, "unit_set": sets_a, "unit": units_a, "other_model": b,
+                "max_corr": max_corr[k],
+                "partner_unit_set": np.where(live, sets_b[np.maximum(partner, 0)], ""),
+                "partner_unit": np.where(live, units_b[np.maximum(partner, 0)], -1),
+                "baseline_max_corr": baseline[k],
+            }))
+        dead = dead_units(acc, a).numpy()
+        with warnings.catch_warnings():  # a unit dead against every model has NaN means: expected
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_max, mean_base = np.nanmean(max_corr, axis=0), np.nanmean(baseline, axis=0)
+        excess = mean_max - mean_base
+        unit_frames.append(pd.DataFrame({
+            "model": a, "unit_set": sets_a, "unit": units_a, "mean_max_corr": mean_max,
+            "mean_baseline": mean_base, "excess_corr": excess,
+            "universal": np.nan_to_num(excess, nan=-np.inf) > threshold, "dead": dead,
+        }))
+    return pd.concat(unit_frames, ignore_index=True), pd.concat(pair_frames, ignore_index=True)
+
+
+def _unit_index(acc: MomentAccumulator, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-set name and index within it for each concatenated unit of `model`."""
+    names = np.concatenate([np.full(n, s, dtype=object) for s, n in acc.layout[model].items()])
+    units = np.concatenate([np.arange(n) for n in acc.layout[model].values()])
+    return names, units
+
+
+def layer_summary(units: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, unit_set): units, dead, universal, percent universal of live units, medians."""
+    grouped = units.groupby(["model", "unit_set"], sort=False)
+    summary = grouped.agg(
+        units=("unit", "size"), dead=("dead", "sum"), universal=("universal", "sum"),
+        median_max_corr=("mean_max_corr", "median"), median_baseline=("mean_baseline", "median"),
+        median_excess=("excess_corr", "median"),
+    ).reset_index()
+    live = (summary["units"] - summary["dead"]).where(lambda n: n > 0)
+    summary.insert(5, "pct_universal", 100.0 * summary["universal"] / live)
+    return summary

@@ -75,7 +75,7 @@ class TrainConfig(_Strict):
     data: Literal["per_seed", "shared"] = "per_seed"
     data_seed: int = 1000  # the shared sample's seed when data = "shared"
     log_every: int = Field(20, ge=1)  # steps between points of the training curve
-    threads: int = Field(2, ge=1)  # torch threads
+    threads: int = Field(2, ge=1)  # torch threads; use 1 when another job shares 2 cores
 
 
 class CollectConfig(_Strict):
@@ -130,7 +130,12 @@ def _describe(error: pydantic.ValidationError, source: str) -> str:
 
 
 def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
-    """Validate a plain dict (as read from TOML) into an `ExperimentConfig`."""
+    """Validate a plain dict (as read from TOML) into an `ExperimentConfig`.
+
+    A `[provenance]` table (written into a run's resolved config.toml) is ignored, so a run's
+    config can be run again as it is.
+    """
+    data = {k: v for k, v in data.items() if k != "provenance"}
     try:
         return ExperimentConfig.model_validate(data)
     except pydantic.ValidationError as error:

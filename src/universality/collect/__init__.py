@@ -1,0 +1,6 @@
+"""Collecting unit activations: forward hooks -> {model: {unit_set: [tokens, units]}} per batch."""
+
+from ._hooks import capture, select_unit_sets
+from ._stream import batch_count, stream_activations, token_mask
+
+__all__ = ["capture", "select_unit_sets", "stream_activations", "token_mask", "batch_count"]

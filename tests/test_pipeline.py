@@ -1,0 +1,123 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from universality import UniversalityError
+from universality.api import run_experiment
+from universality.config import load_config, parse_config
+
+SMALL = """
+name = "small"
+seeds = [0, 1, 2]
+[language]
+seq_len = 32
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_mlp = 64
+activation = "relu"
+[train]
+steps = 40
+batch_size = 16
+log_every = 10
+[collect]
+rows = 96
+batch_rows = 16
+[compare]
+rotations = 2
+"""
+
+
+def _univ(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "universality.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+
+
+def _tables(run_dir: Path):
+    return {t: pd.read_parquet(run_dir / "tables" / f"{t}.parquet") for t in ("units", "pairs", "layers")}
+
+
+def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
+    (tmp_path / "small.toml").write_text(SMALL)
+    done = _univ("run", "small.toml", "--runs-dir", "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "small"
+    for path in ("config.toml", "report.html", "plots/excess_hist.png", "plots/corr_vs_baseline.png",
+                 "models/seed-0/weights.safetensors", "models/seed-2/metadata.json", "moments/state.safetensors"):
+        assert (run / path).is_file(), path
+    tables = _tables(run)
+    assert len(tables["units"]) == 3 * 2 * 64 and len(tables["pairs"]) == 3 * 2 * 2 * 64
+    assert "[provenance]" in (run / "config.toml").read_text()
+    assert "torch" in (run / "config.toml").read_text()
+    assert "universal" in done.stderr and "report:" in done.stderr
+    # the resolved config runs again as it is, and every step is skipped
+    again = _univ("run", str(run / "config.toml"), "--runs-dir", "runs", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    pd.testing.assert_frame_equal(_tables(run)["units"], tables["units"])
+    summary = _univ("summary", str(run), cwd=tmp_path)
+    assert summary.returncode == 0 and "blocks.1.mlp.hook_post" in summary.stderr
+
+
+def test_interrupted_run_resumes_to_the_same_tables(tmp_path):
+    config = parse_config(__import__("tomllib").loads(SMALL))
+    clean = run_experiment(config, runs_dir=tmp_path / "clean")
+
+    class Interrupt(Exception):
+        pass
+
+    def kill_midway(task, done, total):
+        if task == "stream activations" and done == 3:
+            raise Interrupt
+    import universality.api as api
+    api._CHECKPOINT_SECONDS, saved = 0.0, api._CHECKPOINT_SECONDS  # checkpoint after every batch
+    try:
+        with pytest.raises(Interrupt):
+            run_experiment(config, runs_dir=tmp_path / "resumed", on_progress=kill_midway)
+    finally:
+        api._CHECKPOINT_SECONDS = saved
+    partial = (tmp_path / "resumed" / "small" / "moments" / "manifest.json").read_text()
+    assert '"complete": false' in partial and '"batches": 2' in partial
+    seen = []
+    run_experiment(config, runs_dir=tmp_path / "resumed", on_progress=lambda t, d, n: seen.append((t, d)))
+    assert ("stream activations", 2) in seen and ("stream activations", 0) not in seen  # resumed, not restarted
+    for name, table in _tables(clean.run_dir).items():
+        pd.testing.assert_frame_equal(_tables(tmp_path / "resumed" / "small")[name], table, check_exact=False,
+                                      rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("[model]", "[model]\nwidth = 3"), "unknown key 'model.width'"),
+    (lambda s: s.replace("rotations = 2", "rotations = 2\nthreshold = 1.5"), "compare.threshold"),
+    (lambda s: s.replace('activation = "relu"', 'activation = "tanh"'), "model.activation"),
+    (lambda s: s.replace("[collect]", '[collect]\nunit_sets = ["blocks.*.mlp.hook_postt"]'), "did you mean"),
+])
+def test_bad_config_is_one_line_exit_2_and_leaves_the_run_intact(tmp_path, edit, message):
+    (tmp_path / "small.toml").write_text(SMALL)
+    assert _univ("run", "small.toml", "--runs-dir", "runs", cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "small"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    (tmp_path / "small.toml").write_text(edit(SMALL))
+    done = _univ("run", "small.toml", "--runs-dir", "runs", cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_missing_config_file_and_unfinished_run_dir_are_one_line_errors(tmp_path):
+    done = _univ("run", "nope.toml", cwd=tmp_path)
+    assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+    done = _univ("report", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2 and "no finished run" in done.stderr
+
+
+def test_embedded_demo_config_is_valid():
+    config = load_config()
+    assert config.name == "demo" and len(config.seeds) == 4
+    with pytest.raises(UniversalityError, match="seeds must be distinct"):
+        parse_config({"seeds": [1, 1]})

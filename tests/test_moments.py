@@ -34,7 +34,9 @@ def _filled(models, size, dtype="float64"):
 def _assert_same_state(a, b, rtol):
     assert a.count_ == b.count_
     for m in a.models:
-        torch.testing.assert_close(a.mean_[m], b.mean_[m], rtol=rtol, atol=0)
+        # Means are exact to ~eps32 * std / sqrt(batch) (update centres in float32): compare on that scale.
+        spread = (a.variance(m) / a.count_).sqrt().max().item()
+        torch.testing.assert_close(a.mean_[m], b.mean_[m], rtol=rtol, atol=rtol * spread)
         scale = a.cross_[m].abs().amax().item() if a.cross_[m].numel() else 0.0
         torch.testing.assert_close(a.cross_[m], b.cross_[m], rtol=rtol, atol=rtol * scale)
         for s in a.layout[m]:

@@ -103,5 +103,49 @@ def config() -> None:
     sys.stdout.write(default_config_text())
 
 
+groups_app = typer.Typer(no_args_is_help=True, help="Finite groups and their irreducible representations.")
+app.add_typer(groups_app, name="groups")
+
+
+@groups_app.command()
+def characters(name: str = typer.Argument(..., help="a group: C12, D6, S5, A5, or a product like C6xC2")) -> None:
+    """Print the character table: classes as columns (representative, size), irreps as rows (label, FS)."""
+    from rich.markup import escape
+
+    from .groups import character_table, frobenius_schur, irrep_labels, make_group
+    try:
+        group = make_group(name)
+        values, labels, indicators = character_table(group), irrep_labels(group), frobenius_schur(group)
+    except UniversalityError as error:
+        _fail(str(error))
+    cells = [[escape(label), str(indicator), *(_format_character(value) for value in row)]
+             for label, indicator, row in zip(labels, indicators, values)]  # [irreps, 2 + classes]
+    headers = ["irrep", "FS"] + [f"{escape(group.elements[members[0]])}\nsize {len(members)}"
+                                 for members in group.classes]
+    widths = [max(len(line) for text in [header] + [row[j] for row in cells] for line in text.split("\n"))
+              for j, header in enumerate(headers)]  # natural width of every column: nothing wraps or truncates
+    table = Table(title=f"characters of {group.name} (order {group.order}, {len(group.classes)} classes)")
+    for j, header in enumerate(headers):
+        table.add_column(header, justify="left" if j == 0 else "right", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
+    out = Console()
+    out.width = max(out.width, sum(widths) + 3 * len(widths) + 1)  # wider than the terminal rather than cropped
+    out.print(table)
+
+
+def _format_character(value: complex) -> str:
+    """1, -0.618, 2i, -0.500+0.866i: integers exact, other parts to 3 decimals."""
+    def number(x: float) -> str:
+        return str(round(x)) if abs(x - round(x)) < 1e-9 else f"{x:.3f}"
+    real, imag = value.real, value.imag
+    if abs(imag) < 1e-9:
+        return number(real)
+    unit = {"1": "i", "-1": "-i"}.get(number(imag), number(imag) + "i")
+    if abs(real) < 1e-9:
+        return unit
+    return number(real) + ("" if unit.startswith("-") else "+") + unit
+
+
 if __name__ == "__main__":
     app()

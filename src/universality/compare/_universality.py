@@ -18,16 +18,21 @@ import torch
 
 from ..moments import MomentAccumulator
 from ._baseline import rotation_for
-from ._correlation import _inverse_std, dead_units, pearson
+from ._correlation import _inverse_std, dead_units
 
 __all__ = ["universality_tables", "layer_summary"]
 
-_ROW_BLOCK = 4096  # rows of model a per correlation block: bounds memory at 4096 x units_b float64
+_ROW_BLOCK = 4096  # rows of model a per correlation block: bounds memory at 4096 x units_b
 
 
 def _rotated_moments(acc: MomentAccumulator, model: str, rotations: int, seed: int):
-    """Per rotation, per unit set of `model`: (Q [n, n], 1/sqrt(diag Q G Q^T) [n]), float64."""
+    """Per rotation, per unit set of `model`: (Q^T [n, n], 1/sqrt(diag Q G Q^T) [n]) in the state's dtype.
+
+    Q is drawn and applied to the Gram in float64; the products with cross-moments below run in
+    the state's precision (their rounding, ~1e-7 of a correlation, is far below its sampling error).
+    """
     model_index = acc.models.index(model)
+    dtype = acc.cross_[model].dtype
     out = []
     for r in range(rotations):
         per_set = []
@@ -35,15 +40,14 @@ def _rotated_moments(acc: MomentAccumulator, model: str, rotations: int, seed: i
             q = rotation_for(seed, model_index, set_index, r, size)
             gram = acc.gram_[model][name].double()
             variance = ((q @ gram) * q).sum(dim=1)  # diag(Q G Q^T) [n]
-            per_set.append((q, variance.clamp_min(0).rsqrt()))
+            per_set.append((q.T.to(dtype).contiguous(), variance.clamp_min(0).rsqrt().to(dtype)))
         out.append(per_set)
     return out
 
 
 def _best(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Max over columns ignoring NaN (dead partners): values (NaN if none live) and indices (-1)."""
-    filled = torch.nan_to_num(corr, nan=-torch.inf)
-    values, indices = filled.max(dim=1)
+    values, indices = torch.nan_to_num(corr, nan=-torch.inf).max(dim=1)
     none = torch.isneginf(values)
     values[none] = float("nan")
     indices[none] = -1
@@ -51,24 +55,25 @@ def _best(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pair_maxima(acc, model_a, model_b, rotated, rows):
-    """max_corr, partner index and baseline (mean over rotations) for `rows` of model a vs b."""
-    corr = pearson(acc, model_a, model_b, rows)  # [rows, units_b]
-    max_corr, partner = _best(corr)
-    cross = acc.cross(model_a, model_b)[rows].double()  # [rows, units_b]
-    scale_a = _inverse_std(acc, model_a)[rows]  # NaN for dead units of a
+    """max_corr, partner index and baseline (mean over rotations) for `rows` of model a vs b,
+    float64 [rows]; products in the state's precision."""
+    cross = acc.cross(model_a, model_b)[rows]  # [rows, units_b]
+    scale_a = _inverse_std(acc, model_a)[rows].to(cross.dtype)[:, None]  # NaN for dead units of a
+    scale_b = _inverse_std(acc, model_b).to(cross.dtype)[None, :]
+    max_corr, partner = _best(cross * scale_a * scale_b)
     baseline = torch.zeros_like(max_corr)
     for per_set in rotated:
         best = torch.full_like(max_corr, -torch.inf)
         start = 0
-        for q, scale_rot in per_set:
-            size = q.shape[0]
-            rotated_corr = (cross[:, start:start + size] @ q.T) * scale_a[:, None] * scale_rot[None, :]
-            best = torch.maximum(best, torch.nan_to_num(rotated_corr, nan=-torch.inf).max(dim=1).values)
+        for q_t, scale_rot in per_set:
+            size = q_t.shape[0]
+            rotated_corr = (cross[:, start:start + size] @ q_t) * scale_a * scale_rot[None, :]  # C Q^T
+            best = torch.maximum(best, torch.nan_to_num(rotated_corr, nan=-torch.inf).amax(dim=1))
             start += size
         baseline += best
     baseline /= len(rotated)
     baseline[torch.isinf(baseline)] = float("nan")
-    return max_corr, partner, baseline
+    return max_corr.double(), partner, baseline.double()
 
 
 def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int):

@@ -35,7 +35,7 @@ class MomentAccumulator:
     layout : {model: {unit_set: units}}
         The structure of every batch; models and unit sets in order.
     dtype : {'float32', 'float64'}, default='float32'
-        Accumulator precision. Batch products are float32 GEMMs either way; means are float64.
+        Accumulator precision. Batch products are float32 GEMMs either way; means are float64, exact to ~eps32 * std / sqrt(batch).
     device : str, default='cpu'
 
     >>> import torch
@@ -66,6 +66,7 @@ class MomentAccumulator:
         self.gram_ = {m: {s: torch.zeros(n, n, **acc) for s, n in sets.items()} for m, sets in self.layout.items()}
         self.cross_ = {m: torch.zeros(self.sizes[m], total - self.offsets[m] - self.sizes[m], **acc)
                        for m in self.models}
+        self._scratch = None
 
     @classmethod
     def for_batch(cls, batch, **kwargs) -> "MomentAccumulator":
@@ -92,36 +93,42 @@ class MomentAccumulator:
         tokens = next(iter(next(iter(models.values())).values())).shape[0]
         if tokens == 0:
             return self
-        # 1) Centre the batch on its own mean, into one [tokens, all units] float32 matrix, so the
-        #    GEMMs below see small numbers (the one-pass sum(xy) - sum(x)sum(y)/n form cancels badly).
-        centred = torch.empty(tokens, self.total_units, dtype=torch.float32, device=self.device)
+        centred = self._buffer(tokens + 1)  # [tokens + 1, all units] float32, reused across batches
         batch_mean = {}
         for m in self.models:
-            x = torch.cat([models[m][s].to(self.device, torch.float32) for s in self.layout[m]], dim=1)
-            # The mean is summed in float64: its error would enter the rank-one correction below.
-            mean = x.sum(dim=0, dtype=torch.float64) / tokens
-            if not torch.isfinite(mean).all():  # any NaN or inf reaches the mean: a free check
-                bad = [s for s in self.layout[m] if not torch.isfinite(models[m][s]).all()]
-                raise UniversalityError(
-                    f"{m}/{bad[0] if bad else '?'} has NaN or inf activations in batch {self.batches_}"
-                )
-            # Centring on the float32-rounded mean leaves an offset e ~ 1e-7 |mean| per unit, whose
-            # effect tokens * e_a e_b on the co-moment is below float32 resolution.
-            centred[:, self.offsets[m]:self.offsets[m] + self.sizes[m]] = x - mean.float()
-            batch_mean[m] = mean
-        # 2) Co-moments of the batch about its mean: one GEMM per model against all later models.
-        batch_cross, batch_gram = {}, {}
+            # 1) Centre on the batch mean, so the GEMMs below see small numbers (the one-pass
+            #    sum(xy) - sum(x)sum(y)/n form cancels badly): subtract a float32 mean while copying
+            #    into the batch matrix, then take the mean of what is left. Their float64 sum is the
+            #    batch mean to ~eps32 * std; the co-moment about the float32 mean differs from the one
+            #    about the exact mean by tokens * r_a r_b^T, r ~ eps32 * |mean|: below float32 resolution.
+            lo, hi = self.offsets[m], self.offsets[m] + self.sizes[m]
+            rough, start = [], lo
+            for s, n in self.layout[m].items():
+                x = models[m][s].to(self.device)
+                mean = x.sum(dim=0, dtype=torch.float32) / tokens
+                if not torch.isfinite(mean).all():  # any NaN or inf reaches the mean: a free check
+                    raise UniversalityError(f"{m}/{s} has NaN or inf activations in batch {self.batches_}")
+                torch.sub(x, mean, out=centred[:tokens, start:start + n])  # any dtype -> float32 here
+                rough.append(mean)
+                start += n
+            rest = centred[:tokens, lo:hi].sum(dim=0) / tokens
+            batch_mean[m] = torch.cat(rough).double() + rest.double()
+        # 2) Chan's correction for the batch mean differing from the state's, (n_a n_b / n) delta delta^T,
+        #    rides along as one extra row of the batch matrix, so the GEMMs below add it for free.
+        weight = self.count_ * tokens / (self.count_ + tokens)
+        for m in self.models:
+            delta = batch_mean[m] - self.mean_[m]  # float64 [units_m]
+            centred[tokens, self.offsets[m]:self.offsets[m] + self.sizes[m]] = (weight ** 0.5 * delta).float()
+        # 3) Add the batch's co-moments straight into the state: one GEMM per model against all
+        #    later models side by side, one per unit set for the Grams.
         for m in self.models:
             lo, hi = self.offsets[m], self.offsets[m] + self.sizes[m]
-            left = centred[:, lo:hi]  # [tokens, units_m]
-            batch_cross[m] = (left, centred[:, hi:])  # product formed in _absorb, straight into state
-            batch_gram[m] = {}
-            start = lo
+            _add_product(self.cross_[m], centred[:, lo:hi], centred[:, hi:])
             for s, n in self.layout[m].items():
-                block = centred[:, start:start + n]  # [tokens, units_s]
-                batch_gram[m][s] = (block, block)
-                start += n
-        self._absorb(tokens, batch_mean, batch_gram, batch_cross)
+                block = centred[:, lo:lo + n]  # [tokens + 1, units_s]
+                _add_product(self.gram_[m][s], block, block)
+                lo += n
+        self._move_means(tokens, batch_mean)
         self.batches_ += 1
         return self
 
@@ -130,7 +137,12 @@ class MomentAccumulator:
         if other.layout != self.layout:
             raise UniversalityError("cannot merge moment states of different layouts (models, unit sets or sizes differ)")
         merged = self.copy()
-        merged._absorb(other.count_, other.mean_, other.gram_, other.cross_)
+        for m in self.models:
+            merged.cross_[m] += other.cross_[m].to(merged.cross_[m].dtype)
+            for s, g in other.gram_[m].items():
+                merged.gram_[m][s] += g.to(merged.gram_[m][s].dtype)
+        merged._correct_comoments(other.count_, other.mean_)
+        merged._move_means(other.count_, other.mean_)
         merged.batches_ = self.batches_ + other.batches_
         return merged
 
@@ -142,45 +154,45 @@ class MomentAccumulator:
         twin.cross_ = {m: c.clone() for m, c in self.cross_.items()}
         return twin
 
-    def _absorb(self, count_b: int, mean_b: dict, gram_b: dict, cross_b: dict) -> None:
-        """Chan's parallel update with a second state B; its co-moments are matrices or
-        (left, right) factor pairs whose product `left^T right` is added without a temporary."""
-        if count_b == 0:
+    def _buffer(self, tokens: int) -> torch.Tensor:
+        """A float32 [tokens, all units] scratch matrix, kept between batches: allocating a fresh one
+        per batch costs page faults comparable to the GEMMs."""
+        if self._scratch is None or self._scratch.shape[0] < tokens:
+            self._scratch = torch.empty(tokens, self.total_units, dtype=torch.float32, device=self.device)
+        return self._scratch[:tokens]
+
+    def _correct_comoments(self, count_b: int, mean_b: dict) -> None:
+        """Chan's parallel update, after B's co-moments were added (C = C_a + C_b): the correction
+        C += (n_a n_b / n) delta_a delta_b^T for the shift of means delta = mean_b - mean_a."""
+        if not self.count_ or not count_b:
             return
-        n_a, n = self.count_, self.count_ + count_b
-        # 1) Shift of means and the weight of its rank-one correction, n_a n_b / n.
+        weight = self.count_ * count_b / (self.count_ + count_b)
         delta = {m: mean_b[m] - self.mean_[m] for m in self.models}  # float64 [units_m]
-        weight = n_a * count_b / n
-        later = {m: torch.cat([delta[b] for b in self.models[i + 1:]] or [delta[m][:0]])
-                 for i, m in enumerate(self.models)}
-        for m in self.models:
-            # 2) Add B's co-moments: C = C_a + C_b ...
-            _add(self.cross_[m], cross_b[m])
+        for i, m in enumerate(self.models):
             start = 0
             for s, size in self.layout[m].items():
-                _add(self.gram_[m][s], gram_b[m][s])
-                # 3) ... + (n_a n_b / n) delta_a delta_b^T, the correction for the different means.
-                if weight:
-                    d = delta[m][start:start + size].to(self.gram_[m][s].dtype)
-                    self.gram_[m][s].addr_(d, d, alpha=weight)
+                d = delta[m][start:start + size].to(self.gram_[m][s].dtype)
+                self.gram_[m][s].addr_(d, d, alpha=weight)
                 start += size
-            if weight and self.cross_[m].numel():
+            if self.cross_[m].numel():
+                later = torch.cat([delta[b] for b in self.models[i + 1:]])
                 dtype = self.cross_[m].dtype
-                self.cross_[m].addr_(delta[m].to(dtype), later[m].to(dtype), alpha=weight)
-            # 4) Mean moves towards B's by n_b / n.
-            self.mean_[m] += delta[m] * (count_b / n)
+                self.cross_[m].addr_(delta[m].to(dtype), later.to(dtype), alpha=weight)
+
+    def _move_means(self, count_b: int, mean_b: dict) -> None:
+        """The last step of Chan's update: the mean moves towards B's by n_b / n."""
+        n = self.count_ + count_b
+        if count_b:
+            for m in self.models:
+                self.mean_[m] += (mean_b[m] - self.mean_[m]) * (count_b / n)
         self.count_ = n
 
 
-def _add(target: torch.Tensor, comoment) -> None:
-    """target += comoment, where comoment is a matrix or (left, right) with product left^T right."""
-    if isinstance(comoment, tuple):
-        left, right = comoment
-        if right.shape[1] == 0:
-            return
-        if target.dtype == left.dtype:
-            target.addmm_(left.T, right)  # [units, tokens] @ [tokens, units']: the hot GEMM
-        else:
-            target.add_(left.T @ right)  # float32 GEMM, float64 accumulation
+def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """target += left^T right for float32 [tokens, a] and [tokens, b]: the hot GEMM, in place."""
+    if right.shape[1] == 0:
+        return
+    if target.dtype == left.dtype:
+        target.addmm_(left.T, right)
     else:
-        target.add_(comoment.to(target.dtype))
+        target.add_(left.T @ right)  # float32 GEMM, float64 accumulation

@@ -58,43 +58,35 @@ def normalize_batch(batch, layout: Layout | None = None) -> dict[str, dict[str, 
                     f"{model}/{name} has {x.shape[0]} tokens in this batch but others have {tokens}: "
                     "rows must be aligned by token across models"
                 )
-    first_model, first_sets = next(iter(models.items()))
-    for model, sets in models.items():
-        missing = [n for n in first_sets if n not in sets]
-        if missing:
-            raise UniversalityError(
-                f"unit set {missing[0]!r} is missing from model {model!r} (model {first_model!r} has it); "
-                f"{model!r} has: {', '.join(sets)}"
-            )
-        extra = [n for n in sets if n not in first_sets]
-        if extra:
-            raise UniversalityError(f"unit set {extra[0]!r} of model {model!r} is missing from model {first_model!r}")
-    if layout is not None:
-        _match_layout(models, layout)
+    _check_unit_sets(models, layout)
     return models
 
 
-def _match_layout(models: dict[str, dict[str, torch.Tensor]], layout: Layout) -> None:
-    if list(models) != list(layout):
+def _check_unit_sets(models: dict[str, dict[str, torch.Tensor]], layout: Layout | None) -> None:
+    """Every model has the unit sets of the layout (with its sizes) or, with no layout yet, of the first model."""
+    if layout is not None and list(models) != list(layout):
         missing = [m for m in layout if m not in models]
         extra = [m for m in models if m not in layout]
-        raise UniversalityError(
-            f"batch models differ from the first batch: missing {missing}, unexpected {extra}"
-        )
-    for model, sets in layout.items():
-        got = models[model]
-        for name, size in sets.items():
-            if name not in got:
-                raise UniversalityError(
-                    f"unit set {name!r} is missing from model {model!r}; it has: {', '.join(got)}"
-                )
-            if got[name].shape[1] != size:
-                raise UniversalityError(
-                    f"{model}/{name} has {got[name].shape[1]} units in this batch but {size} in the first"
-                )
-        extra = [n for n in got if n not in sets]
+        raise UniversalityError(f"batch models differ from the first batch: missing {missing}, unexpected {extra}")
+    first_model, first_sets = next(iter(models.items()))
+    for model, sets in models.items():
+        expected = layout[model] if layout is not None else first_sets
+        source = "the first batch" if layout is not None else f"model {first_model!r}"
+        missing = [n for n in expected if n not in sets]
+        if missing:
+            raise UniversalityError(
+                f"unit set {missing[0]!r} is missing from model {model!r} ({source} has it); "
+                f"{model!r} has: {', '.join(sets)}"
+            )
+        extra = [n for n in sets if n not in expected]
         if extra:
-            raise UniversalityError(f"model {model!r} has unit sets {extra} that the first batch did not have")
+            raise UniversalityError(f"unit set {extra[0]!r} of model {model!r} is not in {source}")
+        if layout is not None:
+            for name, size in expected.items():
+                if sets[name].shape[1] != size:
+                    raise UniversalityError(
+                        f"{model}/{name} has {sets[name].shape[1]} units in this batch but {size} in the first"
+                    )
 
 
 def layout_of(models: dict[str, dict[str, torch.Tensor]]) -> Layout:

@@ -215,3 +215,21 @@ def test_missing_column_names_table_and_expected_columns(tmp_path):
     with pytest.raises(UniversalityError, match=r"units table is missing columns \['dead'\]; expected"):
         report(tmp_path, units.drop(columns="dead"), pairs, layers)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_extra_sections_render_tables_and_figures_escaped(tmp_path):
+    from universality.report import ReportSection
+    units, pairs, layers = make_tables()
+    png = (tmp_path / "probe.png")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.figure(figsize=(1, 1)); plt.savefig(png); plt.close("all")
+    frame = pd.DataFrame({"irrep": ["(4,1)", "<sign>"], "fve": [0.9876543, 1e-5]})
+    section = ReportSection("Irreps per seed", text="key irreps <b>", tables=[("logit similarity", frame)],
+                            figures=[("irreps.png", "FVE per irrep", png.read_bytes())], max_rows=1)
+    html = report(tmp_path / "run", units, pairs, layers, sections=[section]).read_text()
+    assert "<h2>Irreps per seed</h2>" in html and "key irreps &lt;b&gt;" in html
+    assert "<td>(4,1)</td><td>0.988</td>" in html and "&lt;sign&gt;" not in html  # max_rows=1
+    assert "1 more rows in the parquet table" in html
+    assert (tmp_path / "run" / "plots" / "irreps.png").is_file() and html.count("data:image/png;base64,") == 5

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +28,22 @@ import pandas as pd
 from ..errors import UniversalityError
 from . import _plots
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "ReportSection"]
+
+
+@dataclass
+class ReportSection:
+    """An extra part of the report (irreps of group networks, neuron families ...), after the main one.
+
+    `tables`: (caption, DataFrame) shown as HTML tables (first `max_rows` rows; floats to 3 decimals);
+    `figures`: (file name, caption, PNG bytes), written to plots/ and inlined.
+    """
+
+    title: str
+    text: str = ""
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    figures: list[tuple[str, str, bytes]] = field(default_factory=list)
+    max_rows: int = 40
 
 _COLUMNS = {
     "units": ["model", "unit_set", "unit", "mean_max_corr", "mean_baseline", "excess_corr", "universal", "dead"],
@@ -52,6 +68,7 @@ def write_report(
     title: str,
     config_text: str,
     facts: dict[str, str],
+    sections: list[ReportSection] = (),
 ) -> Path:
     """Write `run_dir/plots/*.png` and a self-contained `run_dir/report.html`; return the html path.
 
@@ -61,6 +78,7 @@ def write_report(
     - `threshold`: excess corr (Pearson r) above which a unit counts as universal, as used for `universal`.
     - `title`, `config_text`, `facts`: shown as given (HTML-escaped): the page title, the resolved config
       in a `<pre>`, and run facts (tokens streamed, seconds per step, versions, ...) at the top.
+    - `sections`: extra `ReportSection`s, rendered in order after the universality tables.
 
     Raises `UniversalityError` naming the missing columns if a table lacks any.
 
@@ -104,6 +122,7 @@ def write_report(
         png = draw()
         _write_atomically(plots_dir / file_name, png)
         figures.append({"file": file_name, "caption": caption, "base64": base64.b64encode(png).decode("ascii")})
+    extra = [_render_section(section, plots_dir) for section in sections]
 
     # 3) the page
     html = _template().render(
@@ -118,10 +137,32 @@ def write_report(
         top_units=_top_units(units, pairs),
         n_top=_TOP_UNITS,
         config_text=config_text,
+        sections=extra,
     )
     path = run_dir / "report.html"
     _write_atomically(path, html.encode("utf-8"))
     return path
+
+
+def _render_section(section: ReportSection, plots_dir: Path) -> dict:
+    """A section's figures written to plots/ and its tables as header + formatted rows."""
+    figures = []
+    for file_name, caption, png in section.figures:
+        _write_atomically(plots_dir / file_name, png)
+        figures.append({"file": file_name, "caption": caption, "base64": base64.b64encode(png).decode("ascii")})
+    tables = []
+    for caption, frame in section.tables:
+        shown = frame.head(section.max_rows)
+        rows = [[_cell(v) for v in row] for row in shown.itertuples(index=False)]
+        tables.append({"caption": caption, "columns": [str(c) for c in shown.columns], "rows": rows,
+                       "hidden": len(frame) - len(shown)})
+    return {"title": section.title, "text": section.text, "figures": figures, "tables": tables}
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "–" if pd.isna(value) else f"{value:.3g}" if abs(value) >= 1e3 or 0 < abs(value) < 1e-3 else f"{value:.3f}"
+    return str(value)
 
 
 def _check_columns(name: str, table: pd.DataFrame, expected: list[str]) -> None:

@@ -63,7 +63,7 @@ def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
     assert summary.returncode == 0 and "blocks.1.mlp.hook_post" in summary.stderr
 
 
-def test_interrupted_run_resumes_to_the_same_tables(tmp_path):
+def test_interrupted_run_resumes_to_the_same_tables(tmp_path, monkeypatch):
     config = parse_config(__import__("tomllib").loads(SMALL))
     clean = run_experiment(config, runs_dir=tmp_path / "clean")
 
@@ -73,13 +73,10 @@ def test_interrupted_run_resumes_to_the_same_tables(tmp_path):
     def kill_midway(task, done, total):
         if task == "stream activations" and done == 3:
             raise Interrupt
-    import universality.api as api
-    api._CHECKPOINT_SECONDS, saved = 0.0, api._CHECKPOINT_SECONDS  # checkpoint after every batch
-    try:
-        with pytest.raises(Interrupt):
-            run_experiment(config, runs_dir=tmp_path / "resumed", on_progress=kill_midway)
-    finally:
-        api._CHECKPOINT_SECONDS = saved
+    import universality.pipeline._steps as steps
+    monkeypatch.setattr(steps, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every batch
+    with pytest.raises(Interrupt):
+        run_experiment(config, runs_dir=tmp_path / "resumed", on_progress=kill_midway)
     partial = (tmp_path / "resumed" / "small" / "moments" / "manifest.json").read_text()
     assert '"complete": false' in partial and '"batches": 2' in partial
     seen = []

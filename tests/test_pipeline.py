@@ -55,6 +55,13 @@ def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
     assert "[provenance]" in (run / "config.toml").read_text()
     assert "torch" in (run / "config.toml").read_text()
     assert "universal" in done.stderr and "report:" in done.stderr
+    # the neurons table: universality, streamed moments, family against ground-truth labels, weights
+    neurons = pd.read_parquet(run / "tables" / "neurons.parquet")
+    assert len(neurons) == len(tables["units"])
+    for column in ("excess_corr", "post_kurtosis", "pre_freq", "best_feature_set", "vr_class", "vr_unigram",
+                   "cos_in_out", "vocab_kurtosis"):
+        assert neurons[column].notna().any(), column
+    assert "What universal neurons do" in (run / "report.html").read_text()
     # the resolved config runs again as it is, and every step is skipped
     again = _univ("run", str(run / "config.toml"), "--runs-dir", "runs", cwd=tmp_path)
     assert again.returncode == 0, again.stderr

@@ -72,5 +72,12 @@ def provenance() -> dict[str, str]:
 
 
 def resolved_config_text(config_dict: dict) -> str:
-    """TOML of the resolved config with a [provenance] table (ignored when the file is read back)."""
-    return tomli_w.dumps({**config_dict, "provenance": provenance()})
+    """TOML of the resolved config with a [provenance] table (ignored when the file is read back).
+    Unset optional values (None) are left out: TOML has no null, and reading back restores them."""
+    return tomli_w.dumps({**_without_none(config_dict), "provenance": provenance()})
+
+
+def _without_none(value):
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value

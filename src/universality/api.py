@@ -12,31 +12,47 @@ from pathlib import Path
 import pandas as pd
 
 from .compare import Comparison, layer_summary
-from .config import ExperimentConfig
+from .config import AnyExperimentConfig, GroupExperimentConfig, load_config
 from .errors import UniversalityError
 from .moments import load_moments, read_manifest
-from .pipeline import Progress, RunResult, quiet, run_language
+from .pipeline import Progress, RunResult, quiet, run_groups, run_language
 from ._rundir import read_json
 
 __all__ = ["run_experiment", "RunResult", "render_report", "load_run", "Progress"]
 
 
-def run_experiment(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
+def run_experiment(config: AnyExperimentConfig, *, runs_dir: str | Path = "runs",
                    on_progress: Progress = quiet) -> RunResult:
-    """Run (or resume) the experiment `config` in `runs_dir/<config.name>`."""
-    return run_language(config, runs_dir=runs_dir, on_progress=on_progress)
+    """Run (or resume) the experiment `config` in `runs_dir/<config.name>`: a synthetic-language
+    experiment or, for `kind = "groups"`, a group-composition one."""
+    run = run_groups if isinstance(config, GroupExperimentConfig) else run_language
+    return run(config, runs_dir=runs_dir, on_progress=on_progress)
 
 
 def render_report(run_dir: Path, comparison: Comparison, curves: dict[str, pd.DataFrame], *,
-                  facts: dict[str, str]) -> Path:
-    """Write plots and report.html for `comparison` into `run_dir`."""
+                  facts: dict[str, str], sections=None) -> Path:
+    """Write plots and report.html for `comparison` into `run_dir`; `sections` default to those
+    the run's saved tables call for (the group-composition ones)."""
     from .report import write_report
     config_path = Path(run_dir) / "config.toml"
+    if sections is None:
+        sections = _saved_sections(Path(run_dir), curves)
     return write_report(Path(run_dir), units=comparison.units, pairs=comparison.pairs,
                         layers=layer_summary(comparison.units), curves=curves,
                         threshold=comparison.threshold, title=f"Universal neurons: {Path(run_dir).name}",
                         config_text=config_path.read_text() if config_path.is_file() else "",
-                        facts=facts)
+                        facts=facts, sections=sections)
+
+
+def _saved_sections(run_dir: Path, curves: dict[str, pd.DataFrame]) -> list:
+    """The report sections the run's saved analysis tables call for: neurons, group irreps."""
+    from .report import group_sections, neuron_sections
+    tables = {path.stem: pd.read_parquet(path) for path in sorted((run_dir / "tables").glob("*.parquet"))}
+    sections = neuron_sections(tables["neurons"]) if "neurons" in tables else []
+    if "group_seeds" in tables:
+        config = load_config(run_dir / "config.toml")
+        sections += group_sections(tables, key_threshold=config.analysis.key_threshold, curves=curves)
+    return sections
 
 
 def load_run(run_dir: str | Path) -> tuple[Comparison, dict[str, pd.DataFrame]]:
@@ -46,7 +62,6 @@ def load_run(run_dir: str | Path) -> tuple[Comparison, dict[str, pd.DataFrame]]:
     if not (tables / "units.parquet").is_file() or read_manifest(run_dir / "moments") is None:
         raise UniversalityError(f"{str(run_dir)!r} holds no finished run (tables/ and moments/ missing); "
                                 "run `univ run CONFIG` first")
-    from .config import load_config
     compare = load_config(run_dir / "config.toml").compare
     moments, _ = load_moments(run_dir / "moments")
     comparison = Comparison(moments, pd.read_parquet(tables / "units.parquet"),
@@ -55,5 +70,8 @@ def load_run(run_dir: str | Path) -> tuple[Comparison, dict[str, pd.DataFrame]]:
     curves = {}
     for metadata_path in sorted((run_dir / "models").glob("*/metadata.json")):
         metadata = read_json(metadata_path) or {}
-        curves[metadata_path.parent.name] = pd.DataFrame(metadata.get("curve", []))
+        curve = pd.DataFrame(metadata.get("curve", []))
+        if "epoch" in curve:  # group models log epochs and train/test loss
+            curve = curve.rename(columns={"epoch": "step", "train_loss": "loss"})
+        curves[metadata_path.parent.name] = curve
     return comparison, curves

@@ -1,8 +1,10 @@
 """Typed experiment specs, loaded from TOML.
 
-An experiment is: a synthetic language (`language`), a model shape (`model`), how each seed is
+An experiment (`kind = "language"`, the default) is: a synthetic language (`language`), a model shape (`model`), how each seed is
 trained (`train`), which activations are streamed (`collect`) and how they are compared
-(`compare`). Unknown keys are errors, so a typo never silently falls back to a default.
+(`compare`). A group experiment (`kind = "groups"`) is: a group and word (`task`), the paper's
+MLP or transformer (`model`, by `arch`), full-batch training (`train`), irrep analysis
+(`analysis`) and `compare`. Unknown keys are errors, so a typo never silently falls back to a default.
 
 >>> cfg = ExperimentConfig(name="x", seeds=[0, 1])
 >>> cfg.compare.threshold
@@ -11,24 +13,44 @@ trained (`train`), which activations are streamed (`collect`) and how they are c
 
 from __future__ import annotations
 
+import contextvars
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import UniversalityError
 
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig",
-    "ExperimentConfig", "load_config", "default_config_text",
+    "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
+    "GroupTrainConfig", "GroupAnalysisConfig", "GroupExperimentConfig", "AnyExperimentConfig",
+    "load_config", "parse_config", "default_config_text",
 ]
 
 
+_VALIDATING = contextvars.ContextVar("validating", default=False)  # pydantic calls each section's __init__
+
+
 class _Strict(BaseModel):
+    """Frozen, unknown keys forbidden; built directly in Python, a bad value raises one line."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data):
+        if _VALIDATING.get():  # a section of a config being validated: the outermost call reports
+            super().__init__(**data)
+            return
+        token = _VALIDATING.set(True)
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as error:
+            raise UniversalityError(_describe(error, type(self).__name__, type(self))) from None
+        finally:
+            _VALIDATING.reset(token)
 
 
 class LanguageConfig(_Strict):
@@ -97,11 +119,23 @@ class CompareConfig(_Strict):
     accumulate: Literal["float32", "float64"] = "float32"  # co-moment accumulators
 
 
-class ExperimentConfig(_Strict):
+class _SeedFamily(_Strict):
+    """An experiment over a family of models, one per seed."""
+
+    seeds: list[int] = Field([0, 1, 2, 3], min_length=2)
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> "_SeedFamily":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
+
+
+class ExperimentConfig(_SeedFamily):
     """A whole run: `seeds` models of one shape, trained, streamed, compared and reported."""
 
+    kind: Literal["language"] = "language"
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
-    seeds: list[int] = Field([0, 1, 2, 3], min_length=2)
     device: str = "cpu"
     language: LanguageConfig = LanguageConfig()
     model: ModelConfig = ModelConfig()
@@ -109,37 +143,128 @@ class ExperimentConfig(_Strict):
     collect: CollectConfig = CollectConfig()
     compare: CompareConfig = CompareConfig()
 
-    @model_validator(mode="after")
-    def _distinct_seeds(self) -> "ExperimentConfig":
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}")
-        return self
+
+class _GroupConfig(_Strict):
+    """Strict as well in types: no coercion of "1" to 1."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _describe(error: pydantic.ValidationError, source: str) -> str:
+class GroupMLPConfig(_GroupConfig):
+    """`GroupMLP` sizes (the paper's defaults)."""
+
+    arch: Literal["mlp"] = "mlp"
+    embed_dim: int = Field(256, ge=1)
+    hidden: int = Field(128, ge=1)
+
+
+class GroupTransformerConfig(_GroupConfig):
+    """`GroupTransformer` sizes (the paper's defaults)."""
+
+    arch: Literal["transformer"] = "transformer"
+    d_model: int = Field(128, ge=1)
+    n_heads: int = Field(4, ge=1)
+    d_head: int = Field(32, ge=1)
+    d_mlp: int = Field(512, ge=1)
+
+
+GroupModelConfig = Annotated[GroupMLPConfig | GroupTransformerConfig, Field(discriminator="arch")]
+
+
+class GroupTrainConfig(_GroupConfig):
+    """Full-batch AdamW on one group task; the paper's optimiser settings are the defaults."""
+
+    epochs: int = Field(20_000, ge=1)  # one full-batch step per epoch
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1.0, ge=0)  # large decay drives grokking (paper: 1)
+    betas: tuple[float, float] = (0.9, 0.98)
+    train_fraction: float = Field(0.6, gt=0, lt=1)  # the task must be split with this fraction
+    checkpoints: int = Field(30, ge=0)  # log-spaced epochs with a saved state dict (fewer if they collide)
+    log_every: int = Field(100, ge=1)  # epochs between curve points
+    stop_at_test_accuracy: float | None = Field(None, gt=0, le=1)  # checked at logged epochs only
+    extra_epochs: int = Field(0, ge=0)  # epochs run after `stop_at_test_accuracy` is reached
+    grokfast: bool = False  # Grokfast-EMA gradient filter
+    grokfast_alpha: float = Field(0.98, ge=0, lt=1)  # EMA decay
+    grokfast_lambda: float = Field(2.0, ge=0)  # amplification of the EMA added to the gradient
+    threads: int = Field(2, ge=1)  # torch threads; 1 is faster when another job shares the 2 cores
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value):
+        return tuple(value) if isinstance(value, list) else value  # JSON and TOML give lists
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_unit_interval(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError(f"both betas must be in [0, 1), got {value}")
+        return value
+
+
+class GroupTaskConfig(_Strict):
+    """Which group and word: every pair (a, b) maps to word(a, b); "a b" is composition."""
+
+    group: str = "S5"  # C12, D6 (order 12), S5, A5, C6xC2 ... see `universality.groups.make_group`
+    word: str = "a b"  # letters a and b with optional ^k, e.g. "a b a^-1"; irreps are analysed for "a b"
+    split_seed: int = 0  # the train/test split, shared by every seed
+
+
+class GroupAnalysisConfig(_Strict):
+    """Irrep analysis settings (Chughtai, Chan, Nanda 2023)."""
+
+    key_threshold: float = Field(0.005, gt=0, lt=1)  # a key irrep's logit similarity (the paper's 0.005)
+    neuron_threshold: float = Field(0.5, gt=0, le=1)  # share of a unit's variance that names its irrep
+
+
+class GroupExperimentConfig(_SeedFamily):
+    """A group-composition run: `seeds` models trained on one group task, their irreps, their neurons compared."""
+
+    kind: Literal["groups"] = "groups"
+    name: str = Field("groups", pattern=r"^[A-Za-z0-9_.-]+$")
+    task: GroupTaskConfig = GroupTaskConfig()
+    model: GroupModelConfig = GroupMLPConfig()
+    train: GroupTrainConfig = GroupTrainConfig()
+    analysis: GroupAnalysisConfig = GroupAnalysisConfig()
+    compare: CompareConfig = CompareConfig()
+
+
+AnyExperimentConfig = ExperimentConfig | GroupExperimentConfig
+
+
+def _describe(error: pydantic.ValidationError, source: str, root: type[BaseModel]) -> str:
     """The first validation problem as one line: where, what, and the valid choices."""
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
-        section: type[BaseModel] = ExperimentConfig
+        section: type[BaseModel] = root
         for part in first["loc"][:-1]:
-            section = section.model_fields[str(part)].annotation  # type: ignore[assignment]
+            field = section.model_fields.get(str(part))
+            if field is None or not isinstance(field.annotation, type):  # a union (model arch): name the field
+                break
+            section = field.annotation
         valid = ", ".join(section.model_fields)
         return f"{source}: unknown key '{where}'; valid keys here: {valid}"
     return f"{source}: '{where}' {first['msg'].lower()} (got {first.get('input')!r})"
 
 
-def parse_config(data: dict, source: str = "config") -> ExperimentConfig:
+def parse_config(data: dict, source: str = "config") -> AnyExperimentConfig:
     """Validate a plain dict (as read from TOML) into an `ExperimentConfig`.
 
     A `[provenance]` table (written into a run's resolved config.toml) is ignored, so a run's
     config can be run again as it is.
     """
     data = {k: v for k, v in data.items() if k != "provenance"}
+    kinds = {"language": ExperimentConfig, "groups": GroupExperimentConfig}
+    kind = data.get("kind", "language")
+    if kind not in kinds:
+        raise UniversalityError(f"{source}: unknown kind {kind!r}; choose one of: {', '.join(kinds)}")
+    token = _VALIDATING.set(True)
     try:
-        return ExperimentConfig.model_validate(data)
+        return kinds[kind].model_validate(data)
     except pydantic.ValidationError as error:
-        raise UniversalityError(_describe(error, source)) from None
+        raise UniversalityError(_describe(error, source, kinds[kind])) from None
+    finally:
+        _VALIDATING.reset(token)
 
 
 def default_config_text() -> str:
@@ -147,7 +272,7 @@ def default_config_text() -> str:
     return resources.files("universality.configs").joinpath("demo.toml").read_text()
 
 
-def load_config(path: str | Path | None = None) -> ExperimentConfig:
+def load_config(path: str | Path | None = None) -> AnyExperimentConfig:
     """Read and validate a TOML config; `None` gives the embedded default."""
     if path is None:
         return parse_config(tomllib.loads(default_config_text()), "embedded demo config")

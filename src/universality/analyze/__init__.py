@@ -13,16 +13,38 @@ Pairs are always all (a, b), a-major: pair index = a * |G| + b. Everything runs 
 | `irrep_emergence`             | when, and in which order, does each irrep become key?         |
 | `fourier_key_frequencies`     | cyclic groups: which Fourier frequencies (Nanda et al. 2023)? |
 | `coset_constancy`, `subgroups_of_interest` | coset circuits (Stander et al. 2023)             |
+| `analyze_group_seed`          | all of the above for one trained model, as tables            |
+
+Neurons of language models (Gurnee et al. 2024), streamed:
+
+| `ActivationMoments`, `NeuronStatsAccumulator` | exact mean, variance, skew, kurtosis, frequency |
+| `weight_statistics`            | norms, cos(w_in, w_out), vocabulary composition moments     |
+| `universal_vs_rest`, `plot_universal_vs_rest` | each statistic as a within-layer percentile |
+| `FamilyAccumulator` + feature sets | variance reduction per binary token feature: families   |
+| `neuron_table`, `family_summary` | all of the above per neuron, joined with universality      |
 """
 
 from ._cosets import check_subgroup, coset_constancy, subgroups_of_interest
 from ._emergence import irrep_emergence
+from ._families import (
+    FamilyAccumulator, FeatureSet, alphabet, label_features, position_buckets, previous_token, row_context,
+    token_strings, unigram,
+)
+from ._group_seed import analyze_group_seed, element_matrices, run_on_pairs
 from ._fourier import FREQUENCY_THRESHOLD, fourier_key_frequencies
 from ._irreps import KEY_THRESHOLD, fraction_logits_explained, fraction_variance_explained, hidden_fve, logit_similarity
 from ._loss import excluded_loss, model_loss, restricted_loss
+from ._neuron_stats import (
+    ActivationMoments, NeuronStatsAccumulator, plot_universal_vs_rest, universal_vs_rest, weight_statistics,
+)
+from ._neuron_table import STAT_COLUMNS, family_summary, neuron_table
 from ._neurons import NEURON_THRESHOLD, neuron_irreps
 
 __all__ = ["logit_similarity", "fraction_logits_explained", "fraction_variance_explained", "hidden_fve",
            "neuron_irreps", "restricted_loss", "excluded_loss", "model_loss", "irrep_emergence",
            "fourier_key_frequencies", "coset_constancy", "subgroups_of_interest", "check_subgroup",
-           "KEY_THRESHOLD", "NEURON_THRESHOLD", "FREQUENCY_THRESHOLD"]
+           "KEY_THRESHOLD", "NEURON_THRESHOLD", "FREQUENCY_THRESHOLD", "analyze_group_seed", "element_matrices",
+           "run_on_pairs", "ActivationMoments", "NeuronStatsAccumulator", "weight_statistics", "universal_vs_rest",
+           "plot_universal_vs_rest", "FamilyAccumulator", "FeatureSet", "unigram", "previous_token",
+           "position_buckets", "token_strings", "alphabet", "label_features", "row_context", "neuron_table",
+           "family_summary", "STAT_COLUMNS"]

@@ -1,5 +1,15 @@
-"""Models with named unit sets: the tiny transformer (`TinyTransformer`) and its `HookPoint`s."""
+"""Models with named unit sets: the tiny transformer (`TinyTransformer`), the group composition
+models (`GroupMLP`, `GroupTransformer`) and their `HookPoint`s."""
 
+from ._group_models import GroupMLP, GroupTransformer
 from ._tiny_transformer import HookPoint, TinyTransformer
+from ._adapter_base import ModelAdapter
+from ._adapters import adapt, load_model
+from ._fold import fold_layernorm
+from ._hf_adapter import HFAdapter
+from ._lens_adapter import LensAdapter, load_lens
+from ._tiny_adapter import TinyAdapter
 
-__all__ = ["TinyTransformer", "HookPoint"]
+__all__ = ["TinyTransformer", "GroupMLP", "GroupTransformer", "HookPoint"]
+__all__ += ["load_model", "adapt", "fold_layernorm", "ModelAdapter", "HFAdapter", "TinyAdapter",
+            "LensAdapter", "load_lens"]  # adapters: any model as named unit sets

@@ -1,7 +1,8 @@
 """The synthetic-language experiment (`univ demo`): train seeds, stream their activations once,
 compare, report.
 
-config -> train seeds -> stream activations into moments -> compare -> tables -> report.
+config -> train seeds -> stream activations into moments -> compare -> tables -> neuron statistics
+and families (a second, cheaper pass: moments and per-feature sums of every MLP neuron) -> report.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._rundir import fingerprint, read_json, resolved_config_text, write_text_atomic
-from ..collect import batch_count, select_unit_sets, stream_activations
+from .._rundir import fingerprint, write_parquet_atomic
+from ..analyze import label_features, neuron_table, position_buckets, previous_token, row_context, unigram
+from ..collect import batch_count, select_unit_sets, stream_activations, token_mask
 from ..config import ExperimentConfig
-from ..errors import UniversalityError
-from ..models import TinyTransformer
+from ..models import TinyTransformer, adapt, fold_layernorm
 from ..tasks import SyntheticLanguage
 from ..train import load_checkpoint, save_checkpoint, train_seed
-from ._steps import Progress, RunResult, compare_step, quiet, stream_moments
+from ._steps import Progress, RunResult, compare_step, open_run_dir, quiet, stream_moments, train_or_load
 
 __all__ = ["run_language"]
 
@@ -29,10 +30,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
     from ..api import render_report
     language = SyntheticLanguage(config.language)
     unit_sets = _plan(config, language)  # every check that needs no data, before anything is written
-    run_dir = Path(runs_dir) / config.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UniversalityError(f"run directory {str(run_dir)!r} exists and is not a directory")
-    write_text_atomic(run_dir / "config.toml", resolved_config_text(config.model_dump()))
+    run_dir = open_run_dir(runs_dir, config)
     seconds = {}
     start = time.perf_counter()
     models, curves, model_prints = _train(config, language, run_dir, on_progress)
@@ -41,7 +39,8 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
     collect = config.collect
     moments_print = fingerprint(models=model_prints, collect=collect.model_dump(),
                                 language=config.language.model_dump(), accumulate=config.compare.accumulate)
-    tokens = language.sample(collect.rows, seed=collect.eval_seed).tokens  # [rows, seq_len]
+    sample = language.sample(collect.rows, seed=collect.eval_seed)
+    tokens = sample.tokens  # [rows, seq_len]
 
     def batches(start_batch: int):
         return stream_activations(models, tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
@@ -55,6 +54,11 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
     comparison = compare_step(moments, moments_print, config.compare.model_dump(exclude={"accumulate"}),
                               run_dir, on_progress)
     seconds["compare"] = time.perf_counter() - start
+    start = time.perf_counter()
+    neurons = _neurons(config, language, sample, models, comparison.units, on_progress)
+    if neurons is not None:
+        write_parquet_atomic(run_dir / "tables" / "neurons.parquet", neurons)
+    seconds["neurons"] = time.perf_counter() - start
     start = time.perf_counter()
     on_progress("write report", 0, 1)
     facts = {
@@ -72,6 +76,38 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
     return RunResult(run_dir, comparison, report, seconds)
 
 
+def _neurons(config: ExperimentConfig, language: SyntheticLanguage, sample, models: dict, units, on_progress):
+    """The neurons table (`analyze.neuron_table`) of the compared hook_post sets, over the evaluation
+    rows: moments, families by variance reduction against the tokens, positions and the language's
+    ground-truth labels, and weight statistics. None when no hook_post set was compared."""
+    post = [s for s in units.unit_set.unique() if s.endswith("mlp.hook_post")]
+    if not post:
+        return None
+    sets = [name for s in post for name in (s.replace("hook_post", "hook_pre"), s)]
+    collect = config.collect
+    drop = [language.bos] if collect.drop_bos else []
+    labels = {k: sample.labels[k] for k in ("class", "depth", "in_repeat")}
+    total = batch_count(collect.rows, collect.batch_rows)
+
+    def batches():
+        stream = stream_activations(models, sample.tokens, unit_sets=sets, batch_rows=collect.batch_rows,
+                                    drop_tokens=drop, device=config.device)
+        for index, batch in enumerate(stream):
+            rows = slice(index * collect.batch_rows, (index + 1) * collect.batch_rows)
+            keep = token_mask(sample.tokens[rows], drop).reshape(-1)  # the tokens `batch` kept
+            context = row_context(sample.tokens[rows], {k: v[rows] for k, v in labels.items()})
+            context = {k: ({n: x[keep] for n, x in v.items()} if k == "labels" else v[keep]) for k, v in context.items()}
+            on_progress("neuron statistics", index + 1, total)
+            yield batch, context
+    vocab = language.token_names
+    features = [unigram(vocab), previous_token(vocab),
+                position_buckets(list(range(0, config.language.seq_len, config.language.position_period))),
+                label_features("class"), label_features("depth"), label_features("in_repeat")]
+    weights = {name: fold_layernorm(adapt(model).weights()) for name, model in models.items()}
+    units = units[units.unit_set.isin(post)]
+    return neuron_table(batches(), units=units, feature_sets=features, weights=weights)
+
+
 def _plan(config: ExperimentConfig, language: SyntheticLanguage) -> list[str]:
     """Build one model to check the shape and the unit-set names; returns the selected unit sets."""
     probe = TinyTransformer(config.model, vocab_size=language.vocab_size, n_ctx=config.language.seq_len)
@@ -80,26 +116,22 @@ def _plan(config: ExperimentConfig, language: SyntheticLanguage) -> list[str]:
 
 def _train(config: ExperimentConfig, language: SyntheticLanguage, run_dir: Path, on_progress: Progress):
     """Train every seed, or load it when its checkpoint was made from the same inputs."""
-    models, curves, prints = {}, {}, {}
     shape = dict(vocab_size=language.vocab_size, n_ctx=config.language.seq_len)
-    for seed in config.seeds:
-        name = f"seed-{seed}"
-        directory = run_dir / "models" / name
-        prints[name] = fingerprint(language=config.language.model_dump(), model=config.model.model_dump(),
-                                   train=config.train.model_dump(), seed=seed)
-        saved = read_json(directory / "metadata.json")
-        task = f"train {name}"
-        if saved and saved.get("fingerprint") == prints[name]:
-            model, metadata = load_checkpoint(directory, config.model, **shape)
-            on_progress(task, config.train.steps, config.train.steps)
-        else:
-            on_progress(task, 0, config.train.steps)
-            trained = train_seed(language, config.model, config.train, seed, device=config.device,
-                                 on_step=lambda step, loss, task=task: on_progress(task, step, config.train.steps))
-            model = trained.model
-            metadata = {"fingerprint": prints[name], "seed": seed, "seconds": trained.seconds,
-                        "curve": trained.curve, "config": config.model.model_dump()}
-            save_checkpoint(directory, model, metadata)
-        models[name] = model.to(config.device)
-        curves[name] = pd.DataFrame(metadata["curve"])
+
+    def load(directory):
+        model, metadata = load_checkpoint(directory, config.model, **shape)
+        return model, metadata["curve"]
+
+    def train(seed, directory, print_, report):
+        trained = train_seed(language, config.model, config.train, seed, device=config.device,
+                             on_step=lambda step, loss: report(step))
+        save_checkpoint(directory, trained.model, {"fingerprint": print_, "seed": seed, "seconds": trained.seconds,
+                                                   "curve": trained.curve, "config": config.model.model_dump()})
+        return trained.model, trained.curve
+    inputs = dict(language=config.language.model_dump(), model=config.model.model_dump(),
+                  train=config.train.model_dump())
+    seeds, prints = train_or_load(config.seeds, run_dir, inputs, load=load, train=train, total=config.train.steps,
+                                  on_progress=on_progress)
+    models = {name: model.to(config.device) for name, (model, _) in seeds.items()}
+    curves = {name: pd.DataFrame(curve) for name, (_, curve) in seeds.items()}
     return models, curves, prints

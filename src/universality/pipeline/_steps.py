@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._rundir import fingerprint, read_json, write_parquet_atomic, write_text_atomic
+from .._rundir import fingerprint, read_json, resolved_config_text, write_parquet_atomic, write_text_atomic
 from ..compare import Comparison, compare_moments
 from ..errors import UniversalityError
 from ..moments import MomentAccumulator, load_moments, read_manifest, save_moments
 
-__all__ = ["Progress", "quiet", "RunResult", "CHECKPOINT_SECONDS", "stream_moments", "compare_step"]
+__all__ = ["Progress", "quiet", "RunResult", "CHECKPOINT_SECONDS", "open_run_dir", "train_or_load", "stream_moments",
+           "compare_step"]
 
 Progress = Callable[[str, int, int], None]  # (task description, done, total)
 
@@ -37,6 +38,39 @@ class RunResult:
     comparison: Comparison
     report: Path
     seconds: dict[str, float]  # wall time per step
+
+
+def open_run_dir(runs_dir: str | Path, config) -> Path:
+    """`runs_dir/<config.name>`, with the resolved config (and provenance) written into it; called
+    after every check that needs no data, so bad input never touches an existing run."""
+    run_dir = Path(runs_dir) / config.name
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UniversalityError(f"run directory {str(run_dir)!r} exists and is not a directory")
+    write_text_atomic(run_dir / "config.toml", resolved_config_text(config.model_dump()))
+    return run_dir
+
+
+def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callable, train: Callable,
+                  total: int, on_progress: Progress) -> tuple[dict, dict]:
+    """Per seed, `load(directory)` when `models/seed-<k>/metadata.json` holds the fingerprint of
+    `inputs` and the seed, else `train(seed, directory, fingerprint, report)`, which must save the
+    model with that fingerprint and call `report(done)` as it goes (`total` steps).
+    Returns ({seed name: what load or train returned}, {seed name: fingerprint})."""
+    results, prints = {}, {}
+    for seed in seeds:
+        name = f"seed-{seed}"
+        directory = run_dir / "models" / name
+        prints[name] = fingerprint(**inputs, seed=seed)
+        saved = read_json(directory / "metadata.json")
+        label = f"train {name}"
+        if saved and saved.get("fingerprint") == prints[name]:
+            results[name] = load(directory)
+        else:
+            on_progress(label, 0, total)
+            results[name] = train(seed, directory, prints[name],
+                                  lambda done, label=label: on_progress(label, done, total))
+        on_progress(label, total, total)
+    return results, prints
 
 
 def stream_moments(run_name: str, step_print: str, directory: Path, total: int,

@@ -1,5 +1,8 @@
-"""The run report: PNG plots and one self-contained `report.html` (see `write_report`)."""
+"""The run report: PNG plots and one self-contained `report.html` (see `write_report`), with extra
+sections for the analyses that follow the universality step (`group_sections`, `neuron_sections`)."""
 
+from ._group_sections import group_sections
 from ._html import ReportSection, write_report
+from ._neuron_sections import neuron_sections
 
-__all__ = ["write_report", "ReportSection"]
+__all__ = ["write_report", "ReportSection", "group_sections", "neuron_sections"]

@@ -28,12 +28,13 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig, TrainConfig
@@ -154,8 +155,9 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
 
 
-def save_checkpoint(directory: Path, model: TinyTransformer, metadata: dict) -> None:
-    """Write `weights.safetensors` and `metadata.json` into `directory`, atomically.
+def save_checkpoint(directory: Path, model: nn.Module | Mapping[str, torch.Tensor], metadata: dict) -> None:
+    """Write `weights.safetensors` (`model`'s state dict, or a name -> tensor mapping) and
+    `metadata.json` into `directory`, atomically.
 
     1. write both files into a temporary sibling directory;
     2. move an older `directory` aside, rename the new one into place, delete the old one.
@@ -174,7 +176,8 @@ def save_checkpoint(directory: Path, model: TinyTransformer, metadata: dict) -> 
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     save_file(weights, str(temporary / WEIGHTS_FILE))
     (temporary / METADATA_FILE).write_text(metadata_text + "\n")
     if directory.exists():
@@ -190,29 +193,39 @@ def load_checkpoint(directory: Path, model_config: ModelConfig, *, vocab_size: i
     Every tensor name and shape is checked against the built model; the first mismatch raises
     `UniversalityError`. Returns (model in eval mode, metadata).
     """
+    loaded, metadata = read_checkpoint(directory)
+    model = TinyTransformer(model_config, vocab_size=vocab_size, n_ctx=n_ctx)
+    check_tensors(directory, loaded, model.state_dict(), fix="check model, vocab_size and n_ctx")
+    model.load_state_dict(loaded)
+    return model.eval(), metadata
+
+
+def read_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata saved in `directory` by `save_checkpoint`, not yet checked."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
     for file in (WEIGHTS_FILE, METADATA_FILE):
         if not (directory / file).is_file():
             raise UniversalityError(f"checkpoint {str(directory)!r} has no {file}; train or save it first")
-    model = TinyTransformer(model_config, vocab_size=vocab_size, n_ctx=n_ctx)
-    expected = model.state_dict()
-    loaded = load_file(str(directory / WEIGHTS_FILE))
+    return load_file(str(directory / WEIGHTS_FILE)), json.loads((directory / METADATA_FILE).read_text())
+
+
+def check_tensors(directory: Path, loaded: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                  *, fix: str) -> None:
+    """Raise `UniversalityError` at the first name or shape in `loaded` that `expected` does not match."""
+    directory = Path(directory)
     for name, tensor in expected.items():
         if name not in loaded:
             raise UniversalityError(f"checkpoint {str(directory)!r} is missing tensor {name!r}")
         if loaded[name].shape != tensor.shape:
             raise UniversalityError(
                 f"checkpoint {str(directory)!r}: tensor {name!r} has shape {list(loaded[name].shape)}, "
-                f"the model config expects {list(tensor.shape)}; check model, vocab_size and n_ctx")
+                f"the model config expects {list(tensor.shape)}; {fix}")
     unexpected = sorted(set(loaded) - set(expected))
     if unexpected:
         raise UniversalityError(
             f"checkpoint {str(directory)!r} has tensor {unexpected[0]!r}, which the model config does not")
-    model.load_state_dict(loaded)
-    metadata = json.loads((directory / METADATA_FILE).read_text())
-    return model.eval(), metadata
 
 
 def _adamw(model: TinyTransformer, train_config: TrainConfig) -> torch.optim.AdamW:

@@ -1,0 +1,77 @@
+"""The neurons table (Gurnee et al. 2024): per MLP neuron its universality, activation moments,
+family (best variance-reducing token feature) and weight statistics, in one streaming pass.
+
+`neuron_table` consumes `(batch, context)` pairs: `batch` is `{model: {unit_set: Tensor[tokens, units]}}`
+with each layer's `blocks.{l}.mlp.hook_pre` and `hook_post`; `context` is the keyword arguments of
+`FamilyAccumulator.update` for the same tokens (token ids, previous ids, positions, labels).
+
+| column group    | from                          | columns                                                     |
+|-----------------|-------------------------------|-------------------------------------------------------------|
+| keys            |                               | model, unit_set (the hook_post name), unit                  |
+| universality    | `Comparison.units`            | mean_max_corr, mean_baseline, excess_corr, universal, dead  |
+| moments         | `NeuronStatsAccumulator`      | pre_/post_ mean, var, skew, kurtosis, freq                  |
+| family          | `FamilyAccumulator.table()`   | best_feature_set, best_feature, variance_reduction, vr_<set> |
+| weights         | `weight_statistics`           | w_in_norm, w_out_norm, b_in, cos_in_out, l2_penalty, vocab_*, embed_* |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ._families import FamilyAccumulator, FeatureSet
+from ._neuron_stats import NeuronStatsAccumulator, weight_statistics
+
+__all__ = ["neuron_table", "family_summary", "STAT_COLUMNS"]
+
+_KEYS = ["model", "unit_set", "unit"]
+# the statistics the paper compares between universal and other neurons
+STAT_COLUMNS = ["post_skew", "post_kurtosis", "post_freq", "pre_mean", "pre_skew", "w_in_norm", "w_out_norm",
+                "b_in", "cos_in_out", "l2_penalty", "vocab_var", "vocab_skew", "vocab_kurtosis"]
+
+
+def neuron_table(batches: Iterable[tuple[dict, dict]], *, units: pd.DataFrame, feature_sets: Sequence[FeatureSet],
+                 weights: Mapping[str, Mapping] | None = None, min_count: int = 10) -> pd.DataFrame:
+    """One row per (model, hook_post unit set, unit) of `units` (see the module docstring).
+
+    batches : (batch, context) pairs, streamed once
+    units : the `units` table of a `Comparison` over the hook_post unit sets
+    feature_sets : the token features whose variance reduction names each neuron's family
+    weights : {model: TransformerLens-named weights} for the weight statistics, or None to skip them
+    """
+    stats = NeuronStatsAccumulator()
+    families: dict[tuple[str, str], FamilyAccumulator] = {}
+    for batch, context in batches:
+        stats.update(batch)
+        for model, sets in batch.items():
+            for name, x in sets.items():
+                if not name.endswith("hook_post"):
+                    continue
+                if (model, name) not in families:
+                    families[(model, name)] = FamilyAccumulator(feature_sets, x.shape[1], min_count=min_count)
+                families[(model, name)].update(x, **context)
+    table = units.merge(stats.table(), on=_KEYS, how="left")
+    family_frames = [acc.table().assign(model=model, unit_set=name).drop(columns="rank")
+                     for (model, name), acc in families.items()]
+    if family_frames:
+        table = table.merge(pd.concat(family_frames, ignore_index=True), on=_KEYS, how="left")
+        named = table.best_feature.notna()  # token strings, buckets and label codes: one text column
+        table["best_feature"] = table.best_feature.where(~named, table.best_feature[named].astype(str))
+    if weights:
+        weight_frames = [weight_statistics(w).assign(model=model) for model, w in weights.items()]
+        table = table.merge(pd.concat(weight_frames, ignore_index=True), on=_KEYS, how="left")
+    return table
+
+
+def family_summary(neurons: pd.DataFrame) -> pd.DataFrame:
+    """Per best feature set (family): live neurons, universal neurons, and each as a share, so the
+    families that universal neurons fall in stand out against the base rate."""
+    live = neurons[~neurons.dead.astype(bool)]
+    family = live.best_feature_set.fillna("(none)")
+    summary = pd.DataFrame({"neurons": family.value_counts(),
+                            "universal": family[live.universal.astype(bool)].value_counts()}).fillna(0)
+    summary = summary.astype(int).rename_axis("family").reset_index()
+    summary["pct_of_neurons"] = 100 * summary.neurons / max(len(live), 1)
+    summary["pct_of_universal"] = 100 * summary.universal / max(int(live.universal.sum()), 1)
+    return summary.sort_values("universal", ascending=False, kind="stable", ignore_index=True)

@@ -1,0 +1,104 @@
+"""Report sections of a group-composition run: which irreps each seed learned, when, and whether
+neurons matched across seeds share an irrep (tables from `pipeline/_groups.py`)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from ._html import ReportSection
+
+__all__ = ["group_sections"]
+
+_SEED_COLUMNS = ["model", "epochs_to_grok", "final_test_acc", "key_irreps", "fraction_logits_explained",
+                 "loss", "restricted_loss", "excluded_loss", "train_seconds"]
+
+
+def group_sections(tables: dict[str, pd.DataFrame], *, key_threshold: float,
+                   curves: dict[str, pd.DataFrame] | None = None) -> list[ReportSection]:
+    """Sections for the tables present: seeds, irreps across seeds, emergence order, matched neurons."""
+    seeds = tables["group_seeds"]
+    sections = [ReportSection(
+        "Seeds: grokking and key irreps",
+        text=(f"A key irrep has logit similarity above {key_threshold:g} (the paper's cut; random logits score "
+              "about |G|^-1.5, so judge small groups by the similarity values). Restricted loss keeps only the "
+              "key irreps' rho(ab) part of the hidden layer (all pairs); excluded loss removes it (train pairs). "
+              "Irrep analysis is meaningful only for seeds that generalised (epochs_to_grok set)."),
+        tables=[("per seed", seeds[[c for c in _SEED_COLUMNS if c in seeds]])],
+        figures=[("group_accuracy.png", "Train (dashed) and test accuracy per seed", _accuracy_png(curves))]
+        if curves else [],
+    )]
+    if "group_irreps" in tables:
+        irreps = tables["group_irreps"]
+        fve = [c for c in irreps.columns if c.startswith(("fve_", "hidden_"))]
+        across = irreps.groupby(["irrep", "dim"], sort=False).agg(
+            seeds_key=("key", "sum"), mean_similarity=("similarity", "mean"),
+            **{f"mean_{c}": (c, "mean") for c in fve}).reset_index()
+        sections.append(ReportSection(
+            "Irreps across seeds",
+            text="How often each irrep is key, and the mean share of each weight matrix and hidden term it holds.",
+            tables=[("per irrep", across)],
+            figures=[("group_similarity.png", "Logit similarity per seed and irrep (key irreps outlined)",
+                      _similarity_png(irreps, key_threshold))]))
+    if "group_emergence" in tables:
+        emergence = tables["group_emergence"]
+        order = emergence.pivot_table(index="model", columns="irrep", values="epoch", aggfunc="first")
+        sections.append(ReportSection(
+            "Learning order",
+            text="Epoch from which each irrep stays key through the last checkpoint (blank: never key).",
+            tables=[("epoch each irrep became key", order.reset_index())]))
+    if "group_matches" in tables:
+        matches = tables["group_matches"]
+        assigned = matches[matches.irrep.notna() & matches.partner_irrep.notna()]
+        by_irrep = assigned.groupby("irrep").agg(matched_pairs=("same_irrep", "size"),
+                                                 same_irrep=("same_irrep", "mean"),
+                                                 median_corr=("max_corr", "median")).reset_index()
+        sections.append(ReportSection(
+            "Neurons matched across seeds",
+            text=(f"Each neuron's best-correlated neuron in every other seed: {assigned.same_irrep.mean():.1%} of "
+                  f"{len(assigned):,} matched pairs with both irreps assigned use the same irrep."
+                  if len(assigned) else "No matched pair has both neurons' irreps assigned."),
+            tables=[("per irrep of the neuron", by_irrep)]))
+    return sections
+
+
+def _similarity_png(irreps: pd.DataFrame, key_threshold: float) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    grid = irreps.pivot_table(index="model", columns="irrep", values="similarity", sort=False)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * grid.shape[1], 0.8 + 0.4 * grid.shape[0]))
+    image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    for (row, column), value in np.ndenumerate(grid.to_numpy()):
+        if value > key_threshold:
+            ax.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="#dd8452", lw=2))
+    fig.colorbar(image, ax=ax, label="logit similarity")
+    return _png(fig)
+
+
+def _accuracy_png(curves: dict[str, pd.DataFrame]) -> bytes:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for index, (name, curve) in enumerate(curves.items()):
+        color = f"C{index % 10}"
+        steps = curve["step"].clip(lower=1)
+        ax.plot(steps, curve["train_acc"], "--", color=color, lw=1)
+        ax.plot(steps, curve["test_acc"], color=color, lw=1.5, label=name)
+    ax.set(xscale="log", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

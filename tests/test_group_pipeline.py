@@ -1,0 +1,110 @@
+"""The group-composition experiment end to end: a small S4 MLP family trained until it generalises,
+its irreps, its neurons compared across seeds, the report; and bad input as one line."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from universality.api import run_experiment
+from universality.config import parse_config
+
+S4 = """
+kind = "groups"
+name = "s4"
+seeds = [0, 1]
+[task]
+group = "S4"
+[model]
+arch = "mlp"
+embed_dim = 32
+hidden = 64
+[train]
+epochs = 3000
+train_fraction = 0.7
+lr = 3e-2
+stop_at_test_accuracy = 1.0
+extra_epochs = 300
+log_every = 25
+checkpoints = 10
+threads = 2
+[analysis]
+key_threshold = 0.05  # random logits of S4 already score ~0.009, above the paper's 0.005 (see KEY_THRESHOLD)
+"""
+
+
+def _univ(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "universality.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def s4_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("groups")
+    (root / "s4.toml").write_text(S4)
+    done = _univ("run", "s4.toml", "--runs-dir", "runs", cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root, root / "runs" / "s4"
+
+
+def test_trained_seeds_generalise_on_key_irreps(s4_run):
+    _, run = s4_run
+    seeds = pd.read_parquet(run / "tables" / "group_seeds.parquet")
+    irreps = pd.read_parquet(run / "tables" / "group_irreps.parquet")
+    assert seeds.grokked.all() and (seeds.final_test_acc >= 0.99).all()
+    key = irreps[irreps.key].groupby("model")[["fve_embed_left", "fve_embed_right"]].sum()
+    assert (key >= 0.95).all().all(), key  # the key irreps hold the embeddings
+    # the key irreps' rho(ab) part suffices (restricted) and is necessary (excluded, train pairs)
+    assert (seeds.restricted_loss < seeds.loss + 1e-3).all()
+    assert (seeds.excluded_loss > 1.0).all()
+    assert set(irreps.irrep) == {"(4)", "(3,1)", "(2,2)", "(2,1,1)", "(1,1,1,1)"}
+
+
+def test_neurons_get_irreps_and_matched_partners(s4_run):
+    _, run = s4_run
+    neurons = pd.read_parquet(run / "tables" / "group_neurons.parquet")
+    matches = pd.read_parquet(run / "tables" / "group_matches.parquet")
+    emergence = pd.read_parquet(run / "tables" / "group_emergence.parquet")
+    assert len(neurons) == 2 * 64 and neurons.irrep.notna().mean() > 0.5
+    assert (neurons.dead == neurons.share.isna()).all()  # dead neurons get no irrep, never a silent one
+    assert len(matches) == 2 * 64 and matches.same_irrep.mean() > 0.5
+    assert emergence.groupby("model").order.min().eq(1).all()
+
+
+def test_report_has_group_sections_and_rerenders(s4_run):
+    root, run = s4_run
+    html = (run / "report.html").read_text()
+    for title in ("Seeds: grokking and key irreps", "Irreps across seeds", "Learning order",
+                  "Neurons matched across seeds"):
+        assert title in html
+    (run / "report.html").unlink()
+    again = _univ("report", "runs/s4", cwd=root)
+    assert again.returncode == 0, again.stderr
+    assert "Irreps across seeds" in (run / "report.html").read_text()
+
+
+def test_rerun_skips_training(s4_run, monkeypatch):
+    root, _ = s4_run
+    import universality.pipeline._groups as groups
+    monkeypatch.setattr(groups, "train_group_seed", lambda *a, **k: pytest.fail("trained again"))
+    config = parse_config(__import__("tomllib").loads(S4))
+    result = run_experiment(config, runs_dir=root / "runs")
+    assert result.seconds["train"] < 5
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace('group = "S4"', 'group = "Q9"'), "unknown group 'Q9'"),
+    (lambda s: s.replace('group = "S4"', 'group = "S8"'), "40320"),
+    (lambda s: s.replace('[task]', '[task]\nword = "a c"'), "a and b"),
+    (lambda s: s.replace("train_fraction = 0.7", "train_fraction = 1.0"), "train.train_fraction"),
+    (lambda s: s.replace('arch = "mlp"', 'arch = "cnn"'), "model"),
+])
+def test_bad_group_config_is_one_line_exit_2(tmp_path, edit, message):
+    (tmp_path / "bad.toml").write_text(edit(S4))
+    done = _univ("run", "bad.toml", "--runs-dir", "runs", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "runs" / "s4" / "models").exists()

@@ -4,7 +4,8 @@ An experiment (`kind = "language"`, the default) is: a synthetic language (`lang
 trained (`train`), which activations are streamed (`collect`) and how they are compared
 (`compare`). A group experiment (`kind = "groups"`) is: a group and word (`task`), the paper's
 MLP or transformer (`model`, by `arch`), full-batch training (`train`), irrep analysis
-(`analysis`) and `compare`. Unknown keys are errors, so a typo never silently falls back to a default.
+(`analysis`) and `compare`. A model family (`kind = "family"`) is: existing models by path or
+hub name (`models`), a token stream (`data`), `collect` and `compare`. Unknown keys are errors, so a typo never silently falls back to a default.
 
 >>> cfg = ExperimentConfig(name="x", seeds=[0, 1])
 >>> cfg.compare.threshold
@@ -27,7 +28,8 @@ from .errors import UniversalityError
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
-    "GroupTrainConfig", "GroupAnalysisConfig", "GroupExperimentConfig", "AnyExperimentConfig",
+    "GroupTrainConfig", "GroupAnalysisConfig", "GroupExperimentConfig", "DataConfig", "FamilyCollectConfig", "FamilyExperimentConfig",
+    "AnyExperimentConfig",
     "load_config", "parse_config", "default_config_text",
 ]
 
@@ -228,7 +230,44 @@ class GroupExperimentConfig(_SeedFamily):
     compare: CompareConfig = CompareConfig()
 
 
-AnyExperimentConfig = ExperimentConfig | GroupExperimentConfig
+class DataConfig(_Strict):
+    """The token stream a model family is compared on: rows [rows, seq_len], each starting with BOS."""
+
+    source: str  # a text file (.txt), a token array (.npy) or a `datasets` directory saved with save_to_disk
+    column: str = "text"  # the dataset column: text to tokenize, or "input_ids"
+    seq_len: int = Field(128, ge=2)
+    rows: int = Field(512, ge=1)
+
+
+class FamilyCollectConfig(_Strict):
+    """Which activations of the loaded models are streamed, and which tokens are left out."""
+
+    unit_sets: list[str] = ["blocks.*.mlp.hook_post"]  # names or shell patterns
+    batch_rows: int = Field(16, ge=1)
+    drop_bos: bool = True  # BOS / CLS activations are constant per model and distort correlations
+    drop_pad: bool = True
+    drop_newline: bool = False
+
+
+class FamilyExperimentConfig(_Strict):
+    """Existing models (local directories or hub names in the local cache), compared on one token stream."""
+
+    kind: Literal["family"] = "family"
+    name: str = Field("family", pattern=r"^[A-Za-z0-9_.-]+$")
+    models: list[str] = Field(min_length=2)  # what `universality.load_model` accepts
+    device: str = "cpu"
+    data: DataConfig
+    collect: FamilyCollectConfig = FamilyCollectConfig()
+    compare: CompareConfig = CompareConfig()
+
+    @model_validator(mode="after")
+    def _distinct_models(self) -> "FamilyExperimentConfig":
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be distinct, got {self.models}")
+        return self
+
+
+AnyExperimentConfig = ExperimentConfig | GroupExperimentConfig | FamilyExperimentConfig
 
 
 def _describe(error: pydantic.ValidationError, source: str, root: type[BaseModel]) -> str:
@@ -254,7 +293,7 @@ def parse_config(data: dict, source: str = "config") -> AnyExperimentConfig:
     config can be run again as it is.
     """
     data = {k: v for k, v in data.items() if k != "provenance"}
-    kinds = {"language": ExperimentConfig, "groups": GroupExperimentConfig}
+    kinds = {"language": ExperimentConfig, "groups": GroupExperimentConfig, "family": FamilyExperimentConfig}
     kind = data.get("kind", "language")
     if kind not in kinds:
         raise UniversalityError(f"{source}: unknown kind {kind!r}; choose one of: {', '.join(kinds)}")

@@ -1,0 +1,71 @@
+"""A model family end to end through the CLI: a tiny GPT-2 and its neuron-permuted copy, loaded
+from disk offline, streamed over a text file, compared, neurons described."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from _hf_tiny import SENTENCES, build, permute_mlp
+
+
+def _univ(*args, cwd):
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "universality.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    root = tmp_path_factory.mktemp("family")
+    model, tokenizer = build("gpt2", root / "a", seed=0)
+    twin = copy.deepcopy(model)
+    perms = [torch.randperm(model.config.n_inner or 4 * model.config.n_embd,
+                            generator=torch.Generator().manual_seed(l)) for l in range(model.config.n_layer)]
+    permute_mlp(twin, "gpt2", perms)
+    twin.save_pretrained(root / "b")
+    tokenizer.save_pretrained(root / "b")
+    (root / "text.txt").write_text("\n".join(SENTENCES * 20))
+    (root / "family.toml").write_text(f"""
+kind = "family"
+name = "tiny"
+models = ["{root / 'a'}", "{root / 'b'}"]
+[data]
+source = "{root / 'text.txt'}"
+seq_len = 16
+rows = 40
+[collect]
+batch_rows = 8
+""")
+    return root, perms
+
+
+def test_permuted_copy_is_found_and_neurons_are_described(family):
+    root, perms = family
+    done = _univ("run", "family.toml", "--runs-dir", "runs", cwd=root)
+    assert done.returncode == 0, done.stderr
+    run = root / "runs" / "tiny"
+    pairs = pd.read_parquet(run / "tables" / "pairs.parquet").query("model == 'a'")
+    units = pd.read_parquet(run / "tables" / "units.parquet").query("model == 'a' and not dead")
+    live = pairs.merge(units[["unit_set", "unit"]], on=["unit_set", "unit"])
+    layer = live.unit_set.str.extract(r"blocks\.(\d+)\.")[0].astype(int)
+    twin_of = [int(torch.argsort(perms[l])[u]) for l, u in zip(layer, live.unit)]
+    assert (live.partner_unit.to_numpy() == twin_of).all() and (live.max_corr > 1 - 1e-4).all()
+    neurons = pd.read_parquet(run / "tables" / "neurons.parquet")
+    for column in ("post_kurtosis", "best_feature_set", "vr_unigram", "vr_token_string", "vr_alphabet", "vocab_kurtosis"):
+        assert column in neurons and neurons[column].notna().any(), column
+    assert "What universal neurons do" in (run / "report.html").read_text()
+
+
+def test_missing_model_is_one_line_exit_2(family, tmp_path):
+    root, _ = family
+    text = (root / "family.toml").read_text().replace(str(root / "b"), str(tmp_path / "nowhere"))
+    (tmp_path / "bad.toml").write_text(text)
+    done = _univ("run", "bad.toml", "--runs-dir", "runs", cwd=tmp_path)
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "nowhere" in lines[0], done.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,251 @@
+"""Neuron roles (prediction, suppression, entropy, attention deactivation), interventions and attention-head
+matching, on tiny GPT-2 and TinyTransformer models with planted neurons; each test named for its invariant."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from _hf_tiny import ARCHS
+from scipy.linalg import null_space
+
+from universality import UniversalityError
+from universality.analyze._heads import head_correlations, head_scores, match_heads, pattern_scores
+from universality.analyze._interventions import intervene, mean_ablate, scale_units, set_units, zero_units
+from universality.analyze._roles import (
+    attention_deactivation_scores, bos_attention_patching, entropy_intervention, entropy_neuron_scores,
+    prediction_neurons,
+)
+from universality.config import ModelConfig
+from universality.models import TinyTransformer, adapt, fold_layernorm
+
+POST1 = "blocks.1.mlp.hook_post"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _gpt2(vocab: int, seed: int = 0):
+    """A tiny GPT-2 (2 layers, d_model 32, 4 heads, d_mlp 128) with non-trivial LayerNorm weights."""
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(ARCHS["gpt2"][0](vocab)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln_" in name:
+                param.add_(0.2 * torch.randn_like(param))
+    return model
+
+
+def _tokens(vocab: int, rows: int = 4, pos: int = 16, seed: int = 0, bos: int = 0):
+    tokens = torch.randint(1, vocab, (rows, pos), generator=torch.Generator().manual_seed(seed))
+    tokens[:, 0] = bos
+    return tokens
+
+
+def _tiny(seed: int = 0, qk_gain: float = 1.0):
+    """A 2-layer TinyTransformer with random LayerNorm weights and qkv biases (so folding and biases matter);
+    `qk_gain` sharpens the attention patterns."""
+    model = TinyTransformer(ModelConfig(d_model=16, n_layers=2, n_heads=4, d_mlp=32), vocab_size=20, n_ctx=16,
+                            seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ln1.weight.add_(0.3 * torch.randn(16, generator=g))
+            block.ln1.bias.add_(0.3 * torch.randn(16, generator=g))
+            block.attn.qkv.weight[:32].mul_(qk_gain)
+            block.attn.qkv.bias.add_(0.5 * torch.randn(48, generator=g))
+    return model
+
+
+# -- interventions ----------------------------------------------------------------------------------
+
+def test_editing_nothing_changes_nothing():
+    adapter = adapt(_gpt2(40))
+    tokens = _tokens(40)
+    for edit in (zero_units([]), scale_units([3, 7, 100], 1.0), scale_units(None, 1.0)):
+        out = intervene(adapter, tokens, {POST1: edit})
+        assert out["kl"] == 0.0
+        assert out["loss"] == out["loss_clean"] and out["entropy"] == out["entropy_clean"]
+        assert out["ln_scale"] == out["ln_scale_clean"]
+
+
+def test_zeroing_every_neuron_equals_zeroed_w_out():
+    model = _gpt2(40)
+    tokens = _tokens(40)
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.transformer.h[0].mlp.c_proj.weight.zero_()  # Conv1D [d_mlp, d_model]: W_out
+    edited = intervene(adapt(model), tokens, {"blocks.0.mlp.hook_post": zero_units(None)})
+    reference = intervene(adapt(zeroed), tokens, {})
+    assert edited["kl"] > 0
+    assert math.isclose(edited["loss"], reference["loss_clean"], rel_tol=1e-5)
+    assert math.isclose(edited["entropy"], reference["entropy_clean"], rel_tol=1e-5)
+    assert math.isclose(edited["ln_scale"], reference["ln_scale_clean"], rel_tol=1e-5)
+
+
+def test_unit_edits_set_scale_and_mean_ablate_only_listed_units():
+    x = torch.arange(12.0).view(1, 2, 6)
+    assert torch.equal(set_units([1, 4], [7.0, 8.0])(x)[..., [1, 4]], torch.tensor([[[7.0, 8.0], [7.0, 8.0]]]))
+    assert torch.equal(scale_units([2], 2.0)(x)[..., 2], 2 * x[..., 2])
+    ablated = mean_ablate([0, 5], x.mean(dim=(0, 1))[[0, 5]])(x)
+    assert torch.equal(ablated[..., 1:5], x[..., 1:5]) and torch.allclose(ablated[0, :, 0], torch.tensor([3.0, 3.0]))
+    with pytest.raises(UniversalityError, match="one per unit"):
+        set_units([1, 2], [1.0, 2.0, 3.0])
+    with pytest.raises(UniversalityError, match="edit indices"):
+        intervene(adapt(_gpt2(40)), _tokens(40), {POST1: zero_units([128])})
+
+
+# -- prediction and suppression neurons --------------------------------------------------------------
+
+def test_planted_prediction_neuron_is_found_and_its_negation_is_suppression():
+    model = _gpt2(48)
+    unembed = fold_layernorm(adapt(model).weights())["W_U"]  # [d_model, vocab]
+    target = torch.zeros(48)
+    target[7] = 1.0
+    # least-squares direction whose logits W_U^T u best match raising token 7 alone
+    u = torch.linalg.lstsq(unembed.T.double(), target.double()[:, None]).solution[:, 0].float()
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.weight[5] = 3 * u / u.norm()
+        model.transformer.h[1].mlp.c_proj.weight[6] = -3 * u / u.norm()
+    table = prediction_neurons(fold_layernorm(adapt(model).weights()))
+    assert len(table) == 2 * 128 and list(table.columns) == ["unit_set", "unit", "vocab_kurtosis", "vocab_skew", "role"]
+    roles = table.set_index(["unit_set", "unit"]).role
+    assert roles[(POST1, 5)] == "prediction" and roles[(POST1, 6)] == "suppression"
+    assert roles.drop([(POST1, 5), (POST1, 6)]).isna().all()
+
+
+# -- entropy neurons --------------------------------------------------------------------------------
+
+def _entropy_model():
+    """GPT-2 with vocab 16 < d_model 32, so W_U has a null space; neuron 3 of layer 1 writes only into it."""
+    model = _gpt2(16)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(30.0)  # confident predictions, so entropy has room to rise
+    unembed = fold_layernorm(adapt(model).weights())["W_U"]  # [32, 16]
+    null = torch.as_tensor(null_space(unembed.T.double().numpy()), dtype=torch.float32)  # [32, >= 16]
+    direction = null @ torch.randn(null.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.weight[3] = 4 * direction / direction.norm()
+    return model
+
+
+def test_null_space_neuron_has_null_share_one_and_ranks_first():
+    table = entropy_neuron_scores(fold_layernorm(adapt(_entropy_model()).weights()))
+    assert table.null_dims.iloc[0] >= 16
+    top = table.sort_values(["null_share", "w_out_norm"], ascending=False).iloc[0]
+    assert (top.unit_set, top.unit) == (POST1, 3) and top.null_share > 0.999
+    assert table.null_share.drop(top.name).max() < 0.9
+
+
+def test_fixing_the_entropy_neuron_raises_entropy_and_ln_scale_more_than_random_neurons():
+    adapter = adapt(_entropy_model())
+    table = entropy_intervention(adapter, _tokens(16), POST1, 3, [0.0, 10.0], random_baseline=4, seed=0)
+    assert list(table.columns) == ["unit_set", "unit", "baseline", "value", "entropy", "loss", "ln_scale", "kl",
+                                   "entropy_clean", "loss_clean", "ln_scale_clean"]
+    assert len(table) == 10 and table.baseline.sum() == 8 and np.isfinite(table.select_dtypes("number")).all().all()
+    high = table[table.value == 10.0].set_index("unit")
+    planted, random = high.loc[3], high[high.baseline]
+    assert planted.entropy > planted.entropy_clean + 0.1 and planted.ln_scale > 2 * planted.ln_scale_clean
+    assert planted.entropy - planted.entropy_clean > (random.entropy - random.entropy_clean).abs().max()
+    assert planted.ln_scale > random.ln_scale.max()
+
+
+# -- attention deactivation -------------------------------------------------------------------------
+
+def test_attention_deactivation_score_matches_a_direct_computation():
+    model = _tiny()
+    adapter = adapt(model, bos_token_id=0)
+    tokens = _tokens(20, pos=10)
+    table = attention_deactivation_scores(adapter, tokens)
+    assert len(table) == 32 * 4 and set(table.head_layer) == {1}
+    # direct: the key at position 0 from the qkv projection's output, W_Q and ln1 from the modules
+    store = {}
+    block = model.blocks[1]
+    handle = block.attn.qkv.register_forward_hook(lambda m, a, out: store.setdefault("qkv", out.detach()))
+    try:
+        model(tokens)
+    finally:
+        handle.remove()
+    k_bos = store["qkv"][:, 0, 16:32].mean(dim=0).view(4, 4)  # [heads, d_head]
+    w_q = block.attn.qkv.weight[:16].detach().view(4, 4, 16)  # [heads, d_head, d_model]
+    w_out = model.blocks[0].mlp.fc_out.weight.detach().T  # [d_mlp, d_model]
+    seen = (w_out - w_out.mean(dim=1, keepdim=True)) * block.ln1.weight.detach()  # centred, scaled by ln1
+    direct = torch.einsum("nd,hed,he->nh", seen, w_q, k_bos) / 2.0  # sqrt(d_head) = 2
+    got = torch.tensor(table.sort_values(["unit", "head"]).score.values).view(32, 4)
+    assert torch.allclose(got.float(), direct, atol=1e-5, rtol=1e-4)
+    b_q = block.attn.qkv.bias.detach()[:16].view(4, 4) + torch.einsum("d,hed->he", block.ln1.bias.detach(), w_q)
+    assert np.allclose(table.b_Q_term.values[:4], ((b_q * k_bos).sum(dim=1) / 2.0).numpy(), atol=1e-5)
+
+
+def test_bos_patching_of_a_neuron_without_output_changes_no_attention():
+    model = _tiny()
+    with torch.no_grad():
+        model.blocks[0].mlp.fc_out.weight[:, 2] = 0.0
+    adapter = adapt(model, bos_token_id=0)
+    tokens = _tokens(20, pos=10)
+    silent = bos_attention_patching(adapter, tokens, "blocks.0.mlp.hook_post", 2, value=50.0)
+    loud = bos_attention_patching(adapter, tokens, "blocks.0.mlp.hook_post", 3, value=50.0)
+    assert list(silent.columns) == ["head_layer", "head", "bos_clean", "bos_patched", "delta"] and len(silent) == 4
+    assert np.allclose(silent.delta, 0.0, atol=1e-6) and loud.delta.abs().max() > 1e-3
+    with pytest.raises(UniversalityError, match="not an MLP neuron set"):
+        bos_attention_patching(adapter, tokens, "blocks.0.hook_resid_post", 2, value=1.0)
+
+
+# -- attention heads --------------------------------------------------------------------------------
+
+def _permute_heads(model: TinyTransformer, layer: int, perm: torch.Tensor) -> TinyTransformer:
+    """A copy whose head j of `layer` is head perm[j] of `model` (Q, K, V rows and W_O columns moved together)."""
+    out = copy.deepcopy(model)
+    attn, d, heads = out.blocks[layer].attn, 16, 4
+    d_head = d // heads
+    order = (perm[:, None] * d_head + torch.arange(d_head)).reshape(-1)  # [d]: new feature -> old feature
+    with torch.no_grad():
+        rows = torch.cat([part * d + order for part in range(3)])  # q, k, v blocks
+        attn.qkv.weight.copy_(attn.qkv.weight[rows])
+        attn.qkv.bias.copy_(attn.qkv.bias[rows])
+        attn.out.weight.copy_(attn.out.weight[:, order])
+    return out
+
+
+def test_permuted_heads_match_their_twins_with_correlation_one():
+    model = _tiny(seed=3, qk_gain=30.0)
+    perm = torch.tensor([2, 0, 3, 1])
+    twin = _permute_heads(model, 1, perm)
+    tokens = _tokens(20, pos=12)
+    a, b = adapt(model).attention_patterns(tokens), adapt(twin).attention_patterns(tokens)
+    assert torch.allclose(adapt(model).logits(tokens), adapt(twin).logits(tokens), atol=1e-5)  # function-preserving
+    table = match_heads(a, b)
+    expected = torch.cat([torch.arange(4), 4 + torch.argsort(perm)]).numpy()  # a's head i is b's head argsort(perm)[i]
+    assert np.array_equal(table.best_layer * 4 + table.best_head, expected)
+    assert np.array_equal(table.matched_layer * 4 + table.matched_head, expected)
+    assert np.allclose(table.best_corr, 1.0, atol=1e-6) and np.allclose(table.matched_corr, 1.0, atol=1e-6)
+    off = head_correlations(a, b)[np.arange(8)[None, :] != expected[:, None]]
+    assert off.max() < 0.999
+
+
+def test_previous_token_pattern_scores_one_and_bos_pattern_scores_sink():
+    pos = 8
+    prev = torch.zeros(pos, pos)
+    prev[0, 0] = 1.0
+    prev[torch.arange(1, pos), torch.arange(pos - 1)] = 1.0
+    sink = torch.zeros(pos, pos)
+    sink[:, 0] = 1.0
+    patterns = torch.stack([prev, sink])[None, None].expand(1, 3, 2, pos, pos)  # [layers, batch, heads, q, k]
+    table = pattern_scores(patterns)
+    assert table.prev_token.tolist() == [1.0, 0.0] and table.bos_sink.tolist() == [1 / (pos - 1), 1.0]
+    assert table.positional.iloc[0] == 1.0 and table.positional_offset.iloc[0] == 1
+
+
+def test_head_scores_have_every_column_in_unit_range():
+    adapter = adapt(_tiny(qk_gain=10.0), bos_token_id=0)
+    table = head_scores(adapter, _tokens(20, pos=13), seed=0)
+    assert list(table.columns) == ["layer", "head", "prev_token", "bos_sink", "positional", "positional_offset",
+                                   "induction"]
+    values = table[["prev_token", "bos_sink", "positional", "induction"]].values
+    assert len(table) == 8 and np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()

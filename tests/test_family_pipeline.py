@@ -58,7 +58,14 @@ def test_permuted_copy_is_found_and_neurons_are_described(family):
     neurons = pd.read_parquet(run / "tables" / "neurons.parquet")
     for column in ("post_kurtosis", "best_feature_set", "vr_unigram", "vr_token_string", "vr_alphabet", "vocab_kurtosis"):
         assert column in neurons and neurons[column].notna().any(), column
-    assert "What universal neurons do" in (run / "report.html").read_text()
+    assert "role" in neurons and "null_share" in neurons
+    heads = pd.read_parquet(run / "tables" / "heads.parquet")
+    # the permuted copy's attention is the original's: each head matches its own twin at r = 1
+    twin = heads.query("model == 'b'")
+    assert (twin.matched_layer_in_first == twin.layer).all() and (twin.matched_head_in_first == twin["head"]).all()
+    assert (twin.matched_corr_in_first > 0.9999).all()
+    html = (run / "report.html").read_text()
+    assert "What universal neurons do" in html and "Attention heads across models" in html
 
 
 def test_missing_model_is_one_line_exit_2(family, tmp_path):

@@ -45,10 +45,12 @@ def render_report(run_dir: Path, comparison: Comparison, curves: dict[str, pd.Da
 
 
 def _saved_sections(run_dir: Path, curves: dict[str, pd.DataFrame]) -> list:
-    """The report sections the run's saved analysis tables call for: neurons, group irreps."""
-    from .report import group_sections, neuron_sections
+    """The report sections the run's saved analysis tables call for: neurons, heads, group irreps."""
+    from .report import group_sections, head_sections, neuron_sections
     tables = {path.stem: pd.read_parquet(path) for path in sorted((run_dir / "tables").glob("*.parquet"))}
     sections = neuron_sections(tables["neurons"]) if "neurons" in tables else []
+    if "heads" in tables:
+        sections += head_sections(tables["heads"])
     if "group_seeds" in tables:
         config = load_config(run_dir / "config.toml")
         sections += group_sections(tables, key_threshold=config.analysis.key_threshold, curves=curves)

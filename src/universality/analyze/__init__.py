@@ -22,6 +22,10 @@ Neurons of language models (Gurnee et al. 2024), streamed:
 | `universal_vs_rest`, `plot_universal_vs_rest` | each statistic as a within-layer percentile |
 | `FamilyAccumulator` + feature sets | variance reduction per binary token feature: families   |
 | `neuron_table`, `family_summary` | all of the above per neuron, joined with universality      |
+| `prediction_neurons`, `entropy_neuron_scores` | roles from weights: vocab kurtosis/skew, W_U null space |
+| `entropy_intervention`, `attention_deactivation_scores`, `bos_attention_patching` | roles by intervention |
+| `intervene` + `set_units`, `zero_units`, `scale_units`, `mean_ablate` | loss, entropy, KL of any edit |
+| `head_scores`, `match_heads` | attention heads: previous-token, induction, BOS sink, positional; across seeds |
 """
 
 from ._cosets import check_subgroup, coset_constancy, subgroups_of_interest
@@ -37,6 +41,12 @@ from ._loss import excluded_loss, model_loss, restricted_loss
 from ._neuron_stats import (
     ActivationMoments, NeuronStatsAccumulator, plot_universal_vs_rest, universal_vs_rest, weight_statistics,
 )
+from ._heads import head_correlations, head_scores, induction_tokens, match_heads, pattern_scores
+from ._interventions import UnitEdit, intervene, mean_ablate, next_token_metrics, scale_units, set_units, zero_units
+from ._roles import (
+    attention_deactivation_scores, bos_attention_patching, entropy_intervention, entropy_neuron_scores,
+    prediction_neurons,
+)
 from ._neuron_table import STAT_COLUMNS, family_summary, neuron_table
 from ._neurons import NEURON_THRESHOLD, neuron_irreps
 
@@ -47,4 +57,7 @@ __all__ = ["logit_similarity", "fraction_logits_explained", "fraction_variance_e
            "run_on_pairs", "ActivationMoments", "NeuronStatsAccumulator", "weight_statistics", "universal_vs_rest",
            "plot_universal_vs_rest", "FamilyAccumulator", "FeatureSet", "unigram", "previous_token",
            "position_buckets", "token_strings", "alphabet", "label_features", "row_context", "neuron_table",
-           "family_summary", "STAT_COLUMNS"]
+           "family_summary", "STAT_COLUMNS", "UnitEdit", "intervene", "mean_ablate", "next_token_metrics",
+           "scale_units", "set_units", "zero_units", "attention_deactivation_scores", "bos_attention_patching",
+           "entropy_intervention", "entropy_neuron_scores", "prediction_neurons", "head_correlations", "head_scores",
+           "induction_tokens", "match_heads", "pattern_scores"]

@@ -1,12 +1,12 @@
 """Attention heads across seeds: what each head attends to, and which head of another model is its twin.
 
-| function                   | input                                        | returns                                  |
-|----------------------------|----------------------------------------------|------------------------------------------|
-| `pattern_scores(patterns)` | patterns [layers, batch, heads, query, key]  | per head: prev_token, bos_sink, positional |
-| `head_scores(adapter, tokens)` | an adapter and tokens [batch, pos]       | the above plus induction                 |
-| `induction_tokens(...)`    | sizes, vocab, seed                           | [batch, 1 + 2 half]: BOS, r, r           |
-| `head_correlations(a, b)`  | patterns of two models on the same tokens    | Pearson r [heads_a, heads_b]             |
-| `match_heads(a, b)`        | the same                                     | per head of a: best and Hungarian partner |
+| function                       | input                                       | returns                          |
+|--------------------------------|---------------------------------------------|----------------------------------|
+| `pattern_scores(patterns)`     | patterns [layers, batch, heads, query, key] | per head: prev_token, bos_sink, ... |
+| `head_scores(adapter, tokens)` | an adapter and tokens [batch, pos]          | the above plus induction         |
+| `induction_tokens(...)`        | sizes, vocab, seed                          | [batch, 1 + 2 half]: BOS, r, r   |
+| `head_correlations(a, b)`      | patterns of two models on the same tokens   | Pearson r [heads_a, heads_b]     |
+| `match_heads(a, b)`            | the same                                    | per head of a: best, Hungarian |
 
 Heads are numbered layer-major (flat index = layer * heads + head). Scores (all in [0, 1]):
 - `prev_token`: mean attention from query q to key q - 1, over queries q >= 2 (q = 1 would be

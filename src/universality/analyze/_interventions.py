@@ -48,9 +48,9 @@ class UnitEdit:
     def __call__(self, activation: torch.Tensor) -> torch.Tensor:
         """activation [batch, pos, units] -> an edited copy of the same shape."""
         out = activation.clone()
-        index = slice(None) if self.units is None else list(self.units)
         if self.units is not None and not self.units:
             return out
+        index = slice(None) if self.units is None else list(self.units)
         value = self.value.to(out.device, out.dtype)
         out[..., index] = value if self.op == "set" else out[..., index] * value
         return out

@@ -12,6 +12,7 @@ with each layer's `blocks.{l}.mlp.hook_pre` and `hook_post`; `context` is the ke
 | moments         | `NeuronStatsAccumulator`      | pre_/post_ mean, var, skew, kurtosis, freq                  |
 | family          | `FamilyAccumulator.table()`   | best_feature_set, best_feature, variance_reduction, vr_<set> |
 | weights         | `weight_statistics`           | w_in_norm, w_out_norm, b_in, cos_in_out, l2_penalty, vocab_*, embed_* |
+| roles           | `prediction_neurons`, `entropy_neuron_scores` | role (prediction / suppression), null_share |
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 
 from ._families import FamilyAccumulator, FeatureSet
+from ..errors import UniversalityError
 from ._neuron_stats import NeuronStatsAccumulator, weight_statistics
+from ._roles import entropy_neuron_scores, prediction_neurons
 
 __all__ = ["neuron_table", "family_summary", "STAT_COLUMNS"]
 
@@ -59,9 +62,21 @@ def neuron_table(batches: Iterable[tuple[dict, dict]], *, units: pd.DataFrame, f
         named = table.best_feature.notna()  # token strings, buckets and label codes: one text column
         table["best_feature"] = table.best_feature.where(~named, table.best_feature[named].astype(str))
     if weights:
-        weight_frames = [weight_statistics(w).assign(model=model) for model, w in weights.items()]
+        weight_frames = [weight_statistics(w).assign(model=model).merge(_roles(w), on=["unit_set", "unit"])
+                         for model, w in weights.items()]
         table = table.merge(pd.concat(weight_frames, ignore_index=True), on=_KEYS, how="left")
     return table
+
+
+def _roles(weights: Mapping) -> pd.DataFrame:
+    """Per neuron: prediction / suppression role and the share of w_out in W_U's null space (NaN when
+    W_U has no direction below 0.1 of its largest singular value)."""
+    roles = prediction_neurons(weights)[["unit_set", "unit", "role"]]
+    try:
+        null = entropy_neuron_scores(weights)[["unit_set", "unit", "null_share"]]
+    except UniversalityError:
+        return roles.assign(null_share=float("nan"))
+    return roles.merge(null, on=["unit_set", "unit"])
 
 
 def family_summary(neurons: pd.DataFrame) -> pd.DataFrame:

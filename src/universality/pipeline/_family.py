@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .._rundir import fingerprint, write_parquet_atomic
-from ..analyze import alphabet, neuron_table, position_buckets, previous_token, row_context, token_strings, unigram
+from ..analyze import alphabet, head_scores, match_heads, neuron_table, position_buckets, previous_token, row_context, token_strings, unigram
 from ..collect import batch_count, select_unit_sets, stream_unit_activations
 from ..config import DataConfig, FamilyExperimentConfig
 from ..errors import UniversalityError
@@ -63,6 +63,9 @@ def run_family(config: FamilyExperimentConfig, *, runs_dir: str | Path = "runs",
     if neurons is not None:
         write_parquet_atomic(run_dir / "tables" / "neurons.parquet", neurons)
     seconds["neurons"] = time.perf_counter() - start
+    start = time.perf_counter()
+    write_parquet_atomic(run_dir / "tables" / "heads.parquet", _heads(adapters, tokens[:collect.batch_rows]))
+    seconds["heads"] = time.perf_counter() - start
     start = time.perf_counter()
     on_progress("write report", 0, 1)
     facts = {
@@ -133,6 +136,24 @@ def _neurons(adapters: dict, tokens: torch.Tensor, drop: list[int], units, batch
         features += [token_strings(vocab), alphabet(vocab)]
     return neuron_table(batches(), units=units[units.unit_set.isin(post)], feature_sets=features,
                         weights={name: _analysis_weights(a) for name, a in adapters.items()})
+
+
+def _heads(adapters: dict, tokens: torch.Tensor):
+    """Per head of every model: previous-token, BOS-sink, positional and induction scores on one
+    batch of rows [batch, pos], and its best-matching head in the first model (pattern correlation,
+    max and one-to-one), so a circuit present in every model shows up as matched heads."""
+    import pandas as pd
+    names = list(adapters)
+    patterns = {name: adapters[name].attention_patterns(tokens) for name in names}  # [layers, batch, heads, q, k]
+    frames = []
+    for name in names:
+        scores = head_scores(adapters[name], tokens).assign(model=name)
+        if name != names[0]:
+            matches = match_heads(patterns[name], patterns[names[0]])
+            scores = scores.merge(matches.rename(columns=lambda c: c if c in ("layer", "head") else f"{c}_in_first"),
+                                  on=["layer", "head"])
+        frames.append(scores)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _analysis_weights(adapter) -> dict:

@@ -3,6 +3,6 @@ sections for the analyses that follow the universality step (`group_sections`, `
 
 from ._group_sections import group_sections
 from ._html import ReportSection, write_report
-from ._neuron_sections import neuron_sections
+from ._neuron_sections import head_sections, neuron_sections
 
-__all__ = ["write_report", "ReportSection", "group_sections", "neuron_sections"]
+__all__ = ["write_report", "ReportSection", "group_sections", "neuron_sections", "head_sections"]

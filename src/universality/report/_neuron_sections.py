@@ -10,10 +10,10 @@ import pandas as pd
 
 from ._html import ReportSection
 
-__all__ = ["neuron_sections"]
+__all__ = ["neuron_sections", "head_sections"]
 
 _TOP_COLUMNS = ["model", "unit_set", "unit", "excess_corr", "best_feature_set", "best_feature",
-                "variance_reduction", "post_freq", "post_skew", "post_kurtosis"]
+                "variance_reduction", "post_freq", "post_skew", "post_kurtosis", "role", "null_share"]
 
 
 def neuron_sections(neurons: pd.DataFrame) -> list[ReportSection]:
@@ -39,3 +39,15 @@ def neuron_sections(neurons: pd.DataFrame) -> list[ReportSection]:
               "(variance reduction, streamed); moments are exact streaming pre-/post-activation moments "
               "(kurtosis: Pearson, normal = 3; freq: share of tokens with activation > 0)."),
         tables=tables, figures=figures)]
+
+
+def head_sections(heads: pd.DataFrame) -> list[ReportSection]:
+    """Attention heads of every model with their scores and, for models after the first, the head of
+    the first model whose pattern they match best (is the same circuit present in every seed?)."""
+    return [ReportSection(
+        "Attention heads across models",
+        text=("prev_token: mean attention to the previous token; bos_sink: to position 0; positional: the largest "
+              "mean attention at one fixed offset; induction: on a random sequence repeated twice, attention to "
+              "the token after the previous occurrence. *_in_first: the best-correlated head of the first model "
+              "(best_: max; matched_: one-to-one Hungarian matching)."),
+        tables=[("heads", heads)], max_rows=200)]

@@ -108,3 +108,33 @@ def test_bad_group_config_is_one_line_exit_2(tmp_path, edit, message):
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "runs" / "s4" / "models").exists()
+
+
+@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+def test_restricted_and_excluded_loss_patch_the_hidden_layer(arch):
+    """The per-seed losses patch the rho(ab)-restricted hidden layer into the forward pass: for the MLP
+    this equals the direct hidden @ U^T formula; for the transformer it is defined and finite."""
+    import numpy as np
+    from universality.analyze import analyze_group_seed, excluded_loss, restricted_loss, run_on_pairs
+    from universality.config import GroupMLPConfig, GroupTrainConfig, GroupTransformerConfig
+    from universality.groups import make_group
+    from universality.tasks import composition_task
+    from universality.train import train_group_seed
+    task = composition_task(make_group("S3"), 0.7, seed=0)
+    model_config = (GroupMLPConfig(embed_dim=16, hidden=32) if arch == "mlp"
+                    else GroupTransformerConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32))
+    trained = train_group_seed(task, model_config, GroupTrainConfig(epochs=200, lr=1e-2, train_fraction=0.7,
+                                                                    checkpoints=0, threads=1), seed=0)
+    unit_set = "mlp.hook_post" if arch == "mlp" else "blocks.0.mlp.hook_post"
+    result = analyze_group_seed(task, trained.model, unit_set=unit_set, key_threshold=0.01, neuron_threshold=0.5)
+    summary = result["summary"]
+    assert np.isfinite(summary["restricted_loss"]) and np.isfinite(summary["excluded_loss"])
+    if arch == "mlp":
+        _, hidden = run_on_pairs(trained.model, task, unit_set)
+        unembed = trained.model.unembed.weight.detach().double().numpy()
+        key = summary["key_irreps"].split()
+        target, train = task.target.numpy(), task.train.numpy()
+        assert summary["restricted_loss"] == pytest.approx(restricted_loss(task.group, hidden, unembed, target, key),
+                                                           rel=1e-5, abs=1e-6)
+        assert summary["excluded_loss"] == pytest.approx(
+            excluded_loss(task.group, hidden, unembed, target, key, train), rel=1e-5, abs=1e-6)

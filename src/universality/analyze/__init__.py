@@ -37,7 +37,7 @@ from ._families import (
 from ._group_seed import analyze_group_seed, element_matrices, run_on_pairs
 from ._fourier import FREQUENCY_THRESHOLD, fourier_key_frequencies
 from ._irreps import KEY_THRESHOLD, fraction_logits_explained, fraction_variance_explained, hidden_fve, logit_similarity
-from ._loss import excluded_loss, model_loss, restricted_loss
+from ._loss import excluded_hidden, excluded_loss, model_loss, restricted_hidden, restricted_loss
 from ._neuron_stats import (
     ActivationMoments, NeuronStatsAccumulator, plot_universal_vs_rest, universal_vs_rest, weight_statistics,
 )
@@ -51,7 +51,8 @@ from ._neuron_table import STAT_COLUMNS, family_summary, neuron_table
 from ._neurons import NEURON_THRESHOLD, neuron_irreps
 
 __all__ = ["logit_similarity", "fraction_logits_explained", "fraction_variance_explained", "hidden_fve",
-           "neuron_irreps", "restricted_loss", "excluded_loss", "model_loss", "irrep_emergence",
+           "neuron_irreps", "restricted_loss", "excluded_loss", "model_loss", "restricted_hidden", "excluded_hidden",
+           "irrep_emergence",
            "fourier_key_frequencies", "coset_constancy", "subgroups_of_interest", "check_subgroup",
            "KEY_THRESHOLD", "NEURON_THRESHOLD", "FREQUENCY_THRESHOLD", "analyze_group_seed", "element_matrices",
            "run_on_pairs", "ActivationMoments", "NeuronStatsAccumulator", "weight_statistics", "universal_vs_rest",

@@ -12,7 +12,7 @@ cyclic groups the Fourier key frequencies of the embeddings.
 | `neurons`   | hidden unit                    | neuron, irrep, share, dead, coset_subgroup, coset_of, coset_side, coset_constancy |
 | `emergence` | irrep                          | irrep, dim, epoch, order, final_similarity                 |
 | `fourier`   | (matrix, frequency), C_n only  | matrix, frequency, norm, fve, key                          |
-| `summary`   | (a dict)                       | accuracies, losses, key irreps, fraction of logits explained |
+| `summary`   | (a dict)                       | accuracies, losses (full, restricted, excluded), key irreps, fraction of logits explained |
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ._cosets import coset_constancy, subgroups_of_interest
 from ._emergence import irrep_emergence
 from ._fourier import fourier_key_frequencies
 from ._irreps import fraction_logits_explained, fraction_variance_explained, hidden_fve, logit_similarity
-from ._loss import excluded_loss, model_loss, restricted_loss
+from ._loss import excluded_hidden, model_loss, restricted_hidden
 from ._neurons import neuron_irreps
 
 __all__ = ["analyze_group_seed", "element_matrices", "run_on_pairs"]
@@ -43,6 +43,17 @@ def run_on_pairs(model: nn.Module, task: GroupTask, unit_set: str) -> tuple[np.n
     with capture(model, [unit_set]) as cache:
         logits = model(task.left, task.right)
     return logits.double().numpy(), cache[unit_set].double().numpy()
+
+
+@torch.no_grad()
+def _logits_with(model: nn.Module, task: GroupTask, unit_set: str, hidden: np.ndarray) -> np.ndarray:
+    """Logits [pairs, order] with the unit set's output replaced by `hidden` [pairs, units]."""
+    replacement = torch.as_tensor(hidden, dtype=torch.float32)
+    handle = dict(model.named_modules())[unit_set].register_forward_hook(lambda module, inputs, output: replacement)
+    try:
+        return model(task.left, task.right).double().numpy()
+    finally:
+        handle.remove()
 
 
 def element_matrices(model: nn.Module) -> dict[str, np.ndarray]:
@@ -75,8 +86,8 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
         shares = terms[terms.term == term].set_index("irrep").fve
         irreps[f"hidden_{term}"] = irreps.irrep.map(shares).fillna(0.0).to_numpy()
     key = irreps.irrep[irreps.key].tolist()
-    # 3) losses: the full model; restricted to / excluding the key irreps' rho(ab) part (MLP only:
-    #    there the logits are hidden @ U^T, in the transformer the residual stream bypasses the MLP)
+    # 3) losses: the full model; restricted to / excluding the key irreps' rho(ab) part, patched into
+    #    the forward pass in place of the hidden layer (the transformer's residual stream bypasses it)
     predicted = logits.argmax(axis=1) == target
     summary = {
         "train_acc": float(predicted[train].mean()), "test_acc": float(predicted[~train].mean()),
@@ -85,10 +96,11 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
         "fraction_logits_explained": fraction_logits_explained(irreps),
         "restricted_loss": np.nan, "excluded_loss": np.nan,
     }
-    if hasattr(model, "embed_left") and key:
-        unembed = model.unembed.weight.detach().double().numpy()
-        summary["restricted_loss"] = restricted_loss(group, hidden, unembed, target, key)
-        summary["excluded_loss"] = excluded_loss(group, hidden, unembed, target, key, train)
+    if key:
+        restricted = _logits_with(model, task, unit_set, restricted_hidden(group, hidden, key))
+        excluded = _logits_with(model, task, unit_set, excluded_hidden(group, hidden, key))
+        summary["restricted_loss"] = model_loss(restricted, target)
+        summary["excluded_loss"] = model_loss(excluded, target, train)
     # 4) per unit: irrep and the subgroup coset partition that explains most of its variance
     neurons = neuron_irreps(group, hidden, threshold=neuron_threshold)
     if group.order <= _MAX_COSET_ORDER:

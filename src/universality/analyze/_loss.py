@@ -6,6 +6,9 @@
 | `restricted_loss` | mean + the key irreps' rho(ab) part of the hidden layer | `pairs_mask` (all) |
 | `excluded_loss`   | hidden minus that rho(ab) part                          | `pairs_mask` (all) |
 
+`restricted_hidden` and `excluded_hidden` give the replaced hidden layer itself [pairs, units], for
+models whose logits are not hidden @ unembed.T (the transformer: patch it into the forward pass).
+
 The paper scores the restricted loss on all pairs and the excluded loss on the train pairs: pass the
 train mask to `excluded_loss`. Logits = hidden @ unembed.T (no bias, as in the paper's MLP).
 """
@@ -18,7 +21,7 @@ from ..errors import UniversalityError
 from ..groups import Group
 from ._common import as_float64, find_irreps, irrep_bases, is_trivial, product_means
 
-__all__ = ["excluded_loss", "model_loss", "restricted_loss"]
+__all__ = ["excluded_hidden", "excluded_loss", "model_loss", "restricted_hidden", "restricted_loss"]
 
 
 def model_loss(logits, target, mask=None) -> float:
@@ -57,8 +60,8 @@ def restricted_loss(group: Group, hidden, unembed, target, key_irreps, pairs_mas
     >>> round(excluded_loss(g, hidden, unembed, target, ["(1,1,1)"]) / float(np.log(2)), 6)
     1.0
     """
-    values, weights, mean, part = _split(group, hidden, unembed, key_irreps)
-    return model_loss((mean + part) @ weights.T, target, pairs_mask)
+    weights = as_float64(unembed, "unembed", {"outputs": None, "units": np.shape(hidden)[-1]})
+    return model_loss(restricted_hidden(group, hidden, key_irreps) @ weights.T, target, pairs_mask)
 
 
 def excluded_loss(group: Group, hidden, unembed, target, key_irreps, pairs_mask=None) -> float:
@@ -67,16 +70,27 @@ def excluded_loss(group: Group, hidden, unembed, target, key_irreps, pairs_mask=
     Score it on the train pairs (pass their mask), as the paper does: a model that memorised them
     without the key irreps keeps a low excluded loss.
     """
-    values, weights, mean, part = _split(group, hidden, unembed, key_irreps)
-    return model_loss((values - part) @ weights.T, target, pairs_mask)
+    weights = as_float64(unembed, "unembed", {"outputs": None, "units": np.shape(hidden)[-1]})
+    return model_loss(excluded_hidden(group, hidden, key_irreps) @ weights.T, target, pairs_mask)
 
 
-def _split(group: Group, hidden, unembed, key_irreps):
-    """(hidden [pairs, units], unembed [outputs, units], mean [units], key rho(ab) part [pairs, units])."""
+def restricted_hidden(group: Group, hidden, key_irreps) -> np.ndarray:
+    """The hidden layer [pairs, units] replaced by its mean plus the key irreps' rho(ab) part."""
+    values, mean, part = _split(group, hidden, key_irreps)
+    return mean + part
+
+
+def excluded_hidden(group: Group, hidden, key_irreps) -> np.ndarray:
+    """The hidden layer [pairs, units] with the key irreps' rho(ab) part removed."""
+    values, mean, part = _split(group, hidden, key_irreps)
+    return values - part
+
+
+def _split(group: Group, hidden, key_irreps):
+    """(hidden [pairs, units], mean [units], key rho(ab) part [pairs, units]), float64."""
     n = group.order
     keys = find_irreps(group, key_irreps)
     values = as_float64(hidden, "hidden", {"pairs": n * n, "units": None})
-    weights = as_float64(unembed, "unembed", {"outputs": None, "units": values.shape[1]})
     # 1) centre over pairs; 2) g(c) = mean over the fibre a b = c, [n, units]
     mean = values.mean(axis=0)
     g = product_means(group, (values - mean).reshape(n, n, -1))
@@ -84,7 +98,7 @@ def _split(group: Group, hidden, unembed, key_irreps):
     chosen = {irrep.label for irrep in keys if not is_trivial(irrep)}
     key_g = sum((basis @ (basis.T @ g) for irrep, basis in irrep_bases(group) if irrep.label in chosen),
                 np.zeros_like(g))
-    return values, weights, mean, key_g[group.table.ravel()]
+    return values, mean, key_g[group.table.ravel()]
 
 
 def _targets(target, pairs: int, outputs: int) -> np.ndarray:

@@ -69,7 +69,8 @@ def test_sharded_merge_equals_single_pass():
 
 def test_merge_is_independent_of_batch_size_and_order():
     models = _stream()
-    _assert_same_state(_filled(models, 3000), _filled(models, 97), rtol=1e-6)
+    # batches are centred in float32 before the float64 accumulators: a few eps32 of relative error
+    _assert_same_state(_filled(models, 3000), _filled(models, 97), rtol=1e-5)
 
 
 def test_float32_accumulators_track_float64():

@@ -219,15 +219,29 @@ class GroupAnalysisConfig(_Strict):
 
 
 class GroupExperimentConfig(_SeedFamily):
-    """A group-composition run: `seeds` models trained on one group task, their irreps, their neurons compared."""
+    """A group-composition run: `seeds` models (of each architecture) trained on one group task, their
+    irreps, their neurons compared."""
 
     kind: Literal["groups"] = "groups"
     name: str = Field("groups", pattern=r"^[A-Za-z0-9_.-]+$")
     task: GroupTaskConfig = GroupTaskConfig()
-    model: GroupModelConfig = GroupMLPConfig()
+    # one architecture, or several ([[model]] tables): every seed of each, compared across all
+    model: GroupModelConfig | list[GroupModelConfig] = GroupMLPConfig()
     train: GroupTrainConfig = GroupTrainConfig()
     analysis: GroupAnalysisConfig = GroupAnalysisConfig()
     compare: CompareConfig = CompareConfig()
+
+    @property
+    def architectures(self) -> list:
+        """The model configs as a list (one or several architectures)."""
+        return list(self.model) if isinstance(self.model, list) else [self.model]
+
+    @model_validator(mode="after")
+    def _distinct_models(self) -> "GroupExperimentConfig":
+        if isinstance(self.model, list) and (not self.model or len({m.model_dump_json() for m in self.model})
+                                             < len(self.model)):
+            raise ValueError("model: give one [model] table, or several distinct [[model]] tables")
+        return self
 
 
 class DataConfig(_Strict):

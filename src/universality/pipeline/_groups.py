@@ -1,7 +1,7 @@
 """The group-composition experiment (Chughtai, Chan, Nanda 2023): train seeds on a finite group,
 find which irreps each learned, and compare their neurons across seeds with the universality step.
 
-config -> group, task, split -> train seeds -> per-seed irrep tables -> stream hidden units over all
+config -> group, task, split -> train seeds (of one or several architectures) -> per-seed irrep tables -> stream hidden units over all
 pairs into moments -> compare -> matched neurons with their irreps -> report.
 
 Tables written besides the universality ones (`tables/`):
@@ -40,7 +40,8 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
     from ..api import render_report
     group = make_group(config.task.group)  # bad names and sizes fail here, before anything is written
     task = word_task(group, config.task.word, config.train.train_fraction, config.task.split_seed)
-    unit_set = "mlp.hook_post" if config.model.arch == "mlp" else "blocks.0.mlp.hook_post"
+    hidden_sets = {_hidden(m) for m in config.architectures}
+    unit_set = hidden_sets.pop() if len(hidden_sets) == 1 else "hidden"  # the name compared across models
     run_dir = open_run_dir(runs_dir, config)
     seconds = {}
     start = time.perf_counter()
@@ -48,7 +49,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
     seconds["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    tables = _analyze(config, task, trained, unit_set, on_progress) if task.word == "a b" else {}
+    tables = _analyze(config, task, trained, on_progress) if task.word == "a b" else {}
     tables["group_seeds"] = _seed_table(trained, tables.pop("summaries", {}))
     seconds["irreps"] = time.perf_counter() - start
 
@@ -63,9 +64,10 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
             rows = slice(first, first + _PAIR_BATCH)
             batch = {}
             for name, model in models.items():
-                with capture(model, [unit_set]) as cache:
+                hook = _hidden(trained[name].model_config)
+                with capture(model, [hook]) as cache:
                     model(task.left[rows], task.right[rows])
-                batch[name] = {unit_set: cache[unit_set]}  # [pairs in batch, units]
+                batch[name] = {unit_set: cache[hook]}  # [pairs in batch, units]
             yield batch
     moments = stream_moments(config.name, moments_print, run_dir / "moments", -(-pairs // _PAIR_BATCH),
                              batches, accumulate=config.compare.accumulate, device="cpu",
@@ -85,8 +87,9 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
     facts = {
         "task": f"{group.name} (order {group.order}), word '{task.word}', train fraction "
                 f"{config.train.train_fraction}, {pairs:,} pairs",
-        "models": f"{len(config.seeds)} seeds of the paper's {config.model.arch.upper()} "
-                  f"({', '.join(f'{k} {v}' for k, v in config.model.model_dump(exclude={'arch'}).items())})",
+        "models": "; ".join(f"{len(config.seeds)} seeds of the paper's {m.arch} "
+                            f"({', '.join(f'{k} {v}' for k, v in m.model_dump(exclude={'arch'}).items())})"
+                            for m in config.architectures),
         "unit set compared": unit_set,
         "step times (s)": ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
     }
@@ -97,18 +100,33 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
 
 
 def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Progress):
-    """Train every seed, or load it when its checkpoint was made from the same inputs."""
-    def train(seed, directory, print_, report):
-        trained = train_group_seed(task, config.model, config.train, seed,
-                                   on_log=lambda point: report(point["epoch"]))
-        save_group_model(directory, trained, task, extra={"fingerprint": print_})
-        return trained
-    inputs = dict(task=config.task.model_dump(), model=config.model.model_dump(), train=config.train.model_dump())
-    return train_or_load(config.seeds, run_dir, inputs, load=lambda directory: load_group_model(directory)[0],
-                         train=train, total=config.train.epochs, on_progress=on_progress)
+    """Train every seed of every architecture, or load it when its checkpoint was made from the same
+    inputs. Seeds are named seed-<k>, or <arch>-seed-<k> when the run has several architectures."""
+    trained, prints = {}, {}
+    architectures = config.architectures
+    for index, model_config in enumerate(architectures):
+        def train(seed, directory, print_, report, model_config=model_config):
+            result = train_group_seed(task, model_config, config.train, seed,
+                                      on_log=lambda point: report(point["epoch"]))
+            save_group_model(directory, result, task, extra={"fingerprint": print_})
+            return result
+        inputs = dict(task=config.task.model_dump(), model=model_config.model_dump(), train=config.train.model_dump())
+        same_arch = sum(m.arch == model_config.arch for m in architectures) > 1
+        prefix = "" if len(architectures) == 1 else f"{model_config.arch}{index if same_arch else ''}-"
+        found, found_prints = train_or_load(config.seeds, run_dir, inputs, load=lambda d: load_group_model(d)[0],
+                                            train=train, total=config.train.epochs, on_progress=on_progress,
+                                            prefix=prefix)
+        trained.update(found)
+        prints.update(found_prints)
+    return trained, prints
 
 
-def _analyze(config: GroupExperimentConfig, task, trained: dict, unit_set: str, on_progress: Progress) -> dict:
+def _hidden(model_config) -> str:
+    """The hidden ReLU layer's unit set of an architecture."""
+    return "mlp.hook_post" if model_config.arch == "mlp" else "blocks.0.mlp.hook_post"
+
+
+def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Progress) -> dict:
     """Per-seed irrep tables, concatenated with a `model` column (see `analyze_group_seed`)."""
     parts: dict[str, list[pd.DataFrame]] = {"group_irreps": [], "group_neurons": [], "group_emergence": [],
                                              "group_fourier": []}
@@ -117,10 +135,10 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, unit_set: str, 
         on_progress("irreps per seed", done, len(trained))
         checkpoint_models = {}
         for epoch, state in seed_model.checkpoints.items():
-            model = build_group_model(config.model, task.group.order, seed_model.seed)
+            model = build_group_model(seed_model.model_config, task.group.order, seed_model.seed)
             model.load_state_dict(state)
             checkpoint_models[epoch] = model
-        result = analyze_group_seed(task, seed_model.model, unit_set=unit_set,
+        result = analyze_group_seed(task, seed_model.model, unit_set=_hidden(seed_model.model_config),
                                     key_threshold=config.analysis.key_threshold,
                                     neuron_threshold=config.analysis.neuron_threshold,
                                     checkpoint_models=checkpoint_models)

@@ -51,14 +51,14 @@ def open_run_dir(runs_dir: str | Path, config) -> Path:
 
 
 def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callable, train: Callable,
-                  total: int, on_progress: Progress) -> tuple[dict, dict]:
+                  total: int, on_progress: Progress, prefix: str = "") -> tuple[dict, dict]:
     """Per seed, `load(directory)` when `models/seed-<k>/metadata.json` holds the fingerprint of
     `inputs` and the seed, else `train(seed, directory, fingerprint, report)`, which must save the
     model with that fingerprint and call `report(done)` as it goes (`total` steps).
-    Returns ({seed name: what load or train returned}, {seed name: fingerprint})."""
+    Seeds are named `<prefix>seed-<k>`. Returns ({name: what load or train returned}, {name: fingerprint})."""
     results, prints = {}, {}
     for seed in seeds:
-        name = f"seed-{seed}"
+        name = f"{prefix}seed-{seed}"
         directory = run_dir / "models" / name
         prints[name] = fingerprint(**inputs, seed=seed)
         saved = read_json(directory / "metadata.json")

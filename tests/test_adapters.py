@@ -21,7 +21,7 @@ from universality import UniversalityError, compare_activations, load_model  # n
 from universality.collect import stream_unit_activations  # noqa: E402
 from universality.config import ModelConfig  # noqa: E402
 from universality.models import TinyTransformer, adapt, fold_layernorm  # noqa: E402
-from universality.tasks import drop_token_ids, tokens_from_text_files  # noqa: E402
+from universality.tokens import drop_token_ids, tokens_from_text_files  # noqa: E402
 
 HF_ARCHS = list(ARCHS)
 

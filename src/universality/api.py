@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from .compare import Comparison, layer_summary
-from .config import AnyExperimentConfig, FamilyExperimentConfig, GroupExperimentConfig, load_config
+from .config import AnyExperimentConfig, GroupExperimentConfig, PretrainedExperimentConfig, load_config
 from .errors import UniversalityError
 from .moments import load_moments, read_manifest
-from .pipeline import Progress, RunResult, quiet, run_family, run_groups, run_language
+from .pipeline import Progress, RunResult, quiet, run_groups, run_language, run_pretrained
 from ._rundir import read_json
 
 __all__ = ["run_experiment", "RunResult", "render_report", "load_run", "Progress"]
@@ -24,8 +24,8 @@ __all__ = ["run_experiment", "RunResult", "render_report", "load_run", "Progress
 def run_experiment(config: AnyExperimentConfig, *, runs_dir: str | Path = "runs",
                    on_progress: Progress = quiet) -> RunResult:
     """Run (or resume) the experiment `config` in `runs_dir/<config.name>`: a synthetic-language
-    experiment, a group-composition one (`kind = "groups"`) or existing models (`kind = "family"`)."""
-    run = {GroupExperimentConfig: run_groups, FamilyExperimentConfig: run_family}.get(type(config), run_language)
+    experiment, a group-composition one (`kind = "groups"`) or existing models (`kind = "pretrained"`)."""
+    run = {GroupExperimentConfig: run_groups, PretrainedExperimentConfig: run_pretrained}.get(type(config), run_language)
     return run(config, runs_dir=runs_dir, on_progress=on_progress)
 
 

@@ -4,7 +4,7 @@ An experiment (`kind = "language"`, the default) is: a synthetic language (`lang
 trained (`train`), which activations are streamed (`collect`) and how they are compared
 (`compare`). A group experiment (`kind = "groups"`) is: a group and word (`task`), the paper's
 MLP or transformer (`model`, by `arch`), full-batch training (`train`), irrep analysis
-(`analysis`) and `compare`. A model family (`kind = "family"`) is: existing models by path or
+(`analysis`) and `compare`. A run over pretrained models (`kind = "pretrained"`) is: existing models by path or
 hub name (`models`), a token stream (`data`), `collect` and `compare`. Unknown keys are errors, so a typo never silently falls back to a default.
 
 >>> cfg = ExperimentConfig(name="x", seeds=[0, 1])
@@ -28,7 +28,7 @@ from .errors import UniversalityError
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
-    "GroupTrainConfig", "GroupAnalysisConfig", "GroupExperimentConfig", "DataConfig", "FamilyCollectConfig", "FamilyExperimentConfig",
+    "GroupTrainConfig", "GroupAnalysisConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig",
     "load_config", "parse_config", "default_config_text",
 ]
@@ -121,19 +121,19 @@ class CompareConfig(_Strict):
     accumulate: Literal["float32", "float64"] = "float32"  # co-moment accumulators
 
 
-class _SeedFamily(_Strict):
-    """An experiment over a family of models, one per seed."""
+class _Seeds(_Strict):
+    """An experiment over models trained here, one per seed."""
 
     seeds: list[int] = Field([0, 1, 2, 3], min_length=2)
 
     @model_validator(mode="after")
-    def _distinct_seeds(self) -> "_SeedFamily":
+    def _distinct_seeds(self) -> "_Seeds":
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         return self
 
 
-class ExperimentConfig(_SeedFamily):
+class ExperimentConfig(_Seeds):
     """A whole run: `seeds` models of one shape, trained, streamed, compared and reported."""
 
     kind: Literal["language"] = "language"
@@ -218,7 +218,7 @@ class GroupAnalysisConfig(_Strict):
     neuron_threshold: float = Field(0.5, gt=0, le=1)  # share of a unit's variance that names its irrep
 
 
-class GroupExperimentConfig(_SeedFamily):
+class GroupExperimentConfig(_Seeds):
     """A group-composition run: `seeds` models (of each architecture) trained on one group task, their
     irreps, their neurons compared."""
 
@@ -245,7 +245,7 @@ class GroupExperimentConfig(_SeedFamily):
 
 
 class DataConfig(_Strict):
-    """The token stream a model family is compared on: rows [rows, seq_len], each starting with BOS."""
+    """The token stream pretrained models are compared on: rows [rows, seq_len], each starting with BOS."""
 
     source: str  # a text file (.txt), a token array (.npy) or a `datasets` directory saved with save_to_disk
     column: str = "text"  # the dataset column: text to tokenize, or "input_ids"
@@ -253,7 +253,7 @@ class DataConfig(_Strict):
     rows: int = Field(512, ge=1)
 
 
-class FamilyCollectConfig(_Strict):
+class PretrainedCollectConfig(_Strict):
     """Which activations of the loaded models are streamed, and which tokens are left out."""
 
     unit_sets: list[str] = ["blocks.*.mlp.hook_post"]  # names or shell patterns
@@ -263,25 +263,25 @@ class FamilyCollectConfig(_Strict):
     drop_newline: bool = False
 
 
-class FamilyExperimentConfig(_Strict):
+class PretrainedExperimentConfig(_Strict):
     """Existing models (local directories or hub names in the local cache), compared on one token stream."""
 
-    kind: Literal["family"] = "family"
-    name: str = Field("family", pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["pretrained"] = "pretrained"
+    name: str = Field("pretrained", pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[str] = Field(min_length=2)  # what `universality.load_model` accepts
     device: str = "cpu"
     data: DataConfig
-    collect: FamilyCollectConfig = FamilyCollectConfig()
+    collect: PretrainedCollectConfig = PretrainedCollectConfig()
     compare: CompareConfig = CompareConfig()
 
     @model_validator(mode="after")
-    def _distinct_models(self) -> "FamilyExperimentConfig":
+    def _distinct_models(self) -> "PretrainedExperimentConfig":
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models must be distinct, got {self.models}")
         return self
 
 
-AnyExperimentConfig = ExperimentConfig | GroupExperimentConfig | FamilyExperimentConfig
+AnyExperimentConfig = ExperimentConfig | GroupExperimentConfig | PretrainedExperimentConfig
 
 
 def _describe(error: pydantic.ValidationError, source: str, root: type[BaseModel]) -> str:
@@ -307,7 +307,7 @@ def parse_config(data: dict, source: str = "config") -> AnyExperimentConfig:
     config can be run again as it is.
     """
     data = {k: v for k, v in data.items() if k != "provenance"}
-    kinds = {"language": ExperimentConfig, "groups": GroupExperimentConfig, "family": FamilyExperimentConfig}
+    kinds = {"language": ExperimentConfig, "groups": GroupExperimentConfig, "pretrained": PretrainedExperimentConfig}
     kind = data.get("kind", "language")
     if kind not in kinds:
         raise UniversalityError(f"{source}: unknown kind {kind!r}; choose one of: {', '.join(kinds)}")

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..errors import UniversalityError
-from ..tasks import check_same_tokenizer, keep_mask
+from ..tokens import check_same_tokenizer, keep_mask
 from ._hooks import select_unit_sets
 
 __all__ = ["stream_unit_activations"]
@@ -37,7 +37,7 @@ def stream_unit_activations(adapters: dict, tokens: torch.Tensor, *, unit_sets: 
     tokens : LongTensor [rows, pos]
     unit_sets : unit-set names or shell patterns (`blocks.*.mlp.hook_post`), resolved per model
     batch_rows : int >= 1, rows per forward pass
-    drop_tokens : token ids left out (BOS, pad: see `universality.tasks.drop_token_ids`)
+    drop_tokens : token ids left out (BOS, pad: see `universality.tokens.drop_token_ids`)
     attention_mask : [rows, pos] or None; masked positions are passed to the models and dropped
     start_batch : int, default=0, resume a stream from this batch
 

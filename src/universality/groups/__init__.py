@@ -13,7 +13,7 @@ array([[ 1,  1,  1],
 """
 
 from ._characters import character_table, frobenius_schur, irrep_labels
-from ._families import make_group
+from ._series import make_group
 from ._group import Group, direct_product, permutation_group
 from ._representations import RealIrrep, irrep_matrices, projector, real_irreps
 

@@ -1,4 +1,4 @@
-"""A model family end to end through the CLI: a tiny GPT-2 and its neuron-permuted copy, loaded
+"""Pretrained models end to end through the CLI: a tiny GPT-2 and its neuron-permuted copy, loaded
 from disk offline, streamed over a text file, compared, neurons described."""
 
 import copy
@@ -20,8 +20,8 @@ def _univ(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("family")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
     model, tokenizer = build("gpt2", root / "a", seed=0)
     twin = copy.deepcopy(model)
     perms = [torch.randperm(model.config.n_inner or 4 * model.config.n_embd,
@@ -30,8 +30,8 @@ def family(tmp_path_factory):
     twin.save_pretrained(root / "b")
     tokenizer.save_pretrained(root / "b")
     (root / "text.txt").write_text("\n".join(SENTENCES * 20))
-    (root / "family.toml").write_text(f"""
-kind = "family"
+    (root / "pretrained.toml").write_text(f"""
+kind = "pretrained"
 name = "tiny"
 models = ["{root / 'a'}", "{root / 'b'}"]
 [data]
@@ -44,9 +44,9 @@ batch_rows = 8
     return root, perms
 
 
-def test_permuted_copy_is_found_and_neurons_are_described(family):
-    root, perms = family
-    done = _univ("run", "family.toml", "--runs-dir", "runs", cwd=root)
+def test_permuted_copy_is_found_and_neurons_are_described(pretrained):
+    root, perms = pretrained
+    done = _univ("run", "pretrained.toml", "--runs-dir", "runs", cwd=root)
     assert done.returncode == 0, done.stderr
     run = root / "runs" / "tiny"
     pairs = pd.read_parquet(run / "tables" / "pairs.parquet").query("model == 'a'")
@@ -68,9 +68,9 @@ def test_permuted_copy_is_found_and_neurons_are_described(family):
     assert "What universal neurons do" in html and "Attention heads across models" in html
 
 
-def test_missing_model_is_one_line_exit_2(family, tmp_path):
-    root, _ = family
-    text = (root / "family.toml").read_text().replace(str(root / "b"), str(tmp_path / "nowhere"))
+def test_missing_model_is_one_line_exit_2(pretrained, tmp_path):
+    root, _ = pretrained
+    text = (root / "pretrained.toml").read_text().replace(str(root / "b"), str(tmp_path / "nowhere"))
     (tmp_path / "bad.toml").write_text(text)
     done = _univ("run", "bad.toml", "--runs-dir", "runs", cwd=tmp_path)
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""Token datasets for real models: LongTensor rows [rows, seq_len], each row starting with BOS.
+"""Token sources for existing models: LongTensor rows [rows, seq_len], each row starting with BOS.
 
 | source                                   | function              |
 |------------------------------------------|-----------------------|

@@ -17,7 +17,7 @@ from _hf_tiny import SENTENCES, bpe_tokenizer, build, wordpiece_tokenizer  # noq
 from universality import UniversalityError, load_model  # noqa: E402
 from universality.config import ModelConfig  # noqa: E402
 from universality.models import TinyTransformer, adapt  # noqa: E402
-from universality.tasks import (bos_token_id_for, check_same_tokenizer, drop_token_ids, keep_mask,  # noqa: E402
+from universality.tokens import (bos_token_id_for, check_same_tokenizer, drop_token_ids, keep_mask,  # noqa: E402
                                 pack_rows, tokens_from_dataset, tokens_from_numpy, tokens_from_text_files)
 
 

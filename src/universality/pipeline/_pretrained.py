@@ -1,4 +1,4 @@
-"""The model-family experiment: existing models (GPT-2 / Pythia seed families, BERT-like encoders),
+"""The pretrained-models experiment (`kind = "pretrained"`): existing models (GPT-2 / Pythia seed families, BERT-like encoders),
 loaded offline, streamed once over one token stream, compared, and their neurons described.
 
 config -> load models (one tokenizer, checked) -> token rows -> stream unit activations into
@@ -18,19 +18,19 @@ import torch
 from .._rundir import fingerprint, write_parquet_atomic
 from ..analyze import alphabet, head_scores, match_heads, neuron_table, position_buckets, previous_token, row_context, token_strings, unigram
 from ..collect import batch_count, select_unit_sets, stream_unit_activations
-from ..config import DataConfig, FamilyExperimentConfig
+from ..config import DataConfig, PretrainedExperimentConfig
 from ..errors import UniversalityError
 from ..models import fold_layernorm, load_model
-from ..tasks import (check_same_tokenizer, drop_token_ids, keep_mask, tokens_from_dataset, tokens_from_numpy,
+from ..tokens import (check_same_tokenizer, drop_token_ids, keep_mask, tokens_from_dataset, tokens_from_numpy,
                      tokens_from_text_files)
 from ._steps import Progress, RunResult, compare_step, open_run_dir, quiet, stream_moments
 
-__all__ = ["run_family", "family_tokens"]
+__all__ = ["run_pretrained", "token_rows"]
 
 
-def run_family(config: FamilyExperimentConfig, *, runs_dir: str | Path = "runs",
+def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path = "runs",
                on_progress: Progress = quiet) -> RunResult:
-    """Run (or resume) the model-family experiment `config` in `runs_dir/<config.name>`."""
+    """Run (or resume) the pretrained-models experiment `config` in `runs_dir/<config.name>`."""
     from ..api import render_report
     # 1) every check that needs no activations: models, tokenizers, unit sets, tokens
     adapters = _load(config)
@@ -38,7 +38,7 @@ def run_family(config: FamilyExperimentConfig, *, runs_dir: str | Path = "runs",
     unit_sets = select_unit_sets(first.unit_sets, config.collect.unit_sets)
     for name, adapter in adapters.items():
         select_unit_sets(adapter.unit_sets, unit_sets)  # every model has them (one-line error if not)
-    tokens = family_tokens(config.data, first)  # [rows, seq_len]
+    tokens = token_rows(config.data, first)  # [rows, seq_len]
     collect = config.collect
     drop = drop_token_ids(first, bos=collect.drop_bos, pad=collect.drop_pad, newline=collect.drop_newline)
     run_dir = open_run_dir(runs_dir, config)
@@ -82,7 +82,7 @@ def run_family(config: FamilyExperimentConfig, *, runs_dir: str | Path = "runs",
     return RunResult(run_dir, comparison, report, seconds)
 
 
-def family_tokens(data: DataConfig, adapter) -> torch.Tensor:
+def token_rows(data: DataConfig, adapter) -> torch.Tensor:
     """Token rows [rows, seq_len] from `data.source`: a .npy array, a `datasets` directory, or text."""
     source = Path(data.source)
     if source.suffix == ".npy":
@@ -97,7 +97,7 @@ def family_tokens(data: DataConfig, adapter) -> torch.Tensor:
     return tokens_from_text_files(source, adapter, seq_len=data.seq_len, max_rows=data.rows)
 
 
-def _load(config: FamilyExperimentConfig) -> dict:
+def _load(config: PretrainedExperimentConfig) -> dict:
     """{short unique name: adapter}, in config order; one tokenizer across models (checked)."""
     adapters = {}
     for path in config.models:

@@ -18,7 +18,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import universality  # noqa: E402
 from universality import UniversalityError, compare_activations, load_model  # noqa: E402
-from universality.collect import stream_unit_activations  # noqa: E402
+from universality.collect import stream_activations  # noqa: E402
 from universality.config import ModelConfig  # noqa: E402
 from universality.models import TinyTransformer, adapt, fold_layernorm  # noqa: E402
 from universality.tokens import drop_token_ids, tokens_from_text_files  # noqa: E402
@@ -205,7 +205,7 @@ def test_permuted_twin_is_every_neurons_best_partner(saved, arch, tmp_path):
     original.tokenizer.save_pretrained(tmp_path)
     adapters = {"a": original, "b": load_model(tmp_path)}
     tokens = _tokens(adapters["a"], rows=16, pos=16)
-    batches = stream_unit_activations(adapters, tokens, unit_sets=["blocks.*.mlp.hook_post"], batch_rows=5,
+    batches = stream_activations(adapters, tokens, unit_sets=["blocks.*.mlp.hook_post"], batch_rows=5,
                                       drop_tokens=drop_token_ids(adapters["a"]),
                                       attention_mask=_mask_for(adapters["a"], tokens))
     result = compare_activations(batches, rotations=1)
@@ -266,7 +266,7 @@ def test_tiny_transformer_permuted_twin_is_found(tmp_path):
             block.mlp.fc_in.bias.copy_(block.mlp.fc_in.bias[perm])
             block.mlp.fc_out.weight.copy_(block.mlp.fc_out.weight[:, perm])
     tokens = torch.randint(1, 12, (40, 8), generator=torch.Generator().manual_seed(0))
-    batches = stream_unit_activations({"a": adapt(model), "b": adapt(twin)}, tokens,
+    batches = stream_activations({"a": adapt(model), "b": adapt(twin)}, tokens,
                                       unit_sets=["blocks.*.mlp.hook_post"], batch_rows=16)
     _check_twins(compare_activations(batches, rotations=1), perms)
 
@@ -291,7 +291,7 @@ def test_real_minilm_permuted_twin_is_found(tmp_path):
     text.write_text(" ".join(SENTENCES * 3))
     tokens = tokens_from_text_files(text, real, seq_len=32, max_rows=8)  # [8, 32], [CLS] first
     assert tokens.shape == (8, 32) and (tokens[:, 0] == 101).all()
-    batches = stream_unit_activations(adapters, tokens, unit_sets=["blocks.*.mlp.hook_post"], batch_rows=4,
+    batches = stream_activations(adapters, tokens, unit_sets=["blocks.*.mlp.hook_post"], batch_rows=4,
                                       drop_tokens=drop_token_ids(real, special=True))
     result = compare_activations(batches, rotations=1)
     _check_twins(result, perms)
@@ -349,7 +349,7 @@ def test_models_with_different_tokenizers_are_refused_on_one_stream(saved, tmp_p
     assert adapters["gpt2-a"].vocab_size == adapters["gpt2-b"].vocab_size
     tokens = _tokens(adapters["gpt2-a"])
     with pytest.raises(UniversalityError, match="models 'gpt2-a' and 'gpt2-b' have different tokenizers") as error:
-        next(stream_unit_activations(adapters, tokens, unit_sets=["blocks.0.mlp.hook_post"], batch_rows=2))
+        next(stream_activations(adapters, tokens, unit_sets=["blocks.0.mlp.hook_post"], batch_rows=2))
     assert "\n" not in str(error.value)
 
 
@@ -367,7 +367,7 @@ def test_stream_yields_kept_tokens_of_one_forward_per_model_in_row_order():
     calls = []
     handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
-        batches = list(stream_unit_activations({"a": adapter}, tokens, unit_sets=["blocks.1.mlp.*"], batch_rows=2,
+        batches = list(stream_activations({"a": adapter}, tokens, unit_sets=["blocks.1.mlp.*"], batch_rows=2,
                                                drop_tokens=[0], attention_mask=mask))
     finally:
         handle.remove()
@@ -378,7 +378,7 @@ def test_stream_yields_kept_tokens_of_one_forward_per_model_in_row_order():
     keep = (tokens != 0) & mask.bool()
     torch.testing.assert_close(got, full[keep])
     with pytest.raises(UniversalityError, match="model 'a': no unit set or hook named 'blocks.7.mlp.hook_post'"):
-        next(stream_unit_activations({"a": adapter}, tokens, unit_sets=["blocks.7.mlp.hook_post"], batch_rows=2))
+        next(stream_activations({"a": adapter}, tokens, unit_sets=["blocks.7.mlp.hook_post"], batch_rows=2))
 
 
 def test_config_that_disagrees_with_the_weights_is_one_line_error(tmp_path):

@@ -86,12 +86,17 @@ def test_report_has_group_sections_and_rerenders(s4_run):
 
 
 def test_rerun_skips_training(s4_run, monkeypatch):
-    root, _ = s4_run
+    root, run = s4_run
     import universality.pipeline._groups as groups
     monkeypatch.setattr(groups, "train_group_seed", lambda *a, **k: pytest.fail("trained again"))
     config = parse_config(__import__("tomllib").loads(S4))
-    result = run_experiment(config, runs_dir=root / "runs")
-    assert result.seconds["train"] < 5
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    finished = run_experiment(config, runs_dir=root / "runs")  # the same config: nothing to do, nothing written
+    assert finished.seconds == {} and {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    other = parse_config(__import__("tomllib").loads(S4 + "[compare]\nseed = 7\n"))
+    result = run_experiment(other, runs_dir=root / "runs")  # new compare settings: trained seeds are reused
+    assert result.seconds["train"] < 5 and result.comparison.seed == 7
+    run_experiment(config, runs_dir=root / "runs")  # back to the fixture's settings for the other tests
 
 
 @pytest.mark.parametrize("edit, message", [

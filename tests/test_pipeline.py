@@ -9,6 +9,7 @@ import pytest
 from universality import UniversalityError
 from universality.api import run_experiment
 from universality.config import load_config, parse_config
+from universality.moments import read_manifest
 
 SMALL = """
 name = "small"
@@ -84,8 +85,9 @@ def test_interrupted_run_resumes_to_the_same_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(steps, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every batch
     with pytest.raises(Interrupt):
         run_experiment(config, runs_dir=tmp_path / "resumed", on_progress=kill_midway)
-    partial = (tmp_path / "resumed" / "small" / "moments" / "manifest.json").read_text()
-    assert '"complete": false' in partial and '"batches": 2' in partial
+    partial = read_manifest(tmp_path / "resumed" / ".small.staging" / "moments")  # the run in progress
+    assert partial["complete"] is False and partial["batches"] == 2
+    assert not (tmp_path / "resumed" / "small").exists()  # nothing is committed before the run succeeds
     seen = []
     run_experiment(config, runs_dir=tmp_path / "resumed", on_progress=lambda t, d, n: seen.append((t, d)))
     assert ("stream activations", 2) in seen and ("stream activations", 0) not in seen  # resumed, not restarted

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import tomli_w
 
-__all__ = ["fingerprint", "write_text_atomic", "write_parquet_atomic", "provenance", "read_json",
+__all__ = ["file_digest", "fingerprint", "write_text_atomic", "write_parquet_atomic", "provenance", "read_json",
            "resolved_config_text"]
 
 
@@ -30,6 +30,15 @@ def fingerprint(**inputs) -> str:
     from . import __version__
     text = json.dumps({"version": __version__, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 hex of the file at `path`, or None when it is missing or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

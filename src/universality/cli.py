@@ -78,8 +78,7 @@ def report(run_dir: Path = typer.Argument(..., help="a finished run directory"))
     """Re-render plots and report.html from a run's saved tables."""
     from . import api
     try:
-        comparison, curves = api.load_run(run_dir)
-        path = api.render_report(run_dir, comparison, curves, facts={"re-rendered from": str(run_dir)})
+        path = api.render_report(run_dir)
     except UniversalityError as error:
         _fail(str(error))
     console.print(f"report: {path}")
@@ -90,10 +89,10 @@ def summary(run_dir: Path = typer.Argument(..., help="a finished run directory")
     """Print the per-unit-set summary of a finished run."""
     from . import api
     try:
-        comparison, _ = api.load_run(run_dir)
+        record = api.load_run(run_dir)
     except UniversalityError as error:
         _fail(str(error))
-    _print_layers(comparison.layers)
+    _print_layers(record.comparison.layers)
 
 
 @app.command()

@@ -1,8 +1,7 @@
-"""Collecting unit activations: forward hooks -> {model: {unit_set: [tokens, units]}} per batch."""
+"""Collecting unit activations: model adapters -> {model: {unit_set: [tokens, units]}} per batch
+(`stream_activations`, the one streamer); `capture` for a bare module's hooks."""
 
 from ._hooks import capture, select_unit_sets
-from ._adapters_stream import stream_unit_activations
-from ._stream import batch_count, stream_activations, token_mask
+from ._stream import batch_count, stream_activations
 
-__all__ = ["capture", "select_unit_sets", "stream_activations", "token_mask", "batch_count"]
-__all__ += ["stream_unit_activations"]  # model adapters (Hugging Face, tiny, TransformerLens)
+__all__ = ["capture", "select_unit_sets", "stream_activations", "batch_count"]

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UniversalityError
+from ..models._adapter_base import unknown_name
 
 __all__ = ["capture", "select_unit_sets"]
 
@@ -31,7 +31,7 @@ def capture(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tens
     try:
         for name in names:
             if name not in modules:
-                raise UniversalityError(_unknown(name, modules))
+                raise UniversalityError(unknown_name(name, [m for m in modules if m], "unit set or hook"))
 
             def store(module, inputs, output, name=name):
                 cache[name] = output.detach()
@@ -53,12 +53,7 @@ def select_unit_sets(available: dict[str, int], patterns: list[str]) -> list[str
     for pattern in patterns:
         matches = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
         if not matches:
-            raise UniversalityError(_unknown(pattern, available))
+            raise UniversalityError(unknown_name(pattern, available, "unit set or hook"))
         chosen += [m for m in matches if m not in chosen]
     return [n for n in available if n in chosen]
 
-
-def _unknown(name: str, valid) -> str:
-    near = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(near)}?" if near else ""
-    return f"no unit set or hook named {name!r}{hint} valid names: {', '.join(v for v in valid if v)}"

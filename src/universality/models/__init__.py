@@ -5,11 +5,12 @@ from ._group_models import GroupMLP, GroupTransformer
 from ._tiny_transformer import HookPoint, TinyTransformer
 from ._adapter_base import ModelAdapter
 from ._adapters import adapt, load_model
-from ._fold import fold_layernorm
+from ._fold import fold_layernorm, is_post_layernorm
+from ._group_adapter import GroupAdapter
 from ._hf_adapter import HFAdapter
 from ._lens_adapter import LensAdapter, load_lens
 from ._tiny_adapter import TinyAdapter
 
 __all__ = ["TinyTransformer", "GroupMLP", "GroupTransformer", "HookPoint"]
-__all__ += ["load_model", "adapt", "fold_layernorm", "ModelAdapter", "HFAdapter", "TinyAdapter",
-            "LensAdapter", "load_lens"]  # adapters: any model as named unit sets
+__all__ += ["load_model", "adapt", "fold_layernorm", "is_post_layernorm", "ModelAdapter", "HFAdapter", "TinyAdapter",
+            "GroupAdapter", "LensAdapter", "load_lens"]  # adapters: any model as named unit sets

@@ -31,6 +31,8 @@ from torch import nn
 
 from ..errors import UniversalityError
 from ._adapter_base import ModelAdapter
+from ._group_adapter import GroupAdapter
+from ._group_models import GroupMLP, GroupTransformer
 from ._hf_adapter import ARCHITECTURES, HFAdapter
 from ._tiny_adapter import TinyAdapter
 from ._tiny_transformer import TinyTransformer
@@ -51,9 +53,12 @@ def load_model(path_or_hub_name: str | Path, *, device: str = "cpu") -> ModelAda
 def adapt(model: nn.Module, *, name: str | None = None, tokenizer=None, **kwargs) -> ModelAdapter:
     """An adapter for a model in memory: a `TinyTransformer` (kwargs: `bos_token_id`,
     `pad_token_id`), a `transformers.PreTrainedModel` of a supported architecture, or a
-    TransformerLens `HookedTransformer` / `TransformerBridge`. An adapter is returned unchanged."""
+    TransformerLens `HookedTransformer` / `TransformerBridge`, or a group model (`GroupMLP`,
+    `GroupTransformer`: pairs as one-token rows, see `GroupAdapter`). An adapter is returned unchanged."""
     if isinstance(model, ModelAdapter):
         return model
+    if isinstance(model, (GroupMLP, GroupTransformer)):
+        return GroupAdapter(model, name=name)
     if isinstance(model, TinyTransformer):
         return TinyAdapter(model, name=name or "TinyTransformer", tokenizer=tokenizer, **kwargs)
     if hasattr(model, "config") and hasattr(model, "base_model") and hasattr(model.config, "model_type"):
@@ -61,6 +66,6 @@ def adapt(model: nn.Module, *, name: str | None = None, tokenizer=None, **kwargs
     if hasattr(model, "run_with_hooks") and hasattr(model, "cfg"):
         from ._lens_adapter import LensAdapter
         return LensAdapter(model, name=name)
-    raise UniversalityError(f"cannot adapt a {type(model).__name__}; pass a TinyTransformer, a transformers "
-                            f"PreTrainedModel ({', '.join(ARCHITECTURES)}) or a TransformerLens model")
+    raise UniversalityError(f"cannot adapt a {type(model).__name__}; pass a TinyTransformer, a group model, "
+                            f"a transformers PreTrainedModel ({', '.join(ARCHITECTURES)}) or a TransformerLens model")
 

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import UniversalityError
 
-__all__ = ["fold_layernorm"]
+__all__ = ["fold_layernorm", "is_post_layernorm"]
 
 
 def fold_layernorm(weights: dict[str, torch.Tensor], *, center: bool = True) -> dict[str, torch.Tensor]:
@@ -38,7 +38,7 @@ def fold_layernorm(weights: dict[str, torch.Tensor], *, center: bool = True) -> 
     >>> folded["W_U"][:, 0].tolist(), sorted(folded)
     ([1.0, 2.0, 3.0], ['W_U', 'b_U'])
     """
-    if "ln_embed.w" in weights:
+    if is_post_layernorm(weights):
         raise UniversalityError("fold_layernorm folds pre-LayerNorm models only; these weights are post-LN "
                                 "(BERT-style), whose residual stream is the LayerNorm output: use them unfolded")
     out = {name: tensor.clone() for name, tensor in weights.items()}
@@ -71,3 +71,8 @@ def _fold(out: dict, ln: str, readers: list[tuple[str, str]], center: bool) -> N
         if center and shift is not None:
             w = w - w.mean(dim=-2, keepdim=True)
         out[w_name] = w
+
+
+def is_post_layernorm(weights: dict[str, torch.Tensor]) -> bool:
+    """True for post-LN (BERT-style) weights, whose embedding output is normalised (`ln_embed`)."""
+    return "ln_embed.w" in weights

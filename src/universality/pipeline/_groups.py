@@ -1,8 +1,8 @@
 """The group-composition experiment (Chughtai, Chan, Nanda 2023): train seeds on a finite group,
 find which irreps each learned, and compare their neurons across seeds with the universality step.
 
-config -> group, task, split -> train seeds (of one or several architectures) -> per-seed irrep tables -> stream hidden units over all
-pairs into moments -> compare -> matched neurons with their irreps -> report.
+config -> group, task, split -> train seeds (of one or several architectures) -> per-seed irrep
+tables -> stream hidden units over all pairs (`GroupAdapter`: a pair is one token) into moments -> compare -> matched neurons with their irreps -> report.
 
 Tables written besides the universality ones (`tables/`):
 
@@ -16,18 +16,23 @@ Tables written besides the universality ones (`tables/`):
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from .._rundir import fingerprint, write_parquet_atomic
+import torch
+
+from .._rundir import fingerprint
 from ..analyze import analyze_group_seed
+from ..collect import batch_count, stream_activations
 from ..config import GroupExperimentConfig
 from ..groups import make_group
+from ..models import adapt
 from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
-from ._steps import Progress, RunResult, compare_step, open_run_dir, quiet, stream_moments, train_or_load
+from ._report import RunRecord
+from ._run import execute, trained_inputs
+from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step, train_or_load
 
 __all__ = ["run_groups"]
 
@@ -37,66 +42,52 @@ _PAIR_BATCH = 4096  # pairs per streamed batch
 def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                on_progress: Progress = quiet) -> RunResult:
     """Run (or resume) the group experiment `config` in `runs_dir/<config.name>`."""
-    from ..api import render_report
     group = make_group(config.task.group)  # bad names and sizes fail here, before anything is written
     task = word_task(group, config.task.word, config.train.train_fraction, config.task.split_seed)
-    hidden_sets = {_hidden(m) for m in config.architectures}
-    unit_set = hidden_sets.pop() if len(hidden_sets) == 1 else "hidden"  # the name compared across models
-    run_dir = open_run_dir(runs_dir, config)
-    seconds = {}
-    start = time.perf_counter()
-    trained, prints = _train(config, task, run_dir, on_progress)
-    seconds["train"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    tables = _analyze(config, task, trained, on_progress) if task.word == "a b" else {}
-    tables["group_seeds"] = _seed_table(trained, tables.pop("summaries", {}))
-    seconds["irreps"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    models = {name: t.model for name, t in trained.items()}
-    moments_print = fingerprint(models=prints, unit_set=unit_set, accumulate=config.compare.accumulate)
     pairs = task.left.shape[0]
 
-    def batches(start_batch: int):
-        from ..collect import capture
-        for first in range(start_batch * _PAIR_BATCH, pairs, _PAIR_BATCH):
-            rows = slice(first, first + _PAIR_BATCH)
-            batch = {}
-            for name, model in models.items():
-                hook = _hidden(trained[name].model_config)
-                with capture(model, [hook]) as cache:
-                    model(task.left[rows], task.right[rows])
-                batch[name] = {unit_set: cache[hook]}  # [pairs in batch, units]
-            yield batch
-    moments = stream_moments(config.name, moments_print, run_dir / "moments", -(-pairs // _PAIR_BATCH),
-                             batches, accumulate=config.compare.accumulate, device="cpu",
-                             on_progress=on_progress)
-    comparison = compare_step(moments, moments_print, config.compare.model_dump(exclude={"accumulate"}),
-                              run_dir, on_progress)
-    if "group_neurons" in tables:
-        tables["group_matches"] = _matches(comparison.pairs, tables["group_neurons"])
-    seconds["compare"] = time.perf_counter() - start
+    def body(run_dir: Path, times: StepTimes) -> RunRecord:
+        with times("train"):
+            trained, prints = _train(config, task, run_dir, on_progress)
+        with times("irreps"):
+            def analyze() -> dict[str, pd.DataFrame]:
+                tables = _analyze(config, task, trained, on_progress) if task.word == "a b" else {}
+                tables["group_seeds"] = _seed_table(trained, tables.pop("summaries", {}))
+                return tables
+            tables = table_step(run_dir / "tables", "groups",
+                                fingerprint(models=prints, analysis=config.analysis.model_dump()), analyze,
+                                key_threshold=config.analysis.key_threshold)
+        with times("compare"):
+            adapters = {name: adapt(t.model, name=name) for name, t in trained.items()}
+            hidden = {name: [_hidden(t.model_config)] for name, t in trained.items()}  # one unit set per model
+            moments_print = fingerprint(models=prints, hidden=hidden, accumulate=config.compare.accumulate)
+            pair_tokens = torch.arange(pairs).reshape(-1, 1)  # [pairs, 1]: pair index a * |G| + b as one token
 
-    start = time.perf_counter()
-    on_progress("write report", 0, 1)
-    for name, table in tables.items():
-        write_parquet_atomic(run_dir / "tables" / f"{name}.parquet", table)
-    curves = {name: pd.DataFrame(t.curve).rename(columns={"epoch": "step", "train_loss": "loss"})
-              for name, t in trained.items()}
-    facts = {
-        "task": f"{group.name} (order {group.order}), word '{task.word}', train fraction "
-                f"{config.train.train_fraction}, {pairs:,} pairs",
-        "models": "; ".join(f"{len(config.seeds)} seeds of the paper's {m.arch} "
-                            f"({', '.join(f'{k} {v}' for k, v in m.model_dump(exclude={'arch'}).items())})"
-                            for m in config.architectures),
-        "unit set compared": unit_set,
-        "step times (s)": ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
-    }
-    report = render_report(run_dir, comparison, curves, facts=facts)  # sections from the tables just written
-    on_progress("write report", 1, 1)
-    seconds["report"] = time.perf_counter() - start
-    return RunResult(run_dir, comparison, report, seconds)
+            def batches(start_batch: int):
+                return stream_activations(adapters, pair_tokens, unit_sets=hidden, batch_rows=_PAIR_BATCH,
+                                          start_batch=start_batch)
+            moments = stream_moments(config.name, moments_print, run_dir / "moments", batch_count(pairs, _PAIR_BATCH),
+                                     batches, accumulate=config.compare.accumulate, device="cpu",
+                                     on_progress=on_progress)
+            comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
+            if "group_neurons" in tables:
+                tables |= table_step(run_dir / "tables", "group_matches",
+                                     fingerprint(models=prints, analysis=config.analysis.model_dump(),
+                                                 compare=config.compare.model_dump()),
+                                     lambda: {"group_matches": _matches(comparison.pairs, tables["group_neurons"])})
+        curves = {name: pd.DataFrame(t.curve).rename(columns={"epoch": "step", "train_loss": "loss"})
+                  for name, t in trained.items()}
+        facts = {
+            "task": f"{group.name} (order {group.order}), word '{task.word}', train fraction "
+                    f"{config.train.train_fraction}, {pairs:,} pairs",
+            "models": "; ".join(f"{len(config.seeds)} seeds of the paper's {m.arch} "
+                                f"({', '.join(f'{k} {v}' for k, v in m.model_dump(exclude={'arch'}).items())})"
+                                for m in config.architectures),
+            "unit sets compared": ", ".join(sorted({s for names in hidden.values() for s in names})),
+            "rotations in the baseline": str(comparison.rotations),
+        }
+        return RunRecord(comparison, curves, facts, tables, key_threshold=config.analysis.key_threshold)
+    return execute(config, runs_dir, body)
 
 
 def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Progress):
@@ -110,7 +101,7 @@ def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Prog
                                       on_log=lambda point: report(point["epoch"]))
             save_group_model(directory, result, task, extra={"fingerprint": print_})
             return result
-        inputs = dict(task=config.task.model_dump(), model=model_config.model_dump(), train=config.train.model_dump())
+        inputs = dict(task=config.task.model_dump(), model=model_config.model_dump(), train=trained_inputs(config.train))
         same_arch = sum(m.arch == model_config.arch for m in architectures) > 1
         prefix = "" if len(architectures) == 1 else f"{model_config.arch}{index if same_arch else ''}-"
         found, found_prints = train_or_load(config.seeds, run_dir, inputs, load=lambda d: load_group_model(d)[0],

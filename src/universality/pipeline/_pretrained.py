@@ -10,76 +10,73 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import time
 from pathlib import Path
 
 import torch
 
-from .._rundir import fingerprint, write_parquet_atomic
-from ..analyze import alphabet, head_scores, match_heads, neuron_table, position_buckets, previous_token, row_context, token_strings, unigram
-from ..collect import batch_count, select_unit_sets, stream_unit_activations
+from .._rundir import fingerprint
+from ..analyze import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
+from ..collect import batch_count, select_unit_sets, stream_activations
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..errors import UniversalityError
-from ..models import fold_layernorm, load_model
-from ..tokens import (check_same_tokenizer, drop_token_ids, keep_mask, tokens_from_dataset, tokens_from_numpy,
-                     tokens_from_text_files)
-from ._steps import Progress, RunResult, compare_step, open_run_dir, quiet, stream_moments
+from ..models import load_model
+from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset, tokens_from_numpy,
+                      tokens_from_text_files)
+from ._neurons import neuron_step
+from ._report import RunRecord
+from ._run import execute
+from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step
 
 __all__ = ["run_pretrained", "token_rows"]
 
 
 def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path = "runs",
-               on_progress: Progress = quiet) -> RunResult:
+                   on_progress: Progress = quiet) -> RunResult:
     """Run (or resume) the pretrained-models experiment `config` in `runs_dir/<config.name>`."""
-    from ..api import render_report
     # 1) every check that needs no activations: models, tokenizers, unit sets, tokens
     adapters = _load(config)
     first = next(iter(adapters.values()))
     unit_sets = select_unit_sets(first.unit_sets, config.collect.unit_sets)
-    for name, adapter in adapters.items():
+    for adapter in adapters.values():
         select_unit_sets(adapter.unit_sets, unit_sets)  # every model has them (one-line error if not)
     tokens = token_rows(config.data, first)  # [rows, seq_len]
     collect = config.collect
     drop = drop_token_ids(first, bos=collect.drop_bos, pad=collect.drop_pad, newline=collect.drop_newline)
-    run_dir = open_run_dir(runs_dir, config)
-    seconds = {}
-    # 2) one pass into moments; compare
-    start = time.perf_counter()
-    moments_print = fingerprint(models=config.models, tokens=hashlib.sha256(tokens.numpy().tobytes()).hexdigest(),
-                                collect=collect.model_dump(), accumulate=config.compare.accumulate)
 
-    def batches(start_batch: int):
-        return stream_unit_activations(adapters, tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
-                                       drop_tokens=drop, start_batch=start_batch, device=config.device)
-    moments = stream_moments(config.name, moments_print, run_dir / "moments",
-                             batch_count(tokens.shape[0], collect.batch_rows), batches,
-                             accumulate=config.compare.accumulate, device=config.device, on_progress=on_progress)
-    comparison = compare_step(moments, moments_print, config.compare.model_dump(exclude={"accumulate"}),
-                              run_dir, on_progress)
-    seconds["moments and compare"] = time.perf_counter() - start
-    # 3) neurons: moments, families, weights
-    start = time.perf_counter()
-    neurons = _neurons(adapters, tokens, drop, comparison.units, collect.batch_rows, on_progress)
-    if neurons is not None:
-        write_parquet_atomic(run_dir / "tables" / "neurons.parquet", neurons)
-    seconds["neurons"] = time.perf_counter() - start
-    start = time.perf_counter()
-    write_parquet_atomic(run_dir / "tables" / "heads.parquet", _heads(adapters, tokens[:collect.batch_rows]))
-    seconds["heads"] = time.perf_counter() - start
-    start = time.perf_counter()
-    on_progress("write report", 0, 1)
-    facts = {
-        "models": ", ".join(f"{name} ({a.kind}, {a.n_layers} layers x {a.d_mlp} neurons)" for name, a in adapters.items()),
-        "tokens streamed": f"{moments.count_:,} ({tokens.shape[0]} rows of {tokens.shape[1]} from "
-                           f"{config.data.source}; dropped ids {drop})",
-        "unit sets": ", ".join(unit_sets),
-        "rotations in the baseline": str(config.compare.rotations),
-        "step times (s)": ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()),
-    }
-    report = render_report(run_dir, comparison, {}, facts=facts)
-    on_progress("write report", 1, 1)
-    seconds["report"] = time.perf_counter() - start
-    return RunResult(run_dir, comparison, report, seconds)
+    def body(run_dir: Path, times: StepTimes) -> RunRecord:
+        # 2) one pass into moments; compare
+        with times("moments and compare"):
+            moments_print = fingerprint(models=config.models, tokens=hashlib.sha256(tokens.numpy().tobytes()).hexdigest(),
+                                        collect=collect.model_dump(), accumulate=config.compare.accumulate)
+
+            def batches(start_batch: int):
+                return stream_activations(adapters, tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
+                                          drop_tokens=drop, start_batch=start_batch, device=config.device)
+            moments = stream_moments(config.name, moments_print, run_dir / "moments",
+                                     batch_count(tokens.shape[0], collect.batch_rows), batches,
+                                     accumulate=config.compare.accumulate, device=config.device,
+                                     on_progress=on_progress)
+            comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
+        # 3) neurons: moments, families, weights; heads
+        with times("neurons"):
+            neurons, notes = neuron_step(run_dir, adapters, tokens, inputs_print=moments_print, units=comparison.units,
+                                         feature_sets=_features(first, tokens.shape[1]), drop=drop,
+                                         batch_rows=collect.batch_rows, on_progress=on_progress)
+        with times("heads"):
+            heads = table_step(run_dir / "tables", "heads", moments_print,
+                               lambda: {"heads": _heads(adapters, tokens[:collect.batch_rows])})["heads"]
+        facts = {
+            "models": ", ".join(f"{name} ({a.kind}, {a.n_layers} layers x {a.d_mlp} neurons)"
+                                for name, a in adapters.items()),
+            "tokens streamed": f"{moments.count_:,} ({tokens.shape[0]} rows of {tokens.shape[1]} from "
+                               f"{config.data.source}; dropped ids {drop})",
+            "unit sets": ", ".join(unit_sets),
+            "rotations in the baseline": str(comparison.rotations),
+            **({"left out": "; ".join(notes)} if notes else {}),
+        }
+        tables = {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
+        return RunRecord(comparison, {}, facts, tables)
+    return execute(config, runs_dir, body)
 
 
 def token_rows(data: DataConfig, adapter) -> torch.Tensor:
@@ -110,32 +107,15 @@ def _load(config: PretrainedExperimentConfig) -> dict:
     return adapters
 
 
-def _neurons(adapters: dict, tokens: torch.Tensor, drop: list[int], units, batch_rows: int, on_progress):
-    """The neurons table of the compared hook_post sets (`analyze.neuron_table`); None if there are none."""
-    post = [s for s in units.unit_set.unique() if s.endswith("mlp.hook_post")]
-    if not post:
-        return None
-    sets = [name for s in post for name in (s.replace("hook_post", "hook_pre"), s)]
-    total = batch_count(tokens.shape[0], batch_rows)
-
-    def batches():
-        stream = stream_unit_activations(adapters, tokens, unit_sets=sets, batch_rows=batch_rows, drop_tokens=drop)
-        for index, batch in enumerate(stream):
-            rows = tokens[index * batch_rows:(index + 1) * batch_rows]
-            keep = keep_mask(rows, drop).reshape(-1)  # the tokens `batch` kept
-            context = {k: v[keep] for k, v in row_context(rows).items() if k != "labels"}
-            on_progress("neuron statistics", index + 1, total)
-            yield batch, context
-    first = next(iter(adapters.values()))
-    vocab = first.tokenizer.convert_ids_to_tokens(list(range(first.vocab_size))) if first.tokenizer else None
+def _features(adapter, seq_len: int) -> list:
+    """Token features whose variance reduction names a neuron's family: unigram, previous token,
+    position buckets 0, 1, 2, 4, ... and, with a tokenizer, token strings and alphabet."""
+    vocab = adapter.tokenizer.convert_ids_to_tokens(list(range(adapter.vocab_size))) if adapter.tokenizer else None
     vocab = [str(t) for t in vocab] if vocab else None
-    edges = [0] + [2 ** k for k in range(int(math.log2(max(tokens.shape[1] - 1, 1))) + 1)]  # 0, 1, 2, 4, ...
-    features = [unigram(vocab, size=None if vocab else first.vocab_size),
-                previous_token(vocab, size=None if vocab else first.vocab_size), position_buckets(edges)]
-    if vocab:
-        features += [token_strings(vocab), alphabet(vocab)]
-    return neuron_table(batches(), units=units[units.unit_set.isin(post)], feature_sets=features,
-                        weights={name: _analysis_weights(a) for name, a in adapters.items()})
+    edges = [0] + [2 ** k for k in range(int(math.log2(max(seq_len - 1, 1))) + 1)]
+    features = [unigram(vocab, size=None if vocab else adapter.vocab_size),
+                previous_token(vocab, size=None if vocab else adapter.vocab_size), position_buckets(edges)]
+    return features + ([token_strings(vocab), alphabet(vocab)] if vocab else [])
 
 
 def _heads(adapters: dict, tokens: torch.Tensor):
@@ -154,12 +134,3 @@ def _heads(adapters: dict, tokens: torch.Tensor):
                                   on=["layer", "head"])
         frames.append(scores)
     return pd.concat(frames, ignore_index=True)
-
-
-def _analysis_weights(adapter) -> dict:
-    """LayerNorm-folded weights of pre-LN models; post-LN (BERT-style) weights as they are."""
-    weights = adapter.weights()
-    try:
-        return fold_layernorm(weights)
-    except UniversalityError:  # post-LN: the residual stream is the LayerNorm output already
-        return weights

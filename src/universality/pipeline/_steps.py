@@ -1,29 +1,33 @@
-"""Steps every experiment kind shares: streaming activations into moments (resumable) and
-turning moments into universality tables (skipped when made from the same inputs).
+"""Steps every experiment kind shares: timing, training or loading seeds, streaming activations
+into moments (resumable), and steps whose outputs are tables (skipped when made from the same
+inputs and intact).
 
-Each step's outputs carry a fingerprint of its inputs; a step whose outputs exist with the same
-fingerprint is skipped, and the moment stream saves its state as it goes.
+Every step's outputs carry a fingerprint of its inputs and the sha256 of each file; a step whose
+outputs exist with the same fingerprint and digests is skipped, a damaged or stale one is
+recomputed from its inputs. The moment stream saves its state as it goes.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .._rundir import fingerprint, read_json, resolved_config_text, write_parquet_atomic, write_text_atomic
+from .._rundir import file_digest, fingerprint, read_json, write_parquet_atomic, write_text_atomic
 from ..compare import Comparison, compare_moments
+from ..config import CompareConfig
 from ..errors import UniversalityError
 from ..moments import MomentAccumulator, load_moments, read_manifest, save_moments
 
-__all__ = ["Progress", "quiet", "RunResult", "CHECKPOINT_SECONDS", "open_run_dir", "train_or_load", "stream_moments",
-           "compare_step"]
+__all__ = ["Progress", "quiet", "RunResult", "StepTimes", "CHECKPOINT_SECONDS", "train_or_load", "stream_moments",
+           "saved_tables", "table_step", "compare_step"]
 
 Progress = Callable[[str, int, int], None]  # (task description, done, total)
-
 
 CHECKPOINT_SECONDS = 20.0  # the moment stream saves its state at most this often
 
@@ -38,24 +42,33 @@ class RunResult:
     comparison: Comparison
     report: Path
     seconds: dict[str, float]  # wall time per step
+    facts: dict[str, str] = field(default_factory=dict)  # the report's header facts
 
 
-def open_run_dir(runs_dir: str | Path, config) -> Path:
-    """`runs_dir/<config.name>`, with the resolved config (and provenance) written into it; called
-    after every check that needs no data, so bad input never touches an existing run."""
-    run_dir = Path(runs_dir) / config.name
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UniversalityError(f"run directory {str(run_dir)!r} exists and is not a directory")
-    write_text_atomic(run_dir / "config.toml", resolved_config_text(config.model_dump()))
-    return run_dir
+class StepTimes:
+    """Wall time per step: `with times("train"): ...` adds to `times.seconds["train"]`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+
+    def text(self) -> str:
+        return ", ".join(f"{step} {seconds:.1f}" for step, seconds in self.seconds.items())
 
 
 def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callable, train: Callable,
                   total: int, on_progress: Progress, prefix: str = "") -> tuple[dict, dict]:
-    """Per seed, `load(directory)` when `models/seed-<k>/metadata.json` holds the fingerprint of
-    `inputs` and the seed, else `train(seed, directory, fingerprint, report)`, which must save the
-    model with that fingerprint and call `report(done)` as it goes (`total` steps).
-    Seeds are named `<prefix>seed-<k>`. Returns ({name: what load or train returned}, {name: fingerprint})."""
+    """Per seed, `load(directory)` when `models/<prefix>seed-<k>/metadata.json` holds the fingerprint
+    of `inputs` and the seed and the weights' sha256 matches, else `train(seed, directory,
+    fingerprint, report)`, which must save the model with that fingerprint and call `report(done)`
+    as it goes (`total` steps). Returns ({name: what load or train returned}, {name: fingerprint})."""
     results, prints = {}, {}
     for seed in seeds:
         name = f"{prefix}seed-{seed}"
@@ -63,7 +76,8 @@ def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callab
         prints[name] = fingerprint(**inputs, seed=seed)
         saved = read_json(directory / "metadata.json")
         label = f"train {name}"
-        if saved and saved.get("fingerprint") == prints[name]:
+        intact = bool(saved) and saved.get("weights_sha256") == file_digest(directory / "weights.safetensors")
+        if intact and saved.get("fingerprint") == prints[name]:
             results[name] = load(directory)
         else:
             on_progress(label, 0, total)
@@ -107,23 +121,51 @@ def stream_moments(run_name: str, step_print: str, directory: Path, total: int,
     return acc
 
 
-def compare_step(moments: MomentAccumulator, moments_print: str, settings: dict, run_dir: Path,
+def saved_tables(tables_dir: Path, step: str, step_print: str | None = None) -> dict[str, pd.DataFrame] | None:
+    """The tables of `step` saved in `tables_dir` when its manifest `<step>.json` is there (with
+    `step_print`, when given) and every listed file has its recorded sha256; else None."""
+    saved = read_json(tables_dir / f"{step}.json")
+    if not saved or (step_print is not None and saved.get("fingerprint") != step_print):
+        return None
+    files = saved.get("files", {})
+    if not all(file_digest(tables_dir / f"{name}.parquet") == digest for name, digest in files.items()):
+        return None
+    return {name: pd.read_parquet(tables_dir / f"{name}.parquet") for name in files}
+
+
+def table_step(tables_dir: Path, step: str, step_print: str,
+               compute: Callable[[], dict[str, pd.DataFrame]], **extra) -> dict[str, pd.DataFrame]:
+    """The tables of one step: the saved ones when made from the same inputs and intact
+    (`saved_tables`), else `compute()`, written as `tables_dir/<name>.parquet` with the step's
+    manifest `<step>.json` last (fingerprint, each file's sha256 and the `extra` settings)."""
+    saved = saved_tables(tables_dir, step, step_print)
+    if saved is not None:
+        return saved
+    tables = compute()
+    (tables_dir / f"{step}.json").unlink(missing_ok=True)  # the tables below are in flux until it is back
+    files = {}
+    for name, frame in tables.items():
+        write_parquet_atomic(tables_dir / f"{name}.parquet", frame)
+        files[name] = file_digest(tables_dir / f"{name}.parquet")
+    write_text_atomic(tables_dir / f"{step}.json", json.dumps({"fingerprint": step_print, "files": files, **extra},
+                                                              indent=1))
+    return tables
+
+
+def compare_step(moments: MomentAccumulator, moments_print: str, compare: CompareConfig, run_dir: Path,
                  on_progress: Progress) -> Comparison:
-    """Universality tables from the moments, or the saved ones when made from the same inputs."""
-    step_print = fingerprint(moments=moments_print, compare=settings)
-    tables = run_dir / "tables"
+    """Universality tables from the moments (`compare_moments` with the config's threshold,
+    rotations and seed), or the saved ones when made from the same inputs; the settings are stored
+    in `tables/compare.json` beside the tables they made (`univ report` reads them from there)."""
     on_progress("compare", 0, 1)
-    saved = read_json(tables / "manifest.json")
-    if saved and saved.get("fingerprint") == step_print and all(
-            (tables / f"{t}.parquet").is_file() for t in ("units", "pairs", "layers")):
-        comparison = Comparison(moments, pd.read_parquet(tables / "units.parquet"),
-                                pd.read_parquet(tables / "pairs.parquet"), **settings)
-    else:
-        comparison = compare_moments(moments, **settings)
-        write_text_atomic(tables / "manifest.json", "{}")  # tables below are in flux until the manifest
-        write_parquet_atomic(tables / "units.parquet", comparison.units)
-        write_parquet_atomic(tables / "pairs.parquet", comparison.pairs)
-        write_parquet_atomic(tables / "layers.parquet", comparison.layers)
-        write_text_atomic(tables / "manifest.json", f'{{"fingerprint": "{step_print}"}}')
+
+    def compute() -> dict[str, pd.DataFrame]:
+        comparison = compare_moments(moments, threshold=compare.threshold, rotations=compare.rotations,
+                                     seed=compare.seed)
+        return {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers}
+    settings = compare.model_dump(exclude={"accumulate"})  # threshold, rotations, seed
+    tables = table_step(run_dir / "tables", "compare", fingerprint(moments=moments_print, compare=settings), compute,
+                        settings=settings)
     on_progress("compare", 1, 1)
-    return comparison
+    return Comparison(moments, tables["units"], tables["pairs"], threshold=compare.threshold,
+                      rotations=compare.rotations, seed=compare.seed)

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig, TrainConfig
+from .._rundir import file_digest
 from ..errors import UniversalityError
 from ..models import TinyTransformer
 from ..tasks import SyntheticLanguage
@@ -161,6 +162,7 @@ def save_checkpoint(directory: Path, model: nn.Module | Mapping[str, torch.Tenso
 
     1. write both files into a temporary sibling directory;
     2. move an older `directory` aside, rename the new one into place, delete the old one.
+    `metadata.json` records the weights' sha256 (`weights_sha256`), so a damaged file is detected.
     A reader never sees a half-written file: it finds the old checkpoint, the new one, or (for
     the instant between the two renames) none.
     """
@@ -168,21 +170,26 @@ def save_checkpoint(directory: Path, model: nn.Module | Mapping[str, torch.Tenso
 
     directory = Path(directory)
     try:
-        metadata_text = json.dumps(metadata, indent=2, sort_keys=True)
+        json.dumps(metadata)
     except TypeError as error:
         raise UniversalityError(f"checkpoint metadata is not JSON serialisable: {error}") from None
     directory.parent.mkdir(parents=True, exist_ok=True)
     temporary = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
     state = model.state_dict() if isinstance(model, nn.Module) else model
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
-    save_file(weights, str(temporary / WEIGHTS_FILE))
-    (temporary / METADATA_FILE).write_text(metadata_text + "\n")
-    if directory.exists():
-        directory.rename(old)
-    temporary.rename(directory)
+    try:
+        temporary.mkdir()
+        save_file(weights, str(temporary / WEIGHTS_FILE))
+        digest = file_digest(temporary / WEIGHTS_FILE)  # checked on load: a damaged file is retrained
+        (temporary / METADATA_FILE).write_text(
+            json.dumps({**metadata, "weights_sha256": digest}, indent=2, sort_keys=True) + "\n")
+        if directory.exists():
+            directory.rename(old)
+        temporary.rename(directory)
+    finally:  # a full disk or a kill mid-write leaves no temporary directory behind
+        shutil.rmtree(temporary, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -1,0 +1,65 @@
+"""One run of any experiment kind, from a checked config to a committed run directory.
+
+1. A finished run of the same name made from the same config is returned as it is, without
+   writing anything (so a read-only finished run can be run again), when its files are intact.
+2. Otherwise the run stages (`open_run`), writes the resolved config, runs the kind's steps
+   (`body(run_dir, times) -> RunRecord`) in the staging directory, writes the report, and commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .._rundir import fingerprint, resolved_config_text, write_text_atomic
+from ..errors import UniversalityError
+from ._report import RunRecord, load_run, report_step
+from ._run_directory import finished_run_print, open_run
+from ._steps import RunResult, StepTimes
+
+__all__ = ["execute", "run_fingerprint", "trained_inputs"]
+
+
+def trained_inputs(train_config) -> dict:
+    """The training settings that define a trained model: all but `threads`, which only changes the
+    float rounding of the result, so changing it never retrains a seed."""
+    return train_config.model_dump(exclude={"threads"})
+
+
+def run_fingerprint(config) -> str:
+    """A fingerprint of everything that defines a run's results (the config without `threads`)."""
+    settings = config.model_dump(mode="json")
+    if "train" in settings:
+        settings["train"] = trained_inputs(config.train)
+    return fingerprint(run=settings)
+
+
+def finished_result(config, runs_dir: str | Path) -> RunResult | None:
+    """The finished run `runs_dir/<name>` when it was made from this config and reads back intact."""
+    run_dir = Path(runs_dir) / config.name
+    if finished_run_print(runs_dir, config.name) != run_fingerprint(config):
+        return None
+    try:
+        record = load_run(run_dir)
+    except (UniversalityError, OSError, ValueError, KeyError):
+        return None  # damaged: run again, which recomputes what is damaged
+    return RunResult(run_dir, record.comparison, run_dir / "report.html", {}, record.facts)
+
+
+def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunRecord]) -> RunResult:
+    """Run `body` in the staging directory of `runs_dir/<config.name>` and commit (module docstring)."""
+    finished = finished_result(config, runs_dir)
+    if finished is not None:
+        return finished
+    run = open_run(runs_dir, config.name)
+    times = StepTimes()
+    try:
+        write_text_atomic(run.work / "config.toml", resolved_config_text(config.model_dump()))
+        record = body(run.work, times)
+        with times("report"):
+            record.facts["step times (s)"] = times.text()
+            report_step(run.work, record)
+        run.commit(run_fingerprint(config))
+    finally:
+        run.release()
+    return RunResult(run.final, record.comparison, run.final / "report.html", times.seconds, record.facts)

@@ -1,3 +1,4 @@
+import hashlib
 """Invariants of seed training and checkpoints, on a language and model small enough to train in seconds."""
 
 import math
@@ -94,6 +95,7 @@ def test_checkpoint_round_trip_gives_identical_logits(trained, tmp_path):
     tokens = LANGUAGE.sample(4, seed=1).tokens
     with torch.no_grad():
         assert torch.equal(model(tokens), trained.model(tokens))
+    assert metadata.pop("weights_sha256") == hashlib.sha256((directory / "weights.safetensors").read_bytes()).hexdigest()
     assert metadata == {"seed": 0, "curve": trained.curve}
     assert sorted(p.name for p in directory.parent.iterdir()) == ["seed-0"]  # no temporaries left
 

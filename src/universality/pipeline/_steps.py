@@ -10,6 +10,7 @@ recomputed from its inputs. The moment stream saves its state as it goes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,9 @@ __all__ = ["Progress", "quiet", "RunResult", "StepTimes", "CHECKPOINT_SECONDS", 
 
 Progress = Callable[[str, int, int], None]  # (task description, done, total)
 
-CHECKPOINT_SECONDS = 20.0  # the moment stream saves its state at most this often
+# the moment stream saves its state at most this often (the environment variable lets the
+# kill-and-resume tests save after every batch)
+CHECKPOINT_SECONDS = float(os.environ.get("UNIVERSALITY_CHECKPOINT_SECONDS", "20"))
 
 
 def quiet(task: str, done: int, total: int) -> None:

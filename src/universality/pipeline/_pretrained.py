@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .._rundir import fingerprint, write_parquet_atomic
-from ..analyze import alphabet, head_scores, match_heads, neuron_table, position_buckets, previous_token, row_context, token_strings, unigram
+from ..neurons import alphabet, head_scores, match_heads, neuron_table, position_buckets, previous_token, row_context, token_strings, unigram
 from ..collect import batch_count, select_unit_sets, stream_unit_activations
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..errors import UniversalityError

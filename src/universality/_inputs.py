@@ -1,13 +1,13 @@
 """Checking inputs once, in one place: arrays of named shape, and activation batches.
 
-| function            | input                                              | returns                                     |
-|---------------------|----------------------------------------------------|---------------------------------------------|
-| `as_float64`        | tensor, array or nested lists; named axes          | finite float64 numpy, shape checked         |
-| `as_float64_tensor` | the same                                           | finite float64 CPU torch tensor             |
-| `as_activations`    | one Tensor[tokens, units]                          | the tensor, detached; integers as float64   |
-| `check_batch`       | {model: {unit_set: Tensor[tokens, units]}}         | the same with str keys, tensors checked     |
-| `layout_of`         | a checked batch                                    | {model: {unit_set: units}}                  |
-| `check_device`      | a device string                                    | the `torch.device`, known to be usable      |
+| function            | input                                      | returns                                 |
+|---------------------|--------------------------------------------|-----------------------------------------|
+| `as_float64`        | tensor, array or nested lists; named axes  | finite float64 numpy, shape checked     |
+| `as_float64_tensor` | the same                                   | finite float64 CPU torch tensor         |
+| `as_activations`    | one Tensor[tokens, units]                  | the tensor, detached; integers float64  |
+| `check_batch`       | {model: {unit_set: Tensor[tokens, units]}} | the same with str keys, tensors checked |
+| `layout_of`         | a checked batch                            | {model: {unit_set: units}}              |
+| `check_device`      | a device string                            | the `torch.device`, known to be usable  |
 
 Every failure is one `UniversalityError` line naming the input and the fix. User strings appear
 through `repr`, so a name holding a newline cannot break the line.

@@ -1,10 +1,10 @@
 """Per-neuron statistics read from weights (Gurnee et al. 2024), and the weight lookups the roles share.
 
-| name                | input                                          | returns                                       |
-|---------------------|------------------------------------------------|-----------------------------------------------|
-| `weight_statistics` | TransformerLens weights {name: tensor}         | per (unit_set, unit): norms, cos, vocab moments |
-| `named_weight`      | weights, a name, named axes                    | float64 CPU tensor, shape and finiteness checked |
-| `row_moments`       | rows [neurons, d], matrix [d, vocab]           | mean, var, skew, kurtosis of each row's product |
+| name                | input                                  | returns                                         |
+|---------------------|----------------------------------------|-------------------------------------------------|
+| `weight_statistics` | TransformerLens weights {name: tensor} | per (unit_set, unit): norms, cos, vocab moments |
+| `named_weight`      | weights, a name, named axes            | float64 CPU tensor, shape and finiteness checked |
+| `row_moments`       | rows [neurons, d], matrix [d, vocab]   | mean, var, skew, kurtosis of each row's product |
 
 Moments are population moments (ddof=0) with Pearson's kurtosis (a Gaussian has 3), as in `_neuron_stats.py`.
 """

@@ -96,9 +96,10 @@ def check_batch(batch, *, min_models: int = 1) -> dict[str, dict[str, torch.Tens
         if not sets:
             raise UniversalityError(f"model {model!r} has no unit sets; give it at least one Tensor[tokens, units]")
         models[model] = {name: as_activations(x, f"model {model!r}, unit set {name!r}")
-                         for name, x in _string_keys(sets, f"unit set of model {model!r}").items()}
+                         for name, x in _string_keys(sets, f"model {model!r}: unit set").items()}
     if len(models) < min_models:
-        raise UniversalityError(f"a batch needs at least {min_models} models, got {len(models)} "
+        plural = "s" if min_models > 1 else ""
+        raise UniversalityError(f"a batch needs at least {min_models} model{plural}, got {len(models)} "
                                 f"({', '.join(map(repr, models)) or 'none'}); add the models to compare")
     tokens = {}
     for model, sets in models.items():

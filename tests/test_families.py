@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from universality.analyze._families import (FamilyAccumulator, alphabet, label_features, position_buckets,
+from universality.neurons._families import (FamilyAccumulator, alphabet, label_features, position_buckets,
                                             previous_token, row_context, token_strings, unigram)
 from universality.errors import UniversalityError
 

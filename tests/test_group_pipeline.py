@@ -120,7 +120,8 @@ def test_restricted_and_excluded_loss_patch_the_hidden_layer(arch):
     """The per-seed losses patch the rho(ab)-restricted hidden layer into the forward pass: for the MLP
     this equals the direct hidden @ U^T formula; for the transformer it is defined and finite."""
     import numpy as np
-    from universality.analyze import analyze_group_seed, excluded_loss, restricted_loss, run_on_pairs
+    from universality.irreps import analyze_group_seed, excluded_loss, restricted_loss
+    from universality.irreps._group_seed import run_on_pairs
     from universality.config import GroupMLPConfig, GroupTrainConfig, GroupTransformerConfig
     from universality.groups import make_group
     from universality.tasks import composition_task
@@ -131,7 +132,7 @@ def test_restricted_and_excluded_loss_patch_the_hidden_layer(arch):
     trained = train_group_seed(task, model_config, GroupTrainConfig(epochs=200, lr=1e-2, train_fraction=0.7,
                                                                     checkpoints=0, threads=1), seed=0)
     unit_set = "mlp.hook_post" if arch == "mlp" else "blocks.0.mlp.hook_post"
-    result = analyze_group_seed(task, trained.model, unit_set=unit_set, key_threshold=0.01, neuron_threshold=0.5)
+    result = analyze_group_seed(task, trained.model, unit_set=unit_set, key_threshold=0.01, unit_threshold=0.5)
     summary = result["summary"]
     assert np.isfinite(summary["restricted_loss"]) and np.isfinite(summary["excluded_loss"])
     if arch == "mlp":

@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from universality.analyze import (check_subgroup, coset_constancy, excluded_loss, fourier_key_frequencies,
-                                  fraction_logits_explained, fraction_variance_explained, hidden_fve,
-                                  irrep_emergence, logit_similarity, model_loss, neuron_irreps, restricted_loss,
-                                  subgroups_of_interest)
+from universality.irreps import (coset_constancy, excluded_loss, fourier_key_frequencies, fraction_logits_explained,
+                                 fraction_variance_explained, hidden_fve, irrep_emergence, logit_similarity,
+                                 restricted_loss, subgroups_of_interest, unit_irreps)
+from universality.irreps._cosets import check_subgroup
+from universality.irreps._loss import model_loss
 from universality.errors import UniversalityError
 from universality.groups import irrep_matrices, make_group, projector, real_irreps
 
@@ -192,7 +193,7 @@ def test_loss_inputs_are_checked():
 
 # (5) neuron irreps ------------------------------------------------------------------------------------------
 
-def test_neuron_irreps_finds_planted_units_and_flags_dead_ones():
+def test_unit_irreps_finds_planted_units_and_flags_dead_ones():
     units = np.hstack([_entries(S4, STANDARD, "ab")[:, :1],  # 0: rho(ab) entry
                        _entries(S4, SIGN, "a"),  # 1: sign(a)
                        _entries(S4, TWO_TWO, "b")[:, 1:2],  # 2: rho(b) entry
@@ -200,7 +201,7 @@ def test_neuron_irreps_finds_planted_units_and_flags_dead_ones():
                        np.zeros((576, 1)),  # 4: never fires
                        np.full((576, 1), 5.0),  # 5: constant
                        _entries(S4, STANDARD, "ab")[:, :1] + _entries(S4, TWO_TWO, "ab")[:, :1]])  # 6: mixed
-    table = neuron_irreps(S4, np.maximum(units, 0) - np.maximum(-units, 0), threshold=0.7)
+    table = unit_irreps(S4, np.maximum(units, 0) - np.maximum(-units, 0), threshold=0.7)
     assert table.irrep.tolist()[:4] == [STANDARD, SIGN, TWO_TWO, STANDARD]
     assert np.allclose(table.share[:4], 1.0)
     assert table.dead.tolist() == [False] * 4 + [True, True, False]
@@ -237,7 +238,7 @@ def test_units_constant_on_cosets_score_one_and_random_units_score_low():
                       values[np.argsort(perms, axis=1)[a, 3]],  # a^-1(3): the right coset Stab(3) a
                       np.random.default_rng(9).standard_normal(576),
                       np.zeros(576)], axis=1)
-    table = coset_constancy(S4, units, stab).set_index(["neuron", "of", "side"]).constancy
+    table = coset_constancy(S4, units, stab).set_index(["unit", "of", "side"]).constancy
     assert table[(0, "ab", "left")] == pytest.approx(1.0) and table[(0, "ab", "right")] < 1e-12
     assert table[(1, "a", "right")] == pytest.approx(1.0) and table[(1, "a", "left")] < 1e-12
     assert table[2].max() < 0.05

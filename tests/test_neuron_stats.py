@@ -7,8 +7,9 @@ import pytest
 import torch
 from scipy import stats
 
-from universality.analyze._neuron_stats import (ActivationMoments, NeuronStatsAccumulator, plot_universal_vs_rest,
-                                                universal_vs_rest, weight_statistics)
+from universality.neurons._neuron_stats import (ActivationMoments, NeuronStatsAccumulator, plot_universal_vs_rest,
+                                                universal_vs_rest)
+from universality.neurons._weights import weight_statistics
 from universality.errors import UniversalityError
 
 
@@ -54,7 +55,7 @@ def test_sharded_merge_equals_single_pass():
 
 
 def test_large_batch_is_split_into_bounded_chunks(monkeypatch):
-    import universality.analyze._neuron_stats as module
+    import universality.neurons._neuron_stats as module
     monkeypatch.setattr(module, "_CHUNK_ENTRIES", 64)  # 12 rows per chunk of 5 units
     x = _skewed(tokens=500)
     pd.testing.assert_frame_equal(ActivationMoments(5).update(x).table(), _scipy_table(x), rtol=1e-9, atol=0)

@@ -14,9 +14,9 @@ from _hf_tiny import ARCHS
 from scipy.linalg import null_space
 
 from universality import UniversalityError
-from universality.analyze._heads import head_correlations, head_scores, match_heads, pattern_scores
-from universality.analyze._interventions import intervene, mean_ablate, scale_units, set_units, zero_units
-from universality.analyze._roles import (
+from universality.neurons._heads import head_correlations, head_scores, match_heads, pattern_scores
+from universality.neurons._interventions import intervene, mean_ablate, scale_units, set_units, zero_units
+from universality.neurons._roles import (
     attention_deactivation_scores, bos_attention_patching, entropy_intervention, entropy_neuron_scores,
     prediction_neurons,
 )

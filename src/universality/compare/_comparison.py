@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 from pathlib import Path
@@ -93,18 +94,20 @@ class Comparison:
                    **settings)
 
 
-def check_settings(threshold: float, rotations: int) -> None:
-    """Validate comparison settings before any data is read."""
-    if not (0 < threshold <= 1):
-        raise UniversalityError(f"threshold must be in (0, 1], got {threshold!r}")
-    if not isinstance(rotations, int) or rotations < 1:
-        raise UniversalityError(f"rotations must be an integer >= 1, got {rotations!r}")
+def check_settings(threshold: float, rotations: int, seed: int = 0) -> None:
+    """Validate comparison settings before any data is read: one line naming the setting and the fix."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold <= 1:
+        raise UniversalityError(f"threshold must be a number in (0, 1], got {threshold!r}; e.g. threshold=0.5")
+    if isinstance(rotations, bool) or not isinstance(rotations, numbers.Integral) or rotations < 1:
+        raise UniversalityError(f"rotations must be an integer >= 1, got {rotations!r}; e.g. rotations=1")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise UniversalityError(f"seed must be an integer in [0, 2^63), got {seed!r}; e.g. seed=0")
 
 
 def compare_moments(moments: MomentAccumulator, *, threshold: float = 0.5, rotations: int = 1,
                     seed: int = 0) -> Comparison:
     """Universality tables from streamed moments (no further pass over data)."""
-    check_settings(threshold, rotations)
+    check_settings(threshold, rotations, seed)
     if moments.count_ < 2:
         raise UniversalityError(f"need at least 2 tokens to correlate, the stream had {moments.count_}")
     units, pairs = universality_tables(moments, threshold=threshold, rotations=rotations, seed=seed)

@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import torch
 
+from .._inputs import check_device
 from ..errors import UniversalityError
 from ._batches import Layout, layout_of, normalize_batch
 
 __all__ = ["MomentAccumulator"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Range of |x - mean| whose squares a state can sum: a float32 Gram overflows at 2^128 and its squares
+# lose digits below 2^-126 (subnormal); float64 ones at 2^1024 and 2^-1022. Margins keep products exact.
+_FLOAT32_SQUARE_MAX = 2.0**62  # divided by sqrt(tokens in the state)
+_FLOAT32_DEVIATION_MIN = 2.0**-60
+_FLOAT64_SQUARE_MAX = 2.0**500
 
 
 class MomentAccumulator:
@@ -35,7 +41,10 @@ class MomentAccumulator:
     layout : {model: {unit_set: units}}
         The structure of every batch; models and unit sets in order.
     dtype : {'float32', 'float64'}, default='float32'
-        Accumulator precision. Batch products are float32 GEMMs either way; means are float64, exact to ~eps32 * std / sqrt(batch).
+        Accumulator precision. Batch products are float32 GEMMs either way; means are float64, exact to
+        ~eps32 * std / sqrt(batch). A float32 state holds activations whose deviations from the batch mean
+        lie in [2^-60, 2^62 / sqrt(tokens)] (about 9e-19 to 5e18 / sqrt(tokens)) and refuses others in one
+        line; a float64 state takes any finite scale, scaling such batches by powers of two (exact).
     device : str, default='cpu'
 
     >>> import torch
@@ -48,6 +57,7 @@ class MomentAccumulator:
     def __init__(self, layout: Layout, *, dtype: str = "float32", device: str = "cpu"):
         if dtype not in _DTYPES:
             raise UniversalityError(f"unknown accumulator dtype {dtype!r}; choose one of: {', '.join(_DTYPES)}")
+        check_device(device)
         self.layout = {m: dict(sets) for m, sets in layout.items()}
         self.dtype = dtype
         self.device = device
@@ -94,7 +104,29 @@ class MomentAccumulator:
         if tokens == 0:
             return self
         centred = self._buffer(tokens + 1)  # [tokens + 1, all units] float32, reused across batches
+        batch_mean, outside = self._centre(models, tokens, centred)
+        unscale = None
+        if outside is not None:  # some unit's deviations are too large or too small for float32 squares
+            batch_mean, unscale = self._centre_scaled(models, tokens, centred, outside)
+        # 3) Add the batch's co-moments straight into the state: one GEMM per model against all
+        #    later models side by side, one per unit set for the Grams.
+        for m in self.models:
+            lo, hi = self.offsets[m], self.offsets[m] + self.sizes[m]
+            _add_product(self.cross_[m], centred[:, lo:hi], centred[:, hi:], unscale, (lo, hi), (hi, None))
+            for s, n in self.layout[m].items():
+                block = centred[:, lo:lo + n]  # [tokens + 1, units_s]
+                _add_product(self.gram_[m][s], block, block, unscale, (lo, lo + n), (lo, lo + n))
+                lo += n
+        self._move_means(tokens, batch_mean)
+        self.batches_ += 1
+        return self
+
+    def _centre(self, models: dict, tokens: int, centred: torch.Tensor) -> tuple[dict, tuple | None]:
+        """Steps 1-2 into the float32 batch matrix `centred` [tokens + 1, all units]; returns the batch
+        means (float64 [units_m] per model) and, if some unit's deviations cannot be squared in float32,
+        (model, unit set, unit, its largest |deviation|) of the first such unit, else None."""
         batch_mean = {}
+        limit = _FLOAT32_SQUARE_MAX / (self.count_ + tokens) ** 0.5  # the Gram sums count_ + tokens squares
         for m in self.models:
             # 1) Centre on the batch mean, so the GEMMs below see small numbers (the one-pass
             #    sum(xy) - sum(x)sum(y)/n form cancels badly): subtract a float32 mean while copying
@@ -106,9 +138,14 @@ class MomentAccumulator:
             for s, n in self.layout[m].items():
                 x = models[m][s].to(self.device)
                 mean = x.sum(dim=0, dtype=torch.float32) / tokens
-                if not torch.isfinite(mean).all():  # any NaN or inf reaches the mean: a free check
-                    raise UniversalityError(f"{m}/{s} has NaN or inf activations in batch {self.batches_}")
-                torch.sub(x, mean, out=centred[:tokens, start:start + n])  # any dtype -> float32 here
+                if not torch.isfinite(mean).all():  # NaN or inf reach the mean (a free check), or the sum overflowed
+                    _check_finite(x, m, s)
+                    return batch_mean, (m, s, int(x.abs().amax(dim=0).argmax()), float(x.abs().max()))
+                block = centred[:tokens, start:start + n]
+                torch.sub(x, mean, out=block)  # any dtype -> float32 here
+                outside = _outside(block, limit)
+                if outside is not None:
+                    return batch_mean, (m, s, *outside)
                 rough.append(mean)
                 start += n
             rest = centred[:tokens, lo:hi].sum(dim=0) / tokens
@@ -117,20 +154,61 @@ class MomentAccumulator:
         #    rides along as one extra row of the batch matrix, so the GEMMs below add it for free.
         weight = self.count_ * tokens / (self.count_ + tokens)
         for m in self.models:
-            delta = batch_mean[m] - self.mean_[m]  # float64 [units_m]
-            centred[tokens, self.offsets[m]:self.offsets[m] + self.sizes[m]] = (weight ** 0.5 * delta).float()
-        # 3) Add the batch's co-moments straight into the state: one GEMM per model against all
-        #    later models side by side, one per unit set for the Grams.
+            row = weight ** 0.5 * (batch_mean[m] - self.mean_[m])  # float64 [units_m]
+            if not bool((row.abs() <= limit).all()):
+                unit = int(row.abs().argmax())
+                return batch_mean, (m, self._set_of(m, unit), unit, float(row.abs().max()))
+            centred[tokens, self.offsets[m]:self.offsets[m] + self.sizes[m]] = row.float()
+        return batch_mean, None
+
+    def _centre_scaled(self, models: dict, tokens: int, centred: torch.Tensor, outside: tuple
+                       ) -> tuple[dict, torch.Tensor]:
+        """Steps 1-2 for a batch whose deviations float32 cannot square: centred in float64, then each
+        unit scaled by a power of two (exact) that brings its largest |deviation| into [1/2, 1), so the
+        float32 GEMMs stay in range; returns the batch means and the powers of two [all units] that
+        `_add_product` multiplies back. A float32 state cannot hold such moments: one line says so."""
+        model, unit_set, unit, peak = outside
+        if self.dtype == "float32":
+            raise UniversalityError(
+                f"model {model!r}, unit set {unit_set!r}: unit {unit} varies by up to {peak:.3g} around its batch "
+                "mean, which float32 moments cannot square without overflow or underflow; use dtype='float64' "
+                "(accumulate = 'float64' in a run's [compare]) or multiply the activations by a constant "
+                "(correlations do not change)")
+        wide = torch.empty(tokens + 1, self.total_units, dtype=torch.float64, device=self.device)
+        batch_mean, weight = {}, self.count_ * tokens / (self.count_ + tokens)
         for m in self.models:
-            lo, hi = self.offsets[m], self.offsets[m] + self.sizes[m]
-            _add_product(self.cross_[m], centred[:, lo:hi], centred[:, hi:])
+            means, start = [], self.offsets[m]
             for s, n in self.layout[m].items():
-                block = centred[:, lo:lo + n]  # [tokens + 1, units_s]
-                _add_product(self.gram_[m][s], block, block)
-                lo += n
-        self._move_means(tokens, batch_mean)
-        self.batches_ += 1
-        return self
+                x = models[m][s].to(self.device, torch.float64)
+                means.append(x.mean(dim=0))
+                _check_finite(means[-1], m, s, x)
+                torch.sub(x, means[-1], out=wide[:tokens, start:start + n])
+                start += n
+            batch_mean[m] = torch.cat(means)
+            wide[tokens, self.offsets[m]:start] = weight ** 0.5 * (batch_mean[m] - self.mean_[m])
+        peak = wide.abs().amax(dim=0)  # [all units]
+        too_large = ~(peak * (self.count_ + tokens) ** 0.5 <= _FLOAT64_SQUARE_MAX)  # NaN (inf - inf) too
+        bad = too_large | ((peak > 0) & (peak < 1 / _FLOAT64_SQUARE_MAX))
+        if bad.any():
+            index = int(bad.nonzero()[0])
+            m = next(m for m in reversed(self.models) if self.offsets[m] <= index)
+            unit = index - self.offsets[m]
+            raise UniversalityError(
+                f"model {m!r}, unit set {self._set_of(m, unit)!r}: unit {unit} varies by up to "
+                f"{float(peak[index]):.3g} around its batch mean, beyond what float64 moments can square; multiply "
+                "the activations by a constant (correlations do not change)")
+        unscale = torch.ldexp(torch.ones_like(peak), torch.frexp(peak).exponent)  # 2^e: peak = f 2^e, f in [1/2, 1)
+        torch.div(wide, unscale, out=wide)  # exact: powers of two
+        centred.copy_(wide)
+        return batch_mean, unscale
+
+    def _set_of(self, model: str, unit: int) -> str:
+        """The unit set holding `unit` (an index into the model's concatenated units)."""
+        for name, size in self.layout[model].items():
+            if unit < size:
+                return name
+            unit -= size
+        raise IndexError(unit)
 
     def merge(self, other: "MomentAccumulator") -> "MomentAccumulator":
         """A new accumulator holding both streams (Chan's update); neither input changes."""
@@ -188,11 +266,42 @@ class MomentAccumulator:
         self.count_ = n
 
 
-def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
-    """target += left^T right for float32 [tokens, a] and [tokens, b]: the hot GEMM, in place."""
+def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, unscale: torch.Tensor | None = None,
+                 rows: tuple = (0, None), columns: tuple = (0, None)) -> None:
+    """target += left^T right for float32 [tokens, a] and [tokens, b]: the hot GEMM, in place.
+
+    With `unscale` (powers of two [all units] from a scaled batch), the product is multiplied back,
+    entry (i, j) by unscale[rows][i] * unscale[columns][j], in float64."""
     if right.shape[1] == 0:
         return
-    if target.dtype == left.dtype:
+    if unscale is not None:
+        product = (left.T @ right).double()  # float32 GEMM of deviations scaled into [-1, 1]
+        product.mul_(unscale[rows[0]:rows[1], None]).mul_(unscale[None, columns[0]:columns[1]])
+        target.add_(product)
+    elif target.dtype == left.dtype:
         target.addmm_(left.T, right)
     else:
         target.add_(left.T @ right)  # float32 GEMM, float64 accumulation
+
+
+def _outside(block: torch.Tensor, limit: float) -> tuple[int, float] | None:
+    """(unit, largest |deviation|) of the first unit of a centred float32 block [tokens, units] whose
+    squares float32 cannot sum: |deviation| above `limit` or, unless 0, below 2^-60 (squares under
+    float32's normal range lose their digits). None if every unit is fine. NaN counts as outside."""
+    peak = torch.maximum(block.amax(dim=0), -block.amin(dim=0))  # [units]; aminmax is 10x slower on a column slice
+    fine = (peak == 0) | ((peak >= _FLOAT32_DEVIATION_MIN) & (peak <= limit))
+    if bool(fine.all()):
+        return None
+    unit = int((~fine).nonzero()[0])
+    return unit, float(peak[unit])
+
+
+def _check_finite(values: torch.Tensor, model: str, unit_set: str, x: torch.Tensor | None = None) -> None:
+    """One line if `values` (activations, or their mean) hold NaN or inf; with `x` given, a non-finite
+    mean of finite activations means their sum overflowed float64."""
+    if bool(torch.isfinite(values).all()):
+        return
+    if x is not None and bool(torch.isfinite(x).all()):
+        raise UniversalityError(f"model {model!r}, unit set {unit_set!r}: activations sum beyond float64 range; "
+                                "multiply them by a small constant (correlations do not change)")
+    raise UniversalityError(f"model {model!r}, unit set {unit_set!r} has NaN or inf activations; pass finite values")

@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 
 from .._rundir import fingerprint
-from ..analyze import analyze_group_seed
 from ..collect import batch_count, stream_activations
+from ..irreps import analyze_group_seed
 from ..config import GroupExperimentConfig
 from ..groups import make_group
 from ..models import adapt
@@ -131,7 +131,7 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
             checkpoint_models[epoch] = model
         result = analyze_group_seed(task, seed_model.model, unit_set=_hidden(seed_model.model_config),
                                     key_threshold=config.analysis.key_threshold,
-                                    neuron_threshold=config.analysis.neuron_threshold,
+                                    unit_threshold=config.analysis.neuron_threshold,
                                     checkpoint_models=checkpoint_models)
         for key, frame in result.items():
             if key == "summary":
@@ -159,10 +159,9 @@ def _seed_table(trained: dict, summaries: dict) -> pd.DataFrame:
 def _matches(pairs: pd.DataFrame, neurons: pd.DataFrame) -> pd.DataFrame:
     """Each unit's best partner in every other seed, with both units' irreps (is a matched pair of
     neurons built on the same irrep?)."""
-    irrep = neurons.set_index(["model", "neuron"]).irrep
-    matched = pairs.rename(columns={"unit": "neuron"})[
-        ["model", "neuron", "other_model", "partner_unit", "max_corr", "baseline_max_corr"]].copy()
-    matched["irrep"] = [irrep.get(key) for key in zip(matched.model, matched.neuron)]
+    irrep = neurons.set_index(["model", "unit"]).irrep
+    matched = pairs[["model", "unit", "other_model", "partner_unit", "max_corr", "baseline_max_corr"]].copy()
+    matched["irrep"] = [irrep.get(key) for key in zip(matched.model, matched.unit)]
     matched["partner_irrep"] = [irrep.get(key) for key in zip(matched.other_model, matched.partner_unit)]
     matched["same_irrep"] = matched.irrep.notna() & (matched.irrep == matched.partner_irrep)
     return matched

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from .._rundir import fingerprint
-from ..analyze import label_features, position_buckets, previous_token, unigram
 from ..collect import batch_count, select_unit_sets, stream_activations
+from ..neurons import label_features, position_buckets, previous_token, unigram
 from ..config import ExperimentConfig
 from ..models import TinyTransformer, adapt
 from ..tasks import SyntheticLanguage

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .._rundir import fingerprint
-from ..analyze import neuron_table, row_context
+from ..neurons import neuron_table, row_context
 from ..collect import batch_count, stream_activations
 from ..models import fold_layernorm, is_post_layernorm
 from ..tokens import keep_mask

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .._rundir import fingerprint
-from ..analyze import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
 from ..collect import batch_count, select_unit_sets, stream_activations
+from ..neurons import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..errors import UniversalityError
 from ..models import load_model

@@ -19,7 +19,7 @@ _TOP_COLUMNS = ["model", "unit_set", "unit", "excess_corr", "best_feature_set", 
 def neuron_sections(neurons: pd.DataFrame) -> list[ReportSection]:
     """Families (best variance-reducing feature) of universal vs all neurons; statistics of universal
     neurons as within-layer percentiles (table and box plot); the most universal neurons' families."""
-    from ..analyze import STAT_COLUMNS, family_summary, plot_universal_vs_rest, universal_vs_rest
+    from ..neurons import STAT_COLUMNS, family_summary, plot_universal_vs_rest, universal_vs_rest
     stats = [c for c in STAT_COLUMNS if c in neurons and neurons[c].notna().any()]
     live = neurons[~neurons.dead.astype(bool)]
     top = live.sort_values("excess_corr", ascending=False, kind="stable").head(25)

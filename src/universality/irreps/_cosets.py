@@ -2,7 +2,7 @@
 
 | function               | input                                | returns                                     |
 |------------------------|--------------------------------------|---------------------------------------------|
-| `coset_constancy`      | values [pairs, units], subgroup H    | DataFrame neuron, of, side, constancy       |
+| `coset_constancy`      | values [pairs, units], subgroup H    | DataFrame unit, of, side, constancy         |
 | `subgroups_of_interest`| group                                | {name: sorted element indices}              |
 
 Stander et al. find S5 and S6 neurons whose pre-activations are constant on the cosets of conjugate
@@ -17,7 +17,8 @@ import pandas as pd
 
 from ..errors import UniversalityError
 from ..groups import Group
-from ._common import as_float64, product_means
+from .._inputs import as_float64
+from ._bases import product_means
 
 __all__ = ["check_subgroup", "coset_constancy", "subgroups_of_interest"]
 
@@ -26,7 +27,7 @@ def coset_constancy(group: Group, values, subgroup) -> pd.DataFrame:
     """How much of each unit's variance over the pairs its coset means explain, for six coset partitions.
 
     values : [pairs, units], e.g. pre-activations on all pairs; subgroup : element indices of H
-    Returns neuron, of ('a', 'b', 'ab'), side ('left': xH, 'right': Hx), constancy; 6 rows per unit.
+    Returns unit, of ('a', 'b', 'ab'), side ('left': xH, 'right': Hx), constancy; 6 rows per unit.
 
     constancy = 1 - within-coset variance / total variance = between / total, where the pairs are grouped
     by the coset of x(a, b): 1 when the unit is a function of that coset, about (cosets - 1) / (pairs - 1)
@@ -58,7 +59,7 @@ def coset_constancy(group: Group, values, subgroup) -> pd.DataFrame:
             between = np.sum(coset_sums**2, axis=0) / (n * len(members))
             with np.errstate(invalid="ignore", divide="ignore"):
                 constancy = np.where(total > 0, between / np.where(total > 0, total, 1.0), np.nan)
-            frames.append(pd.DataFrame({"neuron": np.arange(grid.shape[2]), "of": of, "side": side,
+            frames.append(pd.DataFrame({"unit": np.arange(grid.shape[2]), "of": of, "side": side,
                                         "constancy": np.minimum(constancy, 1.0)}))
     return pd.concat(frames, ignore_index=True)
 

@@ -1,10 +1,9 @@
-"""Plumbing shared by the group metrics: float64 inputs, irrep bases, functions of the product a b.
+"""Irrep bases of R^G and functions of the product a b, shared by the group metrics.
 
 Pairs are always all (a, b) in a-major order, pair index = a * n + b (n = |G|).
 
 | function        | returns                                                          | shape            |
 |-----------------|------------------------------------------------------------------|------------------|
-| `as_float64`    | a torch tensor or array as float64 numpy, its shape checked      | as asked         |
 | `irrep_bases`   | (irrep, Q) per real irrep, Q an orthonormal basis of its block   | Q [n, dim^2 / e] |
 | `product_means` | g(c) = mean of f(a, b) over the n pairs with a b = c             | [n, units]       |
 | `find_irreps`   | the `RealIrrep`s named by labels                                 | list             |
@@ -20,27 +19,7 @@ import numpy as np
 from ..errors import UniversalityError
 from ..groups import Group, RealIrrep, projector, real_irreps
 
-__all__ = ["as_float64", "find_irreps", "irrep_bases", "is_trivial", "product_means"]
-
-
-def as_float64(value, name: str, shape: dict[str, int | None]) -> np.ndarray:
-    """`value` (torch tensor, numpy array, nested lists) as finite float64 numpy with the named `shape`.
-
-    `shape` maps axis names to sizes, None for any size: {"pairs": 576, "units": None}.
-    A float64 torch tensor shares its memory with the result: callers never write into it.
-    """
-    try:
-        array = value.detach().cpu().double().numpy() if hasattr(value, "detach") else np.asarray(value, np.float64)
-    except (TypeError, ValueError):
-        raise UniversalityError(f"{name} is a {type(value).__name__}, not numbers; pass a tensor or array") from None
-    sizes = list(shape.values())
-    if array.ndim != len(sizes) or any(s is not None and s != t for s, t in zip(sizes, array.shape)):
-        spec = ", ".join(k if s is None else f"{k}={s}" for k, s in shape.items())
-        raise UniversalityError(f"{name} has shape {list(array.shape)}; expected [{spec}] (pairs are all (a, b), "
-                                f"a-major)")
-    if not np.isfinite(array).all():
-        raise UniversalityError(f"{name} has NaN or infinite entries; pass finite values")
-    return array
+__all__ = ["find_irreps", "irrep_bases", "is_trivial", "product_means"]
 
 
 @lru_cache(maxsize=16)

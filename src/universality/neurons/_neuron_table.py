@@ -23,7 +23,8 @@ import pandas as pd
 
 from ._families import FamilyAccumulator, FeatureSet
 from ..errors import UniversalityError
-from ._neuron_stats import NeuronStatsAccumulator, weight_statistics
+from ._neuron_stats import NeuronStatsAccumulator
+from ._weights import weight_statistics
 from ._roles import entropy_neuron_scores, prediction_neurons
 
 __all__ = ["neuron_table", "family_summary", "STAT_COLUMNS"]

@@ -9,7 +9,7 @@ cyclic groups the Fourier key frequencies of the embeddings.
 | table       | one row per                    | columns                                                    |
 |-------------|--------------------------------|------------------------------------------------------------|
 | `irreps`    | irrep                          | irrep, dim, similarity, key, fve_<matrix>..., hidden_a/b/ab |
-| `neurons`   | hidden unit                    | neuron, irrep, share, dead, coset_subgroup, coset_of, coset_side, coset_constancy |
+| `neurons`   | hidden unit                    | unit, irrep, share, dead, coset_subgroup, coset_of, coset_side, coset_constancy |
 | `emergence` | irrep                          | irrep, dim, epoch, order, final_similarity                 |
 | `fourier`   | (matrix, frequency), C_n only  | matrix, frequency, norm, fve, key                          |
 | `summary`   | (a dict)                       | accuracies, losses (full, restricted, excluded), key irreps, fraction of logits explained |
@@ -29,7 +29,7 @@ from ._emergence import irrep_emergence
 from ._fourier import fourier_key_frequencies
 from ._irreps import fraction_logits_explained, fraction_variance_explained, hidden_fve, logit_similarity
 from ._loss import excluded_hidden, model_loss, restricted_hidden
-from ._neurons import neuron_irreps
+from ._units import unit_irreps
 
 __all__ = ["analyze_group_seed", "element_matrices", "run_on_pairs"]
 
@@ -70,7 +70,7 @@ def element_matrices(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_threshold: float,
-                       neuron_threshold: float, checkpoint_models: dict[int, nn.Module] | None = None
+                       unit_threshold: float, checkpoint_models: dict[int, nn.Module] | None = None
                        ) -> dict[str, pd.DataFrame | dict]:
     """Every per-seed table (module docstring) for `model` trained on the composition `task`."""
     group = task.group
@@ -102,9 +102,9 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
         summary["restricted_loss"] = model_loss(restricted, target)
         summary["excluded_loss"] = model_loss(excluded, target, train)
     # 4) per unit: irrep and the subgroup coset partition that explains most of its variance
-    neurons = neuron_irreps(group, hidden, threshold=neuron_threshold)
+    neurons = unit_irreps(group, hidden, threshold=unit_threshold)
     if group.order <= _MAX_COSET_ORDER:
-        neurons = neurons.join(_best_cosets(group, hidden), on="neuron")
+        neurons = neurons.join(_best_cosets(group, hidden), on="unit")
     # 5) emergence over checkpoints; 6) Fourier frequencies for cyclic groups
     emergence = irrep_emergence(group, [(epoch, run_on_pairs(m, task, unit_set)[0])
                                         for epoch, m in sorted((checkpoint_models or {}).items())],
@@ -124,6 +124,6 @@ def _best_cosets(group, hidden: np.ndarray) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["coset_subgroup", "coset_of", "coset_side", "coset_constancy"])
     scores = pd.concat(frames, ignore_index=True).dropna(subset=["constancy"])
-    best = scores.loc[scores.groupby("neuron").constancy.idxmax()].set_index("neuron")
+    best = scores.loc[scores.groupby("unit").constancy.idxmax()].set_index("unit")
     return best.rename(columns={"of": "coset_of", "side": "coset_side", "constancy": "coset_constancy"})[
         ["coset_subgroup", "coset_of", "coset_side", "coset_constancy"]]

@@ -28,7 +28,7 @@ import torch
 from ..errors import UniversalityError
 from ..models import fold_layernorm
 from ._interventions import measure, run_with_edits, set_units
-from ._neuron_stats import _row_moments, _weight
+from ._weights import named_weight, row_moments
 
 __all__ = ["prediction_neurons", "entropy_neuron_scores", "entropy_intervention", "attention_deactivation_scores",
            "bos_attention_patching"]
@@ -64,11 +64,11 @@ def prediction_neurons(weights: Mapping, *, kurtosis_threshold: float = 10.0,
     >>> bool(prediction_neurons(w).role.isna().all())
     True
     """
-    unembed = _weight(weights, "W_U", [None, None])  # [d_model, vocab]
+    unembed = named_weight(weights, "W_U", {"d_model": None, "vocab": None})
     frames = []
     for layer in _mlp_layers(weights, layers):
-        w_out = _weight(weights, f"blocks.{layer}.mlp.W_out", [None, unembed.shape[0]])  # [d_mlp, d_model]
-        moments = _row_moments(w_out, unembed, 256, "vocab")  # over W_U^T w_out, [d_mlp] each
+        w_out = named_weight(weights, f"blocks.{layer}.mlp.W_out", {"d_mlp": None, "d_model": unembed.shape[0]})
+        moments = row_moments(w_out, unembed, 256, "vocab")  # over W_U^T w_out, [d_mlp] each
         kurtosis, skew = moments["vocab_kurtosis"].numpy(), moments["vocab_skew"].numpy()
         heavy = kurtosis > kurtosis_threshold
         role = np.where(heavy & (skew > 0), "prediction", np.where(heavy & (skew < 0), "suppression", None))
@@ -95,7 +95,7 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
     >>> entropy_neuron_scores(w).null_share.tolist()
     [0.0, 0.0, 1.0]
     """
-    unembed = _weight(weights, "W_U", [None, None])  # [d_model, vocab]
+    unembed = named_weight(weights, "W_U", {"d_model": None, "vocab": None})
     d_model = unembed.shape[0]
     # 1) all left singular vectors, singular values padded to d_model
     u, s, _ = torch.linalg.svd(unembed, full_matrices=True)  # u [d_model, d_model], s [min(d_model, vocab)]
@@ -113,7 +113,7 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
         null = u[:, keep]
     frames = []
     for layer in _mlp_layers(weights, layers):
-        w_out = _weight(weights, f"blocks.{layer}.mlp.W_out", [None, d_model])  # [d_mlp, d_model]
+        w_out = named_weight(weights, f"blocks.{layer}.mlp.W_out", {"d_mlp": None, "d_model": d_model})
         norm2 = (w_out**2).sum(dim=1)  # [d_mlp]
         # 3) the share of |w_out|^2 in the null space
         share = ((w_out @ null) ** 2).sum(dim=1) / torch.where(norm2 > 0, norm2, math.nan)

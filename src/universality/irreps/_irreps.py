@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..errors import UniversalityError
 from ..groups import Group, real_irreps
-from ._common import as_float64, irrep_bases, is_trivial, product_means
+from .._inputs import as_float64
+from ._bases import irrep_bases, is_trivial, product_means
 
 __all__ = ["KEY_THRESHOLD", "fraction_logits_explained", "fraction_variance_explained", "hidden_fve",
            "logit_similarity"]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UniversalityError
-from ._common import as_float64
+from .._inputs import as_float64
 
 __all__ = ["FREQUENCY_THRESHOLD", "fourier_key_frequencies"]
 

@@ -2,7 +2,7 @@
 
 | function        | input                   | returns: DataFrame columns        |
 |-----------------|-------------------------|-----------------------------------|
-| `neuron_irreps` | hidden [pairs, units]   | neuron, irrep, share, dead        |
+| `unit_irreps` | hidden [pairs, units]   | unit, irrep, share, dead          |
 """
 
 from __future__ import annotations
@@ -11,24 +11,25 @@ import numpy as np
 import pandas as pd
 
 from ..groups import Group
-from ._common import as_float64, irrep_bases, is_trivial
+from .._inputs import as_float64
+from ._bases import irrep_bases, is_trivial
 
-__all__ = ["NEURON_THRESHOLD", "neuron_irreps"]
+__all__ = ["UNIT_THRESHOLD", "unit_irreps"]
 
 # A share above one half is a majority: at most one irrep can hold it, so no tie-breaking is needed.
-NEURON_THRESHOLD = 0.5
+UNIT_THRESHOLD = 0.5
 # Dead: variance below float32 rounding of the activations (as in `compare.dead_units`); exactly 0 when
 # the unit never fires, or is constant on every pair.
 _DEAD_RELATIVE = (4 * np.finfo(np.float32).eps) ** 2
 _CHUNK_ENTRIES = 2**22  # float64 entries per block of units: 32 MB
 
 
-def neuron_irreps(group: Group, hidden, *, threshold: float = NEURON_THRESHOLD) -> pd.DataFrame:
+def unit_irreps(group: Group, hidden, *, threshold: float = UNIT_THRESHOLD) -> pd.DataFrame:
     """Per unit: the non-trivial irrep with the largest share of its variance over the pairs.
 
     hidden : [pairs, units]
     threshold : an irrep is assigned only if its share is >= threshold; else irrep is missing
-    Returns neuron, irrep (label, or missing: test with `.isna()`), share (float, NaN if dead), dead (bool).
+    Returns unit, irrep (label, or missing: test with `.isna()`), share (float, NaN if dead), dead (bool).
 
     The unit's activation F[a, b], centred over pairs, is expanded in the real Fourier basis of G on
     both axes, F^ = Q^T F Q, and its energy split into blocks (rho_a, rho_b) = ||P_rho F P_sigma||^2.
@@ -41,7 +42,7 @@ def neuron_irreps(group: Group, hidden, *, threshold: float = NEURON_THRESHOLD) 
     >>> from universality.groups import make_group, real_irreps
     >>> g = make_group("S3")
     >>> sign_ab = real_irreps(g)[1].character[g.table.ravel()]  # [pairs]
-    >>> table = neuron_irreps(g, np.stack([sign_ab, np.zeros(36)], axis=1))
+    >>> table = unit_irreps(g, np.stack([sign_ab, np.zeros(36)], axis=1))
     >>> table.irrep.isna().tolist(), table.irrep[0], table.dead.tolist()
     ([False, True], '(1,1,1)', [False, True])
     """
@@ -70,6 +71,6 @@ def neuron_irreps(group: Group, hidden, *, threshold: float = NEURON_THRESHOLD) 
     for unit in range(units):
         share = float(shares[unit, best[unit]])
         assigned = not dead[unit] and share >= threshold
-        rows.append({"neuron": unit, "irrep": bases[best[unit]][0].label if assigned else None,
+        rows.append({"unit": unit, "irrep": bases[best[unit]][0].label if assigned else None,
                      "share": float("nan") if dead[unit] else share, "dead": bool(dead[unit])})
     return pd.DataFrame(rows)

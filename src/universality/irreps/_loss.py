@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import UniversalityError
 from ..groups import Group
-from ._common import as_float64, find_irreps, irrep_bases, is_trivial, product_means
+from .._inputs import as_float64
+from ._bases import find_irreps, irrep_bases, is_trivial, product_means
 
 __all__ = ["excluded_hidden", "excluded_loss", "model_loss", "restricted_hidden", "restricted_loss"]
 

@@ -1,11 +1,10 @@
-"""Per-neuron statistics of Gurnee et al. 2024, streamed: activation moments, weight statistics, and
-where universal neurons rank within their layer.
+"""Per-neuron statistics of Gurnee et al. 2024, streamed: activation moments, and where universal
+neurons rank within their layer (weight statistics: `_weights.py`).
 
 | name                     | input                                        | returns                                   |
 |--------------------------|----------------------------------------------|-------------------------------------------|
 | `ActivationMoments`      | batches x [tokens, units]                    | per unit: mean, var, skew, kurtosis, freq |
 | `NeuronStatsAccumulator` | batches {model: {unit_set: [tokens, units]}} | per (model, unit_set, unit): pre_*, post_* |
-| `weight_statistics`      | TransformerLens weights {name: tensor}       | per (unit_set, unit): norms, cos, vocab |
 | `universal_vs_rest`      | a neuron table with a bool `universal`       | per statistic: within-layer percentiles   |
 | `plot_universal_vs_rest` | that summary, a path                         | a PNG, one box per statistic, a line at 50 |
 
@@ -22,24 +21,22 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .._inputs import as_activations, check_batch, layout_of
 from ..errors import UniversalityError
 
-__all__ = ["ActivationMoments", "NeuronStatsAccumulator", "weight_statistics", "universal_vs_rest",
-           "plot_universal_vs_rest"]
+__all__ = ["ActivationMoments", "NeuronStatsAccumulator", "universal_vs_rest", "plot_universal_vs_rest"]
 
 _MOMENT_COLUMNS = ["mean", "var", "skew", "kurtosis", "freq"]
 _DEAD_STD_PER_MEAN = 4 * torch.finfo(torch.float32).eps  # as compare.dead_units
 _CHUNK_ENTRIES = 2**22  # float64 entries per slice of a batch: 32 MB, whatever the batch size
 _PRE, _POST = "hook_pre", "hook_post"
-_W_IN = re.compile(r"blocks\.(\d+)\.mlp\.W_in")
 
 
 class ActivationMoments:
@@ -73,7 +70,7 @@ class ActivationMoments:
 
     def update(self, x: torch.Tensor) -> "ActivationMoments":
         """Add a batch x [tokens, units] in place; returns self."""
-        _check_matrix(x, self.units, "x")
+        x = as_activations(x, "x", units=self.units)
         step = max(1, _CHUNK_ENTRIES // self.units)
         for start in range(0, x.shape[0], step):
             chunk = x[start:start + step].to(self.device, torch.float64)  # [chunk, units]
@@ -167,7 +164,8 @@ class NeuronStatsAccumulator:
 
     def update(self, batch) -> "NeuronStatsAccumulator":
         """Add one batch `{model: {unit_set: Tensor[tokens, units]}}` in place; returns self."""
-        layout = _layout(batch)
+        models = check_batch(batch)
+        layout = layout_of(models)
         if self.layout_ is None:
             _check_pairs(layout)
             self.layout_ = layout
@@ -176,7 +174,7 @@ class NeuronStatsAccumulator:
         elif layout != self.layout_:
             raise UniversalityError("batch models, unit sets or sizes differ from the first batch; "
                                     "every batch must have the same layout")
-        for model, sets in batch.items():
+        for model, sets in models.items():
             for name, x in sets.items():
                 self.moments_[model][name].update(x)
         return self
@@ -217,65 +215,6 @@ class NeuronStatsAccumulator:
                 post = self.moments_[model][name].table()
                 frames.append(pd.concat([keys, pre.add_prefix("pre_"), post.add_prefix("post_")], axis=1))
         return pd.concat(frames, ignore_index=True)
-
-
-def weight_statistics(weights: Mapping, *, layers: Sequence[int] | None = None, block: int = 256) -> pd.DataFrame:
-    """Per MLP neuron, from TransformerLens-named weights; float64 throughout.
-
-    weights : {name: tensor or array}, with for every layer l `blocks.{l}.mlp.W_in` [d_model, d_mlp],
-        `blocks.{l}.mlp.b_in` [d_mlp], `blocks.{l}.mlp.W_out` [d_mlp, d_model], and `W_U` [d_model, vocab],
-        `W_E` [vocab, d_model].
-    layers : the layers to describe, default every l with a `blocks.{l}.mlp.W_in`
-    block : neurons per [block, vocab] product, so memory stays ~ block * vocab * 8 bytes (100 MB at 50k)
-
-    Returns one row per (unit_set, unit), unit_set = `blocks.{l}.mlp.hook_post`, with columns
-    w_in_norm = |w_in|, w_out_norm = |w_out| (L2), b_in, cos_in_out = cos(w_in, w_out),
-    l2_penalty = |w_in|^2 + |w_out|^2 (the reference code's "weight_norm_penalty"; no bias),
-    vocab_{mean, var, skew, kurtosis}: moments over the vocabulary of W_U^T w_out [vocab] (what the
-    neuron writes to each logit), and embed_{mean, var, skew, kurtosis}: of W_E w_in [vocab] (how each
-    token embedding drives it); population variance, Pearson kurtosis.
-
-    W_U is used as given: the caller decides whether to fold ln_final into it (`fold_layernorm` in
-    models/_fold.py). Skew and kurtosis do not change when w_out is scaled or when W_U is centred
-    over the vocabulary, but do when W_U's columns are rescaled: the reference code uses cosines
-    (unit-norm W_U columns); pass `W_U / W_U.norm(dim=0)` to match it.
-
-    >>> import torch
-    >>> g = torch.Generator().manual_seed(0)
-    >>> w = {"blocks.0.mlp.W_in": torch.randn(4, 6, generator=g), "blocks.0.mlp.b_in": torch.zeros(6),
-    ...      "blocks.0.mlp.W_out": torch.randn(6, 4, generator=g), "W_U": torch.randn(4, 10, generator=g),
-    ...      "W_E": torch.randn(10, 4, generator=g)}
-    >>> weight_statistics(w).shape
-    (6, 15)
-    """
-    if block < 1:
-        raise UniversalityError(f"block must be at least 1, got {block}")
-    found = sorted(int(match.group(1)) for name in weights if (match := _W_IN.fullmatch(name)))
-    if not found:
-        raise UniversalityError("weights have no 'blocks.{l}.mlp.W_in'; pass TransformerLens-named MLP weights")
-    layers = found if layers is None else list(layers)
-    missing = [layer for layer in layers if layer not in found]
-    if missing or not layers:
-        raise UniversalityError(f"weights have no MLP in layer {missing[0] if missing else '(none asked)'}; "
-                                f"layers with one: {found}")
-    unembed = _weight(weights, "W_U", [None, None])  # [d_model, vocab]
-    d_model = unembed.shape[0]
-    embed = _weight(weights, "W_E", [None, d_model])  # [vocab, d_model]
-    frames = []
-    for layer in layers:
-        w_in = _weight(weights, f"blocks.{layer}.mlp.W_in", [d_model, None]).T  # [d_mlp, d_model]: rows w_in
-        d_mlp = w_in.shape[0]
-        b_in = _weight(weights, f"blocks.{layer}.mlp.b_in", [d_mlp])
-        w_out = _weight(weights, f"blocks.{layer}.mlp.W_out", [d_mlp, d_model])  # rows w_out
-        in_norm, out_norm = w_in.norm(dim=1), w_out.norm(dim=1)
-        stats = {"unit_set": f"blocks.{layer}.mlp.{_POST}", "unit": np.arange(d_mlp),
-                 "w_in_norm": in_norm, "w_out_norm": out_norm, "b_in": b_in,
-                 "cos_in_out": (w_in * w_out).sum(dim=1) / (in_norm * out_norm),
-                 "l2_penalty": in_norm**2 + out_norm**2}
-        stats |= _row_moments(w_out, unembed, block, "vocab")  # W_U^T w_out, [d_mlp, vocab] in blocks
-        stats |= _row_moments(w_in, embed.T, block, "embed")  # W_E w_in, [d_mlp, vocab] in blocks
-        frames.append(pd.DataFrame({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in stats.items()}))
-    return pd.concat(frames, ignore_index=True)
 
 
 def universal_vs_rest(table: pd.DataFrame, stat_columns: Sequence[str], universal_column: str = "universal", *,
@@ -344,32 +283,6 @@ def plot_universal_vs_rest(summary: pd.DataFrame, path) -> Path:
     return path
 
 
-def _check_matrix(x, units: int, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != units:
-        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise UniversalityError(f"{name} is {shape}; expected Tensor[tokens, units={units}] (reshape [batch, pos, "
-                                "units] with x.reshape(-1, x.shape[-1]))")
-
-
-def _layout(batch) -> dict[str, dict[str, int]]:
-    """{model: {unit_set: units}} of a batch, checking every value is [tokens, units] with one token count."""
-    if not isinstance(batch, Mapping) or not all(isinstance(sets, Mapping) and sets for sets in batch.values()):
-        raise UniversalityError("a batch must be {model: {unit_set: Tensor[tokens, units]}}")
-    layout, tokens = {}, set()
-    for model, sets in batch.items():
-        for name, x in sets.items():
-            if not isinstance(x, torch.Tensor) or x.ndim != 2:
-                shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise UniversalityError(f"{model}/{name} is {shape}; expected Tensor[tokens, units] (reshape "
-                                        "[batch, pos, units] with x.reshape(-1, x.shape[-1]))")
-            tokens.add(x.shape[0])
-        layout[model] = {name: x.shape[1] for name, x in sets.items()}
-    if len(tokens) > 1:
-        raise UniversalityError(f"unit sets of one batch have different token counts {sorted(tokens)}; "
-                                "rows must be aligned by token")
-    return layout
-
-
 def _partner(name: str) -> str | None:
     """The hook_pre name of a hook_post unit set (None for any other set)."""
     return name[:-len(_POST)] + _PRE if name.endswith(_POST) else None
@@ -384,35 +297,3 @@ def _check_pairs(layout: dict[str, dict[str, int]]) -> None:
                 if sets.get(post) != units:
                     raise UniversalityError(f"{model}/{name} ({units} units) needs {post!r} with as many units; "
                                             f"stream both, or drop {name!r}")
-
-
-def _weight(weights: Mapping, name: str, shape: list[int | None]) -> torch.Tensor:
-    """weights[name] as float64 CPU torch, its shape checked (None = any size)."""
-    if name not in weights:
-        raise UniversalityError(f"weights have no {name!r}; pass TransformerLens names (blocks.{{l}}.mlp.W_in, "
-                                "b_in, W_out, W_U, W_E)")
-    value = weights[name]
-    value = (value.detach().to("cpu", torch.float64) if isinstance(value, torch.Tensor)
-             else torch.as_tensor(np.asarray(value, dtype=np.float64)))
-    if value.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, value.shape)):
-        expected = ", ".join("any" if s is None else str(s) for s in shape)
-        raise UniversalityError(f"{name} has shape {list(value.shape)}; expected [{expected}]")
-    return value
-
-
-def _row_moments(rows: torch.Tensor, matrix: torch.Tensor, block: int, prefix: str) -> dict[str, torch.Tensor]:
-    """Mean, var, skew, kurtosis over the columns of rows @ matrix ([neurons, d] @ [d, vocab]), `block` rows
-    at a time; two-pass (centred) in float64, NaN where the product is constant."""
-    out = {k: torch.empty(rows.shape[0], dtype=torch.float64) for k in _MOMENT_COLUMNS[:4]}
-    for start in range(0, rows.shape[0], block):
-        values = rows[start:start + block] @ matrix  # [block, vocab]
-        mean = values.mean(dim=1)
-        d = values - mean[:, None]
-        d2 = d * d
-        var = d2.mean(dim=1)
-        safe = torch.where(var > 0, var, math.nan)
-        part = slice(start, start + block)
-        out["mean"][part], out["var"][part] = mean, var
-        out["skew"][part] = (d2 * d).mean(dim=1) / safe**1.5
-        out["kurtosis"][part] = (d2 * d2).mean(dim=1) / safe**2
-    return {f"{prefix}_{k}": v for k, v in out.items()}

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from .._inputs import as_activations
 from ..errors import UniversalityError
 
 __all__ = ["FeatureSet", "FamilyAccumulator", "unigram", "previous_token", "position_buckets", "token_strings",
@@ -218,9 +219,7 @@ class FamilyAccumulator:
         token_ids, prev_ids, positions : int [tokens], each needed only by the feature sets reading it
         labels : {label: int [tokens]}, categories >= 0, negative = unlabelled
         """
-        if not isinstance(activations, torch.Tensor) or activations.ndim != 2 or activations.shape[1] != self.units:
-            shape = list(activations.shape) if isinstance(activations, torch.Tensor) else type(activations).__name__
-            raise UniversalityError(f"activations are {shape}; expected Tensor[tokens, units={self.units}]")
+        activations = as_activations(activations, "activations", units=self.units)
         tokens = activations.shape[0]
         ids = self._ids({"token": token_ids, "prev_token": prev_ids, "position": positions}, labels or {}, tokens)
         if not tokens:

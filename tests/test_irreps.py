@@ -470,3 +470,14 @@ def test_analysis_thresholds_reach_the_seed_tables(s4_trained):
     assert strict["summary"]["n_key_irreps"] < loose["summary"]["n_key_irreps"]
     assert loose["neurons"].irrep.notna().sum() > strict["neurons"].irrep.notna().sum()
     assert (strict["neurons"].share.dropna()[strict["neurons"].irrep.notna()] >= 0.9).all()
+
+
+def test_every_analysis_setting_passes_to_analyze_group_seed_by_name(s4_trained):
+    from universality.config import GroupAnalysisConfig
+    task, trained = s4_trained
+    settings = GroupAnalysisConfig(key_threshold=0.01, fve_matrices="raw", restricted_hidden_mean="kept",
+                                   emergence_rule="stays_above", emergence_threshold=0.005)
+    result = _analyze(task, trained, **settings.model_dump())
+    assert result["summary"]["restricted_loss"] == pytest.approx(
+        _analyze(task, trained, key_threshold=0.01, restricted_hidden_mean="kept")["summary"]["restricted_loss"])
+    assert result["emergence"].epoch.min() == 0

@@ -229,7 +229,7 @@ class GroupAnalysisConfig(_Strict):
     fve_matrices: Literal["paper", "raw"] = "paper"
     # the restricted loss keeps only the key irreps' rho(ab) part of the hidden layer: "dropped" (the
     # paper) leaves out the hidden layer's mean over pairs, "kept" adds it back (this package before issue 8)
-    restricted_mean: Literal["dropped", "kept"] = "dropped"
+    restricted_hidden_mean: Literal["dropped", "kept"] = "dropped"
     # emergence epoch of each key irrep: "first_crossing" = the first checkpoint whose logit similarity
     # exceeds emergence_threshold, as the authors' determine_key_rep_order.py (0.05; the key cut 0.005 is
     # below what random S4 logits score, so every irrep would emerge at epoch 0-1); "stays_above" = the first

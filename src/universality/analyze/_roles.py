@@ -35,7 +35,6 @@ __all__ = ["prediction_neurons", "entropy_neuron_scores", "entropy_intervention"
 
 _W_OUT = re.compile(r"blocks\.(\d+)\.mlp\.W_out")
 _MLP_POST = re.compile(r"blocks\.(\d+)\.mlp\.hook_post")
-_LN_EPS = 1e-5  # LayerNorm / RMSNorm epsilon when recomputing the BOS key (GPT-2, Pythia, the tiny model)
 
 
 def _mlp_layers(weights: Mapping, layers: Sequence[int] | None) -> list[int]:
@@ -167,16 +166,29 @@ def _layer_of(adapter, unit_set: str) -> int:
     return int(match.group(1))
 
 
-def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+def _norm_eps(adapter, ln_eps: float | None) -> float:
+    """The epsilon of the blocks' ln1: `ln_eps` when given, else the adapter's `norm_eps`."""
+    eps = getattr(adapter, "norm_eps", None) if ln_eps is None else ln_eps
+    if eps is None:
+        raise UniversalityError(f"{adapter.name}: the adapter does not say its norm epsilon; pass ln_eps= the "
+                                "model's (config.layer_norm_epsilon, layer_norm_eps or rms_norm_eps)")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise UniversalityError(f"ln_eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor, ln_eps: float | None = None) -> dict[int, torch.Tensor]:
     """{layer l >= 1: the key at position 0 of every head [heads, d_head]}, averaged over rows.
 
     Recomputed from the residual stream entering layer l (`blocks.{l-1}.hook_resid_post`) and the
     raw weights: k = LN1(x) @ W_K + b_K, LN1 = LayerNorm (ln1.b present), RMSNorm (ln1.w only) or
-    none (post-LN encoders, whose residual stream is already normalised). Rotary positions leave
+    none (post-LN encoders, whose residual stream is already normalised), with the model's epsilon
+    (`_norm_eps`: GPT-2 and Pythia 1e-5, Llama-style models often 1e-6). Rotary positions leave
     position 0 unrotated, so the key is exact for GPT-NeoX and Llama too."""
     names = [f"blocks.{l - 1}.hook_resid_post" for l in range(1, adapter.n_layers)]
     resid = adapter.run(tokens, names)
     post_ln = "ln_embed.w" in raw
+    eps = None if post_ln else _norm_eps(adapter, ln_eps)
     keys = {}
     for l in range(1, adapter.n_layers):
         x = resid[f"blocks.{l - 1}.hook_resid_post"][:, 0].double().cpu()  # [batch, d_model]
@@ -184,7 +196,7 @@ def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor) -> dict[int, torch.Te
         if not post_ln:
             if p + "ln1.b" in raw:
                 x = x - x.mean(dim=-1, keepdim=True)
-            x = x / (x.pow(2).mean(dim=-1, keepdim=True) + _LN_EPS).sqrt()
+            x = x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
             x = x * raw[p + "ln1.w"].double() + (raw[p + "ln1.b"].double() if p + "ln1.b" in raw else 0.0)
         k = torch.einsum("bd,hde->bhe", x, raw[p + "attn.W_K"].double())  # [batch, heads, d_head]
         if p + "attn.b_K" in raw:
@@ -193,12 +205,13 @@ def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor) -> dict[int, torch.Te
     return keys
 
 
-def attention_deactivation_scores(adapter, tokens: torch.Tensor, *,
-                                  layers: Sequence[int] | None = None) -> pd.DataFrame:
+def attention_deactivation_scores(adapter, tokens: torch.Tensor, *, layers: Sequence[int] | None = None,
+                                  ln_eps: float | None = None) -> pd.DataFrame:
     """Per MLP neuron (layer l) and head of every later layer l' > l: score = w_out^T W_Q k_BOS / sqrt(d_head).
 
     1) k_BOS [heads, d_head]: the head's key at position 0 of tokens [batch, pos] (rows should start
-       with BOS), recomputed from the residual stream and the raw weights (`_bos_keys`);
+       with BOS), recomputed from the residual stream and the raw weights (`_bos_keys`) with the
+       model's norm epsilon `ln_eps` (default: `adapter.norm_eps`; pass it when the adapter has none);
     2) W_Q [heads, d_model, d_head] with ln1 folded in (`fold_layernorm`; raw for post-LN encoders),
        so w_out^T W_Q is what the neuron adds to the query per unit activation, up to the norm's
        1/scale, which is left out as in the paper;
@@ -210,7 +223,7 @@ def attention_deactivation_scores(adapter, tokens: torch.Tensor, *,
     """
     raw = adapter.weights()
     folded = raw if "ln_embed.w" in raw else fold_layernorm(raw)
-    keys = _bos_keys(adapter, raw, tokens)
+    keys = _bos_keys(adapter, raw, tokens, ln_eps)
     frames = []
     for layer in _mlp_layers(folded, layers):
         w_out = folded[f"blocks.{layer}.mlp.W_out"].double()  # [d_mlp, d_model]

@@ -300,3 +300,38 @@ def test_head_scores_have_every_column_in_unit_range():
                                    "induction"]
     values = table[["prev_token", "bos_sink", "positional", "induction"]].values
     assert len(table) == 8 and np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
+
+
+class _PlantedHeads:
+    """An adapter stand-in whose one layer has planted heads, each pattern a rule on the tokens [batch, pos]:
+    0 induction (the token after the latest earlier copy of the current token, else BOS), 1 previous token,
+    2 duplicate token (the latest earlier copy itself, else BOS)."""
+
+    bos_token_id, pad_token_id, vocab_size, n_ctx = 0, None, 5000, 64
+
+    def attention_patterns(self, tokens):
+        batch, pos = tokens.shape
+        patterns = torch.zeros(1, batch, 3, pos, pos)
+        for row in range(batch):
+            for q in range(pos):
+                earlier = [k for k in range(1, q) if tokens[row, k] == tokens[row, q]]
+                patterns[0, row, 0, q, earlier[-1] + 1 if earlier else 0] = 1.0
+                patterns[0, row, 1, q, max(q - 1, 0)] = 1.0
+                patterns[0, row, 2, q, earlier[-1] if earlier else 0] = 1.0
+        return patterns
+
+
+def test_planted_induction_head_scores_one_and_previous_token_head_zero():
+    from universality.analyze._heads import induction_tokens
+    adapter = _PlantedHeads()
+    tokens = _tokens(5000, rows=3, pos=17)
+    assert all(len(set(row[1:].tolist())) == 16 for row in tokens)  # no repeat in the plain rows
+    table = head_scores(adapter, tokens, seed=0).set_index("head")
+    # induction head: exactly 1 on [BOS, r, r] (r drawn without repeats here, checked below), 0 as a
+    # previous-token head on the plain rows (it rests on BOS there)
+    repeated = induction_tokens(3, 8, 5000, bos_token_id=0, seed=0)
+    assert all(len(set(row[1:9].tolist())) == 8 for row in repeated)
+    assert table.induction[0] == pytest.approx(1.0) and table.prev_token[0] == 0.0
+    # previous-token head: prev_token 1, induction 0; duplicate-token head (one position early): induction 0
+    assert table.prev_token[1] == pytest.approx(1.0) and table.induction[1] == 0.0
+    assert table.induction[2] == 0.0 and table.bos_sink[2] == pytest.approx(1.0)

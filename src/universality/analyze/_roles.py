@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,8 @@ def prediction_neurons(weights: Mapping, *, kurtosis_threshold: float = 10.0,
 
 
 def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, relative_sv: float = 0.1,
-                          layers: Sequence[int] | None = None) -> pd.DataFrame:
+                          layers: Sequence[int] | None = None,
+                          no_null_space: Literal["raise", "nan"] = "raise") -> pd.DataFrame:
     """How much of each neuron's output lies in the effective null space of W_U.
 
     1) SVD of W_U [d_model, vocab] = U S V^T with all d_model left singular vectors U [d_model, d_model]
@@ -89,6 +91,9 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
        (an entropy neuron); rank candidates by null_share, then w_out_norm.
 
     Columns: unit_set, unit, w_out_norm, null_share, null_dims (directions used).
+    no_null_space : {'raise', 'nan'}, default='raise': what happens when W_U has no singular value
+        <= `relative_sv` x the largest (and `null_dims` is None): a one-line error, or null_share NaN
+        and null_dims 0 (the neurons table, which must not fail on a model with a full-rank W_U).
 
     >>> w = {"W_U": torch.eye(3)[:, :2], "blocks.0.mlp.W_out": torch.eye(3)}
     >>> entropy_neuron_scores(w).null_share.tolist()
@@ -106,7 +111,9 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
         null = u[:, d_model - null_dims:]  # [d_model, null_dims]
     else:
         keep = s <= relative_sv * s[0]
-        if not bool(keep.any()):
+        if no_null_space not in ("raise", "nan"):
+            raise UniversalityError(f"no_null_space must be 'raise' or 'nan', not {no_null_space!r}")
+        if not bool(keep.any()) and no_null_space == "raise":
             raise UniversalityError(f"W_U has no singular value <= {relative_sv} x the largest (smallest ratio "
                                     f"{float(s[-1] / s[0]):.3g}); raise relative_sv or pass null_dims=k")
         null = u[:, keep]
@@ -116,6 +123,8 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
         norm2 = (w_out**2).sum(dim=1)  # [d_mlp]
         # 3) the share of |w_out|^2 in the null space
         share = ((w_out @ null) ** 2).sum(dim=1) / torch.where(norm2 > 0, norm2, math.nan)
+        if null.shape[1] == 0:  # no null space (no_null_space="nan"): no share to report
+            share = torch.full_like(norm2, math.nan)
         frames.append(pd.DataFrame({"unit_set": f"blocks.{layer}.mlp.hook_post", "unit": np.arange(len(norm2)),
                                     "w_out_norm": norm2.sqrt().numpy(), "null_share": share.numpy(),
                                     "null_dims": null.shape[1]}))

@@ -11,7 +11,7 @@ from test_irreps import S4, SIGN, STANDARD, TWO_TWO, _characters, _entries
 
 from universality.analyze import excluded_loss, irrep_emergence, logit_similarity, neuron_irreps, restricted_loss
 from universality.errors import UniversalityError
-from universality.groups import irrep_matrices, real_irreps
+from universality.groups import irrep_matrices, make_group, real_irreps
 
 
 # paper definitions (Chughtai et al.'s code) as defaults, earlier ones by name ----------------------------------
@@ -222,3 +222,50 @@ def test_every_analysis_setting_passes_to_analyze_group_seed_by_name(s4_trained)
     assert result["summary"]["restricted_loss"] == pytest.approx(
         _analyze(task, trained, key_threshold=0.01, restricted_hidden_mean="kept")["summary"]["restricted_loss"])
     assert result["emergence"].epoch.min() == 0
+
+
+def test_transformer_losses_read_hidden_through_w_out_w_u_as_the_paper_and_forward_by_name():
+    from universality.analyze import run_on_pairs
+    from universality.config import GroupTrainConfig, GroupTransformerConfig
+    from universality.tasks import composition_task
+    from universality.train import train_group_seed
+    group = make_group("S3")
+    task = composition_task(group, 0.7, seed=0)
+    trained = train_group_seed(task, GroupTransformerConfig(d_model=16, n_heads=2, d_head=8, d_mlp=32),
+                               GroupTrainConfig(epochs=200, lr=1e-2, train_fraction=0.7, checkpoints=0, threads=1),
+                               seed=0)
+    model, unit_set = trained.model, "blocks.0.mlp.hook_post"
+    paper = _analyze_one(task, model, unit_set)
+    key = paper["key_irreps"].split()
+    assert key
+    _, hidden = run_on_pairs(model, task, unit_set)
+    target, train = task.target.numpy(), task.train.numpy()
+    # the authors' hidden_to_logits: hidden @ W_out @ W_U, restricted = the key rho(ab) projection only
+    basis = _orthonormal(np.hstack([_entries(group, label) for label in key]))
+    part = basis @ (basis.T @ hidden)
+    w_out, w_u = (layer.weight.detach().double().numpy().T for layer in (model.blocks[0].mlp.fc_out, model.unembed))
+    readout = w_out @ w_u  # [d_mlp, d_model] @ [d_model, order]
+    assert paper["restricted_loss"] == pytest.approx(_direct_loss(part @ readout, target), rel=1e-9)
+    assert paper["excluded_loss"] == pytest.approx(_direct_loss(((hidden - part) @ readout)[train], target[train]),
+                                                   rel=1e-9)
+    # "forward" with the mean kept: this package's earlier values, the replaced layer patched into the model
+    old = _analyze_one(task, model, unit_set, loss_readout="forward", restricted_hidden_mean="kept")
+    for name, replaced, pairs in (("restricted_loss", part + hidden.mean(axis=0), slice(None)),
+                                  ("excluded_loss", hidden - part, train)):
+        patch = torch.as_tensor(replaced, dtype=torch.float32)
+        handle = model.blocks[0].mlp.hook_post.register_forward_hook(lambda module, inputs, output: patch)
+        try:
+            with torch.no_grad():
+                logits = model(task.left, task.right).double().numpy()
+        finally:
+            handle.remove()
+        assert old[name] == pytest.approx(_direct_loss(logits[pairs], target[pairs]), rel=1e-6)
+    assert abs(old["restricted_loss"] - paper["restricted_loss"]) > 1e-4
+    with pytest.raises(UniversalityError, match="loss_readout 'direct' reads logits from the MLP's hook_post"):
+        _analyze_one(task, model, "blocks.0.mlp.hook_pre")
+
+
+def _analyze_one(task, model, unit_set, **options):
+    from universality.analyze import analyze_group_seed
+    return analyze_group_seed(task, model, unit_set=unit_set, key_threshold=0.01, neuron_threshold=0.5,
+                              **options)["summary"]

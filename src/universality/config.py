@@ -230,6 +230,10 @@ class GroupAnalysisConfig(_Strict):
     # the restricted loss keeps only the key irreps' rho(ab) part of the hidden layer: "dropped" (the
     # paper) leaves out the hidden layer's mean over pairs, "kept" adds it back (this package before issue 8)
     restricted_hidden_mean: Literal["dropped", "kept"] = "dropped"
+    # how the restricted / excluded hidden layers become logits: "direct" (the paper) = hidden @ W_out @ W_U,
+    # leaving out the transformer's residual stream and attention; "forward" = patched into the whole forward
+    # pass (before issue 8). Equal for the MLP.
+    loss_readout: Literal["direct", "forward"] = "direct"
     # emergence epoch of each key irrep: "first_crossing" = the first checkpoint whose logit similarity
     # exceeds emergence_threshold, as the authors' determine_key_rep_order.py (0.05; the key cut 0.005 is
     # below what random S4 logits score, so every irrep would emerge at epoch 0-1); "stays_above" = the first

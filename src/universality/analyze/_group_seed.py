@@ -94,13 +94,24 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
                        fve_matrices: Literal["paper", "raw"] = "paper",
                        restricted_hidden_mean: Literal["dropped", "kept"] = "dropped",
                        emergence_rule: Literal["first_crossing", "stays_above"] = "first_crossing",
-                       emergence_threshold: float = EMERGENCE_THRESHOLD) -> dict[str, pd.DataFrame | dict]:
+                       emergence_threshold: float = EMERGENCE_THRESHOLD,
+                       loss_readout: Literal["direct", "forward"] = "direct") -> dict[str, pd.DataFrame | dict]:
     """Every per-seed table (module docstring) for `model` trained on the composition `task`.
 
     The keywords after `unit_set` are `GroupAnalysisConfig`'s fields, by the same names (pass
     `**config.analysis.model_dump()`): `fve_matrices` as `element_matrices`, `restricted_hidden_mean` as
     `restricted_hidden`'s `hidden_mean`, `emergence_rule` and `emergence_threshold` as `irrep_emergence`'s
-    `rule` and `threshold` (with `key_threshold`)."""
+    `rule` and `threshold` (with `key_threshold`). `loss_readout` says how the restricted and excluded
+    hidden layers become logits: "direct" (the paper's `hidden_to_logits`): hidden @ the unembedding read
+    from the neurons (`element_matrices`' paper "unembed": U for the MLP, U W_out for the transformer,
+    whose residual stream, attention output and MLP output bias are left out); "forward": patched into
+    the model's forward pass in place of `unit_set` (this package before issue 8). The two agree for the
+    MLP; "direct" needs `unit_set` to be the MLP's hook_post."""
+    if loss_readout not in ("direct", "forward"):
+        raise UniversalityError(f"loss_readout must be 'direct' (the paper) or 'forward', not {loss_readout!r}")
+    if loss_readout == "direct" and not unit_set.endswith("mlp.hook_post"):
+        raise UniversalityError(f"loss_readout 'direct' reads logits from the MLP's hook_post, not {unit_set!r}; "
+                                "pass that unit set or loss_readout='forward'")
     group = task.group
     target, train = task.target.numpy(), task.train.numpy()
     # 1) one pass over all pairs
@@ -115,8 +126,8 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
         shares = terms[terms.term == term].set_index("irrep").fve
         irreps[f"hidden_{term}"] = irreps.irrep.map(shares).fillna(0.0).to_numpy()
     key = irreps.irrep[irreps.key].tolist()
-    # 3) losses: the full model; restricted to / excluding the key irreps' rho(ab) part, patched into
-    #    the forward pass in place of the hidden layer (the transformer's residual stream bypasses it)
+    # 3) losses: the full model; restricted to / excluding the key irreps' rho(ab) part, read out by
+    #    `loss_readout`: directly (hidden @ readout [units, order]) or patched into the forward pass
     predicted = logits.argmax(axis=1) == target
     summary = {
         "train_acc": float(predicted[train].mean()), "test_acc": float(predicted[~train].mean()),
@@ -126,11 +137,14 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
         "restricted_loss": np.nan, "excluded_loss": np.nan,
     }
     if key:
-        restricted = _logits_with(model, task, unit_set,
-                                  restricted_hidden(group, hidden, key, hidden_mean=restricted_hidden_mean))
-        excluded = _logits_with(model, task, unit_set, excluded_hidden(group, hidden, key))
+        readout = element_matrices(model)["unembed"].T  # [units, order]
+
+        def logits_of(replaced: np.ndarray) -> np.ndarray:
+            return replaced @ readout if loss_readout == "direct" else _logits_with(model, task, unit_set, replaced)
+
+        restricted = logits_of(restricted_hidden(group, hidden, key, hidden_mean=restricted_hidden_mean))
         summary["restricted_loss"] = model_loss(restricted, target)
-        summary["excluded_loss"] = model_loss(excluded, target, train)
+        summary["excluded_loss"] = model_loss(logits_of(excluded_hidden(group, hidden, key)), target, train)
     # 4) per unit: irrep and the subgroup coset partition that explains most of its variance
     neurons = neuron_irreps(group, hidden, threshold=neuron_threshold)
     if group.order <= _MAX_COSET_ORDER:

@@ -241,3 +241,108 @@ def test_small_group_groks_within_seconds():
     stopped = next(p["epoch"] for p in trained.curve if p["test_acc"] >= GROK_TRAIN.stop_at_test_accuracy)
     assert trained.curve[-1]["epoch"] == stopped < GROK_TRAIN.epochs  # stopped early, extra_epochs = 0
     assert trained.curve[0]["test_acc"] < 0.2 and seconds < 20
+
+
+# --- initialisation: the paper's (the authors' code) by default, the earlier one by name ----------
+
+def _global_draws(seed, shapes, draw):
+    """Tensors drawn as the authors' code draws them: torch.manual_seed(seed), then `draw(shape)` in order."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [draw(shape) for shape in shapes]
+
+
+def test_paper_mlp_init_is_the_authors_randn_over_sqrt_fan():
+    n, embed, hidden, seed = 24, 32, 64, 3
+    # rep-theory-mech-interp utils/models.py OneLayerMLP: W_x, W_y [n, embed] / sqrt(embed),
+    # W [2 embed, hidden] / sqrt(2 embed), W_U [hidden, n] / sqrt(hidden), in this order
+    fans = {(n, embed): embed, (2 * embed, hidden): 2 * embed, (hidden, n): hidden}
+    shapes = [(n, embed), (n, embed), (2 * embed, hidden), (hidden, n)]
+    w_x, w_y, w, w_u = _global_draws(seed, shapes, lambda shape: torch.randn(shape) / np.sqrt(fans[shape]))
+    model = GroupMLP(n, embed_dim=embed, hidden=hidden, seed=seed)
+    assert torch.equal(model.embed_left, w_x) and torch.equal(model.embed_right, w_y)
+    assert torch.equal(model.linear.weight, w.T) and torch.equal(model.unembed.weight, w_u.T)
+    # the authors' forward in float64: relu([W_x[a], W_y[b]] @ W) @ W_U
+    left, right = _pairs(n)
+    direct = torch.relu(torch.cat([w_x[left], w_y[right]], 1).double() @ w.double()) @ w_u.double()
+    with torch.no_grad():
+        assert torch.allclose(model(left, right).double(), direct, atol=1e-5)
+
+
+def test_init_std_at_the_papers_s5_sizes():
+    paper, torch_init = GroupMLP(120, seed=0), GroupMLP(120, seed=0, init="torch")
+    assert abs(paper.embed_left.std().item() - 1 / 16) < 1e-3  # 1 / sqrt(256)
+    assert abs(torch_init.embed_left.std().item() - 1.0) < 1e-2
+    assert abs(paper.linear.weight.std().item() - 1 / np.sqrt(512)) < 1e-3
+    transformer = GroupTransformer(120, seed=0)
+    assert abs(transformer.unembed.weight.std().item() - 0.8 / np.sqrt(128)) < 1e-3
+
+
+def test_torch_mlp_init_reproduces_the_earlier_init():
+    model = GroupMLP(6, embed_dim=8, hidden=16, seed=5, init="torch")
+    g = torch.Generator().manual_seed(5)
+    expected = [torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)]
+    for shape, fan_in in (((16, 16), 16), ((6, 16), 16)):
+        bound = 1 / np.sqrt(fan_in)
+        expected.append(torch.rand(shape, generator=g) * 2 * bound - bound)
+    got = [model.embed_left, model.embed_right, model.linear.weight, model.unembed.weight]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def _lens_logits(weights, left, right, order):
+    """The TransformerLens forward of the authors' Transformer (no LayerNorm, biases 0), float64, at "="."""
+    w = {name: t.double() for name, t in weights.items()}
+    tokens = torch.stack([left, right, torch.full_like(left, order)], 1)  # [pairs, 3]
+    resid = w["W_E"][tokens] + w["W_pos"]  # [pairs, 3, d_model]
+    q = torch.einsum("pd,hde->phe", resid[:, -1], w["W_Q"])
+    k, v = (torch.einsum("pkd,hde->phke", resid, w[name]) for name in ("W_K", "W_V"))
+    pattern = (torch.einsum("phe,phke->phk", q, k) / np.sqrt(q.shape[-1])).softmax(-1)  # [pairs, heads, 3]
+    last = resid[:, -1] + torch.einsum("phk,phke,hed->pd", pattern, v, w["W_O"])
+    last = last + torch.relu(last @ w["W_in"]) @ w["W_out"]
+    return last @ w["W_U"]  # [pairs, order]
+
+
+def test_paper_transformer_init_is_transformer_lens_normal_and_frozen_zero_biases():
+    order, d, heads, d_head, d_mlp, seed = 6, 16, 2, 8, 32, 4
+    names = ["W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_U"]  # TransformerLens 0.2.0 order
+    shapes = [(order + 1, d), (3, d), (heads, d, d_head), (heads, d, d_head), (heads, d, d_head),
+              (heads, d_head, d), (d, d_mlp), (d_mlp, d), (d, order)]
+    std = 0.8 / np.sqrt(d)  # HookedTransformerConfig.initializer_range
+    drawn = _global_draws(seed, shapes, lambda shape: torch.nn.init.normal_(torch.empty(shape), std=std))
+    model = GroupTransformer(order, d_model=d, n_heads=heads, d_head=d_head, d_mlp=d_mlp, seed=seed)
+    left, right = _pairs(order)
+    with torch.no_grad():
+        got = model(left, right).double()
+    assert torch.allclose(got, _lens_logits(dict(zip(names, drawn)), left, right, order), atol=1e-5)
+    assert torch.equal(model.embed.weight, drawn[0]) and torch.equal(model.unembed.weight, drawn[-1].T)
+    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    assert len(biases) == 2 and all(not p.requires_grad and not p.any() for p in biases)
+
+
+def test_nanda_transformer_init_reproduces_the_earlier_init():
+    model = GroupTransformer(6, d_model=16, n_heads=2, d_head=8, d_mlp=32, seed=1, init="nanda", mlp_biases="trained")
+    g = torch.Generator().manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if name.endswith("bias"):
+            assert parameter.requires_grad and not parameter.any()
+            continue
+        std = 1 / np.sqrt(6 if name.startswith("unembed") else 16)
+        assert torch.equal(parameter, torch.randn(parameter.shape, generator=g) * std), name
+
+
+def test_frozen_biases_stay_zero_in_training_and_trained_ones_move():
+    task = composition_task(S3, 0.6, seed=0)
+    shape = dict(d_model=8, n_heads=2, d_head=4, d_mlp=16)
+    for grokfast in (False, True):
+        config = SHORT.model_copy(update={"grokfast": grokfast})
+        frozen = train_group_seed(task, GroupTransformerConfig(**shape), config, seed=0).model
+        trained = train_group_seed(task, GroupTransformerConfig(**shape, mlp_biases="trained"), config, seed=0).model
+        assert not frozen.blocks[0].mlp.fc_in.bias.any() and not frozen.blocks[0].mlp.fc_out.bias.any()
+        assert trained.blocks[0].mlp.fc_in.bias.abs().max() > 1e-4
+        assert not torch.equal(frozen.blocks[0].mlp.fc_in.weight, trained.blocks[0].mlp.fc_in.weight)
+
+
+def test_unknown_init_names_the_choices():
+    _one_line_error(lambda: GroupMLP(6, init="xavier"), "init must be one of: paper, torch")
+    _one_line_error(lambda: GroupTransformer(6, mlp_biases="none"), "mlp_biases must be one of: frozen, trained")
+    _one_line_error(lambda: GroupMLPConfig(init="nanda"), "'init'")

@@ -266,9 +266,9 @@ def test_irrep_emergence_orders_irreps_that_stay_key():
     std, sign, two = (_characters(S4, label) for label in (STANDARD, SIGN, TWO_TWO))
     noise = 1e-3 * np.random.default_rng(10).standard_normal(std.shape)
     checkpoints = [(300, noise + std + sign), (0, noise), (100, noise + std + two), (200, noise + std)]
-    table = irrep_emergence(S4, checkpoints, threshold=0.05).set_index("irrep")
+    table = irrep_emergence(S4, checkpoints, threshold=0.05, rule="stays_above").set_index("irrep")
     assert table.epoch[STANDARD] == 100 and table.epoch[SIGN] == 300
     assert np.isnan(table.epoch[TWO_TWO])  # key at epoch 100 only
     assert table.order[STANDARD] == 1 and table.order[SIGN] == 2 and pd.isna(table.order[TWO_TWO])
-    same = irrep_emergence(S4, dict(checkpoints), threshold=0.05).set_index("irrep")
+    same = irrep_emergence(S4, dict(checkpoints), threshold=0.05, rule="stays_above").set_index("irrep")
     pd.testing.assert_frame_equal(table, same)

@@ -162,7 +162,7 @@ def test_attention_deactivation_score_matches_a_direct_computation():
     model = _tiny()
     adapter = adapt(model, bos_token_id=0)
     tokens = _tokens(20, pos=10)
-    table = attention_deactivation_scores(adapter, tokens)
+    table = attention_deactivation_scores(adapter, tokens, ln_eps=model.blocks[1].ln1.eps)
     assert len(table) == 32 * 4 and set(table.head_layer) == {1}
     # direct: the key at position 0 from the qkv projection's output, W_Q and ln1 from the modules
     store = {}
@@ -181,6 +181,57 @@ def test_attention_deactivation_score_matches_a_direct_computation():
     assert torch.allclose(got.float(), direct, atol=1e-5, rtol=1e-4)
     b_q = block.attn.qkv.bias.detach()[:16].view(4, 4) + torch.einsum("d,hed->he", block.ln1.bias.detach(), w_q)
     assert np.allclose(table.b_Q_term.values[:4], ((b_q * k_bos).sum(dim=1) / 2.0).numpy(), atol=1e-5)
+
+
+def _quiet_llama():
+    """A tiny Llama (RMSNorm, eps 1e-6) whose residual stream after block 0 is so small (~1e-5) that the
+    norm's epsilon sets its scale: a wrong epsilon gives a visibly wrong BOS key."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(ARCHS["llama"][0](40)).eval()
+    with torch.no_grad():
+        for weight in (model.model.embed_tokens.weight, model.model.layers[0].self_attn.o_proj.weight,
+                       model.model.layers[0].mlp.down_proj.weight):
+            weight.mul_(1e-3)
+    return model
+
+
+def test_bos_key_uses_the_models_norm_epsilon():
+    from universality.neurons._roles import _bos_keys
+    model = _quiet_llama()
+    eps = model.config.rms_norm_eps
+    adapter, tokens = adapt(model), _tokens(40, pos=8)
+    store = {}
+    projection = model.model.layers[1].self_attn.k_proj
+    handle = projection.register_forward_hook(lambda m, a, out: store.setdefault("k", out.detach()))
+    try:
+        model(tokens)
+    finally:
+        handle.remove()
+    # the model's own key at position 0 (unrotated), K/V heads repeated to the 4 query heads as HF repeat_kv
+    direct = store["k"][:, 0].mean(dim=0).view(2, 8).repeat_interleave(2, dim=0).double()  # [heads, d_head]
+    raw = adapter.weights()
+    resid = adapter.run(tokens, ["blocks.0.hook_resid_post"])["blocks.0.hook_resid_post"][:, 0]
+    assert resid.pow(2).mean().item() < eps  # the epsilon dominates the norm here
+    right = _bos_keys(adapter, raw, tokens, eps)[1]
+    wrong = _bos_keys(adapter, raw, tokens, 1e-5)[1]
+    assert torch.allclose(right, direct, rtol=1e-4, atol=1e-7 * direct.abs().max().item())
+    assert (wrong - direct).abs().max() > 0.3 * direct.abs().max()
+    scores = {e: attention_deactivation_scores(adapter, tokens, ln_eps=e).score.to_numpy() for e in (eps, 1e-5)}
+    assert not np.allclose(scores[eps], scores[1e-5], rtol=0.1)
+
+
+def test_missing_norm_epsilon_is_one_line_naming_ln_eps():
+    import types
+
+    from universality.neurons._roles import _norm_eps
+    adapter = types.SimpleNamespace(name="m")
+    with pytest.raises(UniversalityError, match="pass ln_eps=") as info:
+        _norm_eps(adapter, None)
+    assert "\n" not in str(info.value)
+    assert _norm_eps(types.SimpleNamespace(name="m", norm_eps=1e-6), None) == 1e-6
+    assert _norm_eps(adapter, 1e-5) == 1e-5
+    with pytest.raises(UniversalityError, match="ln_eps must be a finite number"):
+        _norm_eps(adapter, float("nan"))
 
 
 def test_bos_patching_of_a_neuron_without_output_changes_no_attention():
@@ -249,3 +300,38 @@ def test_head_scores_have_every_column_in_unit_range():
                                    "induction"]
     values = table[["prev_token", "bos_sink", "positional", "induction"]].values
     assert len(table) == 8 and np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
+
+
+class _PlantedHeads:
+    """An adapter stand-in whose one layer has planted heads, each pattern a rule on the tokens [batch, pos]:
+    0 induction (the token after the latest earlier copy of the current token, else BOS), 1 previous token,
+    2 duplicate token (the latest earlier copy itself, else BOS)."""
+
+    bos_token_id, pad_token_id, vocab_size, n_ctx = 0, None, 5000, 64
+
+    def attention_patterns(self, tokens):
+        batch, pos = tokens.shape
+        patterns = torch.zeros(1, batch, 3, pos, pos)
+        for row in range(batch):
+            for q in range(pos):
+                earlier = [k for k in range(1, q) if tokens[row, k] == tokens[row, q]]
+                patterns[0, row, 0, q, earlier[-1] + 1 if earlier else 0] = 1.0
+                patterns[0, row, 1, q, max(q - 1, 0)] = 1.0
+                patterns[0, row, 2, q, earlier[-1] if earlier else 0] = 1.0
+        return patterns
+
+
+def test_planted_induction_head_scores_one_and_previous_token_head_zero():
+    from universality.neurons._heads import induction_tokens
+    adapter = _PlantedHeads()
+    tokens = _tokens(5000, rows=3, pos=17)
+    assert all(len(set(row[1:].tolist())) == 16 for row in tokens)  # no repeat in the plain rows
+    table = head_scores(adapter, tokens, seed=0).set_index("head")
+    # induction head: exactly 1 on [BOS, r, r] (r drawn without repeats here, checked below), 0 as a
+    # previous-token head on the plain rows (it rests on BOS there)
+    repeated = induction_tokens(3, 8, 5000, bos_token_id=0, seed=0)
+    assert all(len(set(row[1:9].tolist())) == 8 for row in repeated)
+    assert table.induction[0] == pytest.approx(1.0) and table.prev_token[0] == 0.0
+    # previous-token head: prev_token 1, induction 0; duplicate-token head (one position early): induction 0
+    assert table.prev_token[1] == pytest.approx(1.0) and table.induction[1] == 0.0
+    assert table.induction[2] == 0.0 and table.bos_sink[2] == pytest.approx(1.0)

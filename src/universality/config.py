@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, THRESHOLD, UNIT_THRESHOLD
 from .errors import UniversalityError
 
 __all__ = [
@@ -115,7 +116,7 @@ class CollectConfig(_Strict):
 class CompareConfig(_Strict):
     """Gurnee et al. 2024 universality: excess correlation over a random-rotation baseline."""
 
-    threshold: float = Field(0.5, gt=0, le=1)
+    threshold: float = Field(THRESHOLD, gt=0, le=1)
     rotations: int = Field(1, ge=1)  # Haar rotations averaged in the baseline
     seed: int = 0  # rotation seed
     accumulate: Literal["float32", "float64"] = "float32"  # co-moment accumulators
@@ -158,6 +159,9 @@ class GroupMLPConfig(_GroupConfig):
     arch: Literal["mlp"] = "mlp"
     embed_dim: int = Field(256, ge=1)
     hidden: int = Field(128, ge=1)
+    # "paper": the authors' randn / sqrt(fan) (embeddings std 1/sqrt(embed_dim)); "torch": PyTorch's
+    # layer defaults (embeddings std 1), this package's init before issue 8. See `GroupMLP`.
+    init: Literal["paper", "torch"] = "paper"
 
 
 class GroupTransformerConfig(_GroupConfig):
@@ -168,6 +172,10 @@ class GroupTransformerConfig(_GroupConfig):
     n_heads: int = Field(4, ge=1)
     d_head: int = Field(32, ge=1)
     d_mlp: int = Field(512, ge=1)
+    # "paper": TransformerLens 0.2.0's N(0, (0.8/sqrt(d_model))^2) on every matrix, as the authors' code;
+    # "nanda": N(0, 1/d_model), unembedding N(0, 1/order), this package's init before issue 8
+    init: Literal["paper", "nanda"] = "paper"
+    mlp_biases: Literal["frozen", "trained"] = "frozen"  # the paper freezes every bias at 0
 
 
 GroupModelConfig = Annotated[GroupMLPConfig | GroupTransformerConfig, Field(discriminator="arch")]
@@ -214,8 +222,25 @@ class GroupTaskConfig(_Strict):
 class GroupAnalysisConfig(_Strict):
     """Irrep analysis settings (Chughtai, Chan, Nanda 2023)."""
 
-    key_threshold: float = Field(0.005, gt=0, lt=1)  # a key irrep's logit similarity (the paper's 0.005)
-    neuron_threshold: float = Field(0.5, gt=0, le=1)  # share of a unit's variance that names its irrep
+    key_threshold: float = Field(KEY_THRESHOLD, gt=0, lt=1)  # a key irrep's logit similarity (the paper's)
+    unit_threshold: float = Field(UNIT_THRESHOLD, gt=0, le=1)  # share of a unit's variance that names its irrep
+    # which element-indexed matrices the fve_* columns measure: "paper" = as the hidden layer sees them
+    # (MLP: E_L W_L^T, E_R W_R^T and U; transformer: W_E and W_out-composed W_U, as the authors' code);
+    # "raw" = the parameters as stored (E_L, E_R, U; W_E, W_U)
+    fve_matrices: Literal["paper", "raw"] = "paper"
+    # the restricted loss keeps only the key irreps' rho(ab) part of the hidden layer: "dropped" (the
+    # paper) leaves out the hidden layer's mean over pairs, "kept" adds it back (this package before issue 8)
+    restricted_hidden_mean: Literal["dropped", "kept"] = "dropped"
+    # how the restricted / excluded hidden layers become logits: "direct" (the paper) = hidden @ W_out @ W_U,
+    # leaving out the transformer's residual stream and attention; "forward" = patched into the whole forward
+    # pass (before issue 8). Equal for the MLP.
+    loss_readout: Literal["direct", "forward"] = "direct"
+    # emergence epoch of each key irrep: "first_crossing" = the first checkpoint whose logit similarity
+    # exceeds emergence_threshold, as the authors' determine_key_rep_order.py (0.05; the key cut 0.005 is
+    # below what random S4 logits score, so every irrep would emerge at epoch 0-1); "stays_above" = the first
+    # checkpoint from which it stays above emergence_threshold to the end (before issue 8, with 0.005)
+    emergence_rule: Literal["first_crossing", "stays_above"] = "first_crossing"
+    emergence_threshold: float = Field(EMERGENCE_THRESHOLD, gt=0, lt=1)
 
 
 class GroupExperimentConfig(_Seeds):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from .._defaults import THRESHOLD
 from .._inputs import check_device
 from ..errors import UniversalityError
 from ..moments import MomentAccumulator, layout_of, normalize_batch
@@ -12,7 +13,7 @@ from ._comparison import Comparison, check_settings, compare_moments
 __all__ = ["compare_activations"]
 
 
-def compare_activations(batches: Iterable, *, threshold: float = 0.5, rotations: int = 1, seed: int = 0,
+def compare_activations(batches: Iterable, *, threshold: float = THRESHOLD, rotations: int = 1, seed: int = 0,
                         device: str = "cpu", dtype: str = "float64") -> Comparison:
     """Stream activation batches once and find the universal units.
 

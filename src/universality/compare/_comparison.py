@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .._defaults import THRESHOLD
 from ..errors import UniversalityError
 from ..moments import MomentAccumulator, load_moments, save_moments
 from ._correlation import pearson
@@ -104,7 +105,7 @@ def check_settings(threshold: float, rotations: int, seed: int = 0) -> None:
         raise UniversalityError(f"seed must be an integer in [0, 2^63), got {seed!r}; e.g. seed=0")
 
 
-def compare_moments(moments: MomentAccumulator, *, threshold: float = 0.5, rotations: int = 1,
+def compare_moments(moments: MomentAccumulator, *, threshold: float = THRESHOLD, rotations: int = 1,
                     seed: int = 0) -> Comparison:
     """Universality tables from streamed moments (no further pass over data)."""
     check_settings(threshold, rotations, seed)

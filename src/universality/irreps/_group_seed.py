@@ -17,15 +17,18 @@ cyclic groups the Fourier key frequencies of the embeddings.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from ..collect import capture
+from ..errors import UniversalityError
 from ..tasks import GroupTask
 from ._cosets import coset_constancy, subgroups_of_interest
-from ._emergence import irrep_emergence
+from ._emergence import EMERGENCE_THRESHOLD, irrep_emergence
 from ._fourier import fourier_key_frequencies
 from ._irreps import fraction_logits_explained, fraction_variance_explained, hidden_fve, logit_similarity
 from ._loss import excluded_hidden, model_loss, restricted_hidden
@@ -56,38 +59,75 @@ def _logits_with(model: nn.Module, task: GroupTask, unit_set: str, hidden: np.nd
         handle.remove()
 
 
-def element_matrices(model: nn.Module) -> dict[str, np.ndarray]:
+def element_matrices(model: nn.Module, *, fve_matrices: Literal["paper", "raw"] = "paper") -> dict[str, np.ndarray]:
     """The weight matrices whose rows are indexed by group element, float64 [order, width] each:
     the embeddings (left and right for the MLP, the shared token embedding for the transformer) and
-    the unembedding."""
-    order = model.order
+    the unembedding.
+
+    fve_matrices : {'paper', 'raw'}, default='paper'
+        'paper': as the hidden layer sees them, as the authors' `get_embeds` / `get_unembed`
+        (utils/metrics.py): the MLP's E_L W_L^T and E_R W_R^T [order, hidden] (`hidden_tables`) and U
+        [order, hidden]; the transformer's W_E [order, d_model] and U W_out [order, d_mlp] (the
+        unembedding read from the MLP's neurons);
+        'raw': the parameters as stored: E_L, E_R [order, embed_dim] or W_E, and U [order, hidden or d_model].
+    """
+    if fve_matrices not in ("paper", "raw"):
+        raise UniversalityError(f"fve_matrices must be 'paper' or 'raw', not {fve_matrices!r}")
+    def f64(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.detach().double().numpy()
+
+    order, paper = model.order, fve_matrices == "paper"
+    unembed = f64(model.unembed.weight)  # [order, hidden or d_model]
     if hasattr(model, "embed_left"):
-        matrices = {"embed_left": model.embed_left, "embed_right": model.embed_right}
-    else:
-        matrices = {"embed": model.embed.weight[:order]}  # the "=" token's row is not an element
-    matrices["unembed"] = model.unembed.weight  # [order, hidden or d_model]
-    return {name: m.detach().double().numpy() for name, m in matrices.items()}
+        left, right = f64(model.embed_left), f64(model.embed_right)  # [order, embed_dim]
+        if paper:  # W = [W_L | W_R] [hidden, 2 embed_dim]: T_L = E_L W_L^T [order, hidden]
+            w_left, w_right = np.split(f64(model.linear.weight), 2, axis=1)
+            left, right = left @ w_left.T, right @ w_right.T
+        return {"embed_left": left, "embed_right": right, "unembed": unembed}
+    if paper:  # [order, d_model] @ W_out [d_model, d_mlp]
+        unembed = unembed @ f64(model.blocks[0].mlp.fc_out.weight)
+    return {"embed": f64(model.embed.weight[:order]), "unembed": unembed}  # the "=" token's row is no element
 
 
 def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_threshold: float,
-                       unit_threshold: float, checkpoint_models: dict[int, nn.Module] | None = None
-                       ) -> dict[str, pd.DataFrame | dict]:
-    """Every per-seed table (module docstring) for `model` trained on the composition `task`."""
+                       unit_threshold: float, checkpoint_models: dict[int, nn.Module] | None = None,
+                       fve_matrices: Literal["paper", "raw"] = "paper",
+                       restricted_hidden_mean: Literal["dropped", "kept"] = "dropped",
+                       emergence_rule: Literal["first_crossing", "stays_above"] = "first_crossing",
+                       emergence_threshold: float = EMERGENCE_THRESHOLD,
+                       loss_readout: Literal["direct", "forward"] = "direct") -> dict[str, pd.DataFrame | dict]:
+    """Every per-seed table (module docstring) for `model` trained on the composition `task`.
+
+    The keywords after `unit_set` are `GroupAnalysisConfig`'s fields, by the same names (pass
+    `**config.analysis.model_dump()`): `fve_matrices` as `element_matrices`, `restricted_hidden_mean` as
+    `restricted_hidden`'s `hidden_mean`, `emergence_rule` and `emergence_threshold` as `irrep_emergence`'s
+    `rule` and `threshold` (with `key_threshold`). `loss_readout` says how the restricted and excluded
+    hidden layers become logits: "direct" (the paper's `hidden_to_logits`): hidden @ the unembedding read
+    from the neurons (`element_matrices`' paper "unembed": U for the MLP, U W_out for the transformer,
+    whose residual stream, attention output and MLP output bias are left out); "forward": patched into
+    the model's forward pass in place of `unit_set` (this package before issue 8). The two agree for the
+    MLP; "direct" needs `unit_set` to be the MLP's hook_post."""
+    if loss_readout not in ("direct", "forward"):
+        raise UniversalityError(f"loss_readout must be 'direct' (the paper) or 'forward', not {loss_readout!r}")
+    if loss_readout == "direct" and not unit_set.endswith("mlp.hook_post"):
+        raise UniversalityError(f"loss_readout 'direct' reads logits from the MLP's hook_post, not {unit_set!r}; "
+                                "pass that unit set or loss_readout='forward'")
     group = task.group
     target, train = task.target.numpy(), task.train.numpy()
     # 1) one pass over all pairs
     logits, hidden = run_on_pairs(model, task, unit_set)
     # 2) per irrep: logit similarity, FVE of the element-indexed matrices and of the hidden layer's terms
     irreps = logit_similarity(group, logits, threshold=key_threshold)
-    for name, matrix in element_matrices(model).items():
+    matrices = element_matrices(model, fve_matrices=fve_matrices)
+    for name, matrix in matrices.items():
         irreps[f"fve_{name}"] = fraction_variance_explained(group, matrix).fve.to_numpy()
     terms = hidden_fve(group, hidden)
     for term in ("a", "b", "ab"):
         shares = terms[terms.term == term].set_index("irrep").fve
         irreps[f"hidden_{term}"] = irreps.irrep.map(shares).fillna(0.0).to_numpy()
     key = irreps.irrep[irreps.key].tolist()
-    # 3) losses: the full model; restricted to / excluding the key irreps' rho(ab) part, patched into
-    #    the forward pass in place of the hidden layer (the transformer's residual stream bypasses it)
+    # 3) losses: the full model; restricted to / excluding the key irreps' rho(ab) part, read out by
+    #    `loss_readout`: directly (hidden @ readout [units, order]) or patched into the forward pass
     predicted = logits.argmax(axis=1) == target
     summary = {
         "train_acc": float(predicted[train].mean()), "test_acc": float(predicted[~train].mean()),
@@ -97,10 +137,14 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
         "restricted_loss": np.nan, "excluded_loss": np.nan,
     }
     if key:
-        restricted = _logits_with(model, task, unit_set, restricted_hidden(group, hidden, key))
-        excluded = _logits_with(model, task, unit_set, excluded_hidden(group, hidden, key))
+        readout = element_matrices(model)["unembed"].T  # [units, order]
+
+        def logits_of(replaced: np.ndarray) -> np.ndarray:
+            return replaced @ readout if loss_readout == "direct" else _logits_with(model, task, unit_set, replaced)
+
+        restricted = logits_of(restricted_hidden(group, hidden, key, hidden_mean=restricted_hidden_mean))
         summary["restricted_loss"] = model_loss(restricted, target)
-        summary["excluded_loss"] = model_loss(excluded, target, train)
+        summary["excluded_loss"] = model_loss(logits_of(excluded_hidden(group, hidden, key)), target, train)
     # 4) per unit: irrep and the subgroup coset partition that explains most of its variance
     neurons = unit_irreps(group, hidden, threshold=unit_threshold)
     if group.order <= _MAX_COSET_ORDER:
@@ -108,11 +152,12 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
     # 5) emergence over checkpoints; 6) Fourier frequencies for cyclic groups
     emergence = irrep_emergence(group, [(epoch, run_on_pairs(m, task, unit_set)[0])
                                         for epoch, m in sorted((checkpoint_models or {}).items())],
-                                threshold=key_threshold) if checkpoint_models else pd.DataFrame()
+                                threshold=emergence_threshold, rule=emergence_rule,
+                                key_threshold=key_threshold) if checkpoint_models else pd.DataFrame()
     fourier = pd.DataFrame()
     if group.name.startswith("C") and group.name[1:].isdigit():
         fourier = pd.concat([fourier_key_frequencies(m, group.order).assign(matrix=name)
-                             for name, m in element_matrices(model).items()], ignore_index=True)
+                             for name, m in matrices.items()], ignore_index=True)
     return {"irreps": irreps, "neurons": neurons, "emergence": emergence, "fourier": fourier,
             "summary": summary}
 

@@ -18,15 +18,13 @@ import pandas as pd
 
 from ..errors import UniversalityError
 from ..groups import Group, real_irreps
+from .._defaults import KEY_THRESHOLD
 from .._inputs import as_float64
 from ._bases import irrep_bases, is_trivial, product_means
 
 __all__ = ["KEY_THRESHOLD", "fraction_logits_explained", "fraction_variance_explained", "hidden_fve",
            "logit_similarity"]
 
-# The paper's cut for a key irrep. Random logits score about 1/sqrt(n^3) (0.0008 for S5), so 0.005 is
-# well above chance for |G| >= 60 but not for tiny groups (S4: 0.0085): judge small groups by eye.
-KEY_THRESHOLD = 0.005
 
 
 def logit_similarity(group: Group, logits, *, threshold: float = KEY_THRESHOLD) -> pd.DataFrame:

@@ -12,12 +12,11 @@ import pandas as pd
 
 from ..groups import Group
 from .._inputs import as_float64
+from .._defaults import UNIT_THRESHOLD
 from ._bases import irrep_bases, is_trivial
 
 __all__ = ["UNIT_THRESHOLD", "unit_irreps"]
 
-# A share above one half is a majority: at most one irrep can hold it, so no tie-breaking is needed.
-UNIT_THRESHOLD = 0.5
 # Dead: variance below float32 rounding of the activations (as in `compare.dead_units`); exactly 0 when
 # the unit never fires, or is constant on every pair.
 _DEAD_RELATIVE = (4 * np.finfo(np.float32).eps) ** 2

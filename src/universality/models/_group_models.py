@@ -32,6 +32,7 @@ torch.Size([36, 6])
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -41,6 +42,11 @@ from ..errors import UniversalityError
 from ._tiny_transformer import HookPoint
 
 __all__ = ["GroupMLP", "GroupTransformer"]
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UniversalityError(f"{field} must be one of: {', '.join(choices)}; got {value!r}")
 
 
 class _HookedModel(nn.Module):
@@ -69,14 +75,20 @@ class GroupMLP(_HookedModel):
     embed_dim : int, default=256, width of each embedding (paper: 256)
     hidden : int, default=128, hidden ReLU units (paper: 128)
     seed : int, default=0, the initialisation seed (the global torch RNG is not used or changed)
-
-    Initialisation is PyTorch's default for the layers the paper's code builds (`nn.Embedding`,
-    `nn.Linear`), drawn from a `torch.Generator` seeded by `seed`: embeddings ~ N(0, 1), linear
-    weights ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), in the order embed_left, embed_right, linear, unembed.
+    init : {'paper', 'torch'}, default='paper', how the weights are drawn from a `torch.Generator`
+        seeded by `seed`:
+        - 'paper': the authors' `OneLayerMLP` (rep-theory-mech-interp, utils/models.py): every matrix
+          ~ randn / sqrt(fan), drawn in their layout and order: W_x = E_L and W_y = E_R [order, embed_dim]
+          / sqrt(embed_dim), W [2 embed_dim, hidden] / sqrt(2 embed_dim), W_U [hidden, order] / sqrt(hidden);
+          with the same seed this gives their tensors exactly (E_L std 0.0625 at embed_dim 256);
+        - 'torch': PyTorch's layer defaults, this package's earlier init: embeddings ~ N(0, 1), linear
+          weights ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), in the order embed_left, embed_right, linear, unembed.
     """
 
-    def __init__(self, order: int, *, embed_dim: int = 256, hidden: int = 128, seed: int = 0):
+    def __init__(self, order: int, *, embed_dim: int = 256, hidden: int = 128, seed: int = 0,
+                 init: Literal["paper", "torch"] = "paper"):
         super().__init__()
+        _check_choice("init", init, ("paper", "torch"))
         self.order, self.embed_dim, self.hidden, self.units = order, embed_dim, hidden, hidden
         self.embed_left = nn.Parameter(torch.empty(order, embed_dim))  # E_L
         self.embed_right = nn.Parameter(torch.empty(order, embed_dim))  # E_R
@@ -86,6 +98,13 @@ class GroupMLP(_HookedModel):
             self.unembed = nn.Linear(hidden, order, bias=False)  # U, [order, hidden]
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
+            if init == "paper":  # randn / sqrt(fan) in the authors' shapes, transposed into nn.Linear's
+                for embedding in (self.embed_left, self.embed_right):
+                    embedding.copy_(torch.randn(order, embed_dim, generator=generator) / math.sqrt(embed_dim))
+                for layer in (self.linear, self.unembed):  # W [2 embed_dim, hidden], W_U [hidden, order]
+                    drawn = torch.randn(layer.in_features, layer.out_features, generator=generator)
+                    layer.weight.copy_((drawn / math.sqrt(layer.in_features)).T)
+                return
             for embedding in (self.embed_left, self.embed_right):
                 embedding.copy_(torch.randn(embedding.shape, generator=generator))
             for layer in (self.linear, self.unembed):
@@ -117,15 +136,25 @@ class GroupTransformer(_HookedModel):
     d_head : int, default=32
     d_mlp : int, default=512
     seed : int, default=0, the initialisation seed (the global torch RNG is not used or changed)
-
-    Initialisation follows Nanda et al.'s grokking transformer, drawn from a `torch.Generator`
-    seeded by `seed` in `named_parameters` order: weights ~ N(0, 1/d_model), the unembedding
-    ~ N(0, 1/order), MLP biases 0.
+    init : {'paper', 'nanda'}, default='paper', how the weights are drawn from a `torch.Generator`
+        seeded by `seed` (MLP biases start at 0 either way):
+        - 'paper': the authors' `Transformer`, a TransformerLens 0.2.0 `HookedTransformer` with
+          `init_weights`: every weight matrix ~ N(0, (0.8 / sqrt(d_model))^2), the unembedding included,
+          drawn with `normal_` in TransformerLens's layout and order (W_E, W_pos, W_Q, W_K, W_V
+          [heads, d_model, d_head], W_O [heads, d_head, d_model], W_in, W_out, W_U);
+        - 'nanda': Nanda et al.'s grokking transformer, this package's earlier init: weights
+          ~ N(0, 1/d_model), the unembedding ~ N(0, 1/order), in `named_parameters` order.
+    mlp_biases : {'frozen', 'trained'}, default='frozen'. The authors' code freezes every bias at
+        its initial 0 (`requires_grad = False` on each `b_` parameter), so the paper's transformer
+        has none in effect; 'trained' lets AdamW train the MLP's two biases.
     """
 
     def __init__(self, order: int, *, d_model: int = 128, n_heads: int = 4, d_head: int = 32,
-                 d_mlp: int = 512, seed: int = 0):
+                 d_mlp: int = 512, seed: int = 0, init: Literal["paper", "nanda"] = "paper",
+                 mlp_biases: Literal["frozen", "trained"] = "frozen"):
         super().__init__()
+        _check_choice("init", init, ("paper", "nanda"))
+        _check_choice("mlp_biases", mlp_biases, ("frozen", "trained"))
         self.order, self.d_model, self.n_heads, self.d_head, self.d_mlp = order, d_model, n_heads, d_head, d_mlp
         self.units = d_mlp
         with torch.random.fork_rng(devices=[]):  # nn defaults draw from the global RNG; keep it intact
@@ -138,9 +167,32 @@ class GroupTransformer(_HookedModel):
             for name, parameter in self.named_parameters():
                 if name.endswith("bias"):
                     parameter.zero_()
-                else:
+                    parameter.requires_grad_(mlp_biases == "trained")
+                elif init == "nanda":
                     std = 1 / math.sqrt(order if name.startswith("unembed") else d_model)
                     parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+            if init == "paper":
+                self._lens_init(generator)
+
+    @torch.no_grad()
+    def _lens_init(self, generator: torch.Generator) -> None:
+        """TransformerLens 0.2.0 `init_weights`: `normal_(std=0.8 / sqrt(d_model))` on each `W_` matrix in its
+        order and layout, then moved into this model's modules (nn.Linear stores [out, in])."""
+        d, h, e = self.d_model, self.n_heads, self.d_head
+        std = 0.8 / math.sqrt(d)
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+        attn, mlp = self.blocks[0].attn, self.blocks[0].mlp
+        self.embed.weight.copy_(draw(self.order + 1, d))  # W_E [vocab, d_model]
+        self.pos_embed.weight.copy_(draw(3, d))  # W_pos [3, d_model]
+        for layer in (attn.query, attn.key, attn.value):  # W_Q, W_K, W_V [heads, d_model, d_head]
+            layer.weight.copy_(draw(h, d, e).permute(0, 2, 1).reshape(h * e, d))  # [heads * d_head, d_model]
+        attn.out.weight.copy_(draw(h, e, d).reshape(h * e, d).T)  # W_O [heads, d_head, d_model] -> [d_model, h e]
+        mlp.fc_in.weight.copy_(draw(d, self.d_mlp).T)  # W_in [d_model, d_mlp]
+        mlp.fc_out.weight.copy_(draw(self.d_mlp, d).T)  # W_out [d_mlp, d_model]
+        self.unembed.weight.copy_(draw(d, self.order).T)  # W_U [d_model, order]
 
     def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Logits [pairs, order] for element indices left, right [pairs]."""

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 
 from ._families import FamilyAccumulator, FeatureSet
-from ..errors import UniversalityError
 from ._neuron_stats import NeuronStatsAccumulator
 from ._weights import weight_statistics
 from ._roles import entropy_neuron_scores, prediction_neurons
@@ -73,11 +72,9 @@ def _roles(weights: Mapping) -> pd.DataFrame:
     """Per neuron: prediction / suppression role and the share of w_out in W_U's null space (NaN when
     W_U has no direction below 0.1 of its largest singular value)."""
     roles = prediction_neurons(weights)[["unit_set", "unit", "role"]]
-    try:
-        null = entropy_neuron_scores(weights)[["unit_set", "unit", "null_share"]]
-    except UniversalityError:
-        return roles.assign(null_share=float("nan"))
-    return roles.merge(null, on=["unit_set", "unit"])
+    # only the missing null space becomes NaN; any other problem with the weights is raised
+    null = entropy_neuron_scores(weights, no_null_space="nan")[["unit_set", "unit", "null_share"]]
+    return roles.merge(null, on=["unit_set", "unit"], validate="one_to_one")
 
 
 def family_summary(neurons: pd.DataFrame) -> pd.DataFrame:

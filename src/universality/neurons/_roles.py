@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,6 @@ __all__ = ["prediction_neurons", "entropy_neuron_scores", "entropy_intervention"
 
 _W_OUT = re.compile(r"blocks\.(\d+)\.mlp\.W_out")
 _MLP_POST = re.compile(r"blocks\.(\d+)\.mlp\.hook_post")
-_LN_EPS = 1e-5  # LayerNorm / RMSNorm epsilon when recomputing the BOS key (GPT-2, Pythia, the tiny model)
 
 
 def _mlp_layers(weights: Mapping, layers: Sequence[int] | None) -> list[int]:
@@ -78,7 +78,8 @@ def prediction_neurons(weights: Mapping, *, kurtosis_threshold: float = 10.0,
 
 
 def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, relative_sv: float = 0.1,
-                          layers: Sequence[int] | None = None) -> pd.DataFrame:
+                          layers: Sequence[int] | None = None,
+                          no_null_space: Literal["raise", "nan"] = "raise") -> pd.DataFrame:
     """How much of each neuron's output lies in the effective null space of W_U.
 
     1) SVD of W_U [d_model, vocab] = U S V^T with all d_model left singular vectors U [d_model, d_model]
@@ -90,6 +91,9 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
        (an entropy neuron); rank candidates by null_share, then w_out_norm.
 
     Columns: unit_set, unit, w_out_norm, null_share, null_dims (directions used).
+    no_null_space : {'raise', 'nan'}, default='raise': what happens when W_U has no singular value
+        <= `relative_sv` x the largest (and `null_dims` is None): a one-line error, or null_share NaN
+        and null_dims 0 (the neurons table, which must not fail on a model with a full-rank W_U).
 
     >>> w = {"W_U": torch.eye(3)[:, :2], "blocks.0.mlp.W_out": torch.eye(3)}
     >>> entropy_neuron_scores(w).null_share.tolist()
@@ -107,7 +111,9 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
         null = u[:, d_model - null_dims:]  # [d_model, null_dims]
     else:
         keep = s <= relative_sv * s[0]
-        if not bool(keep.any()):
+        if no_null_space not in ("raise", "nan"):
+            raise UniversalityError(f"no_null_space must be 'raise' or 'nan', not {no_null_space!r}")
+        if not bool(keep.any()) and no_null_space == "raise":
             raise UniversalityError(f"W_U has no singular value <= {relative_sv} x the largest (smallest ratio "
                                     f"{float(s[-1] / s[0]):.3g}); raise relative_sv or pass null_dims=k")
         null = u[:, keep]
@@ -117,6 +123,8 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
         norm2 = (w_out**2).sum(dim=1)  # [d_mlp]
         # 3) the share of |w_out|^2 in the null space
         share = ((w_out @ null) ** 2).sum(dim=1) / torch.where(norm2 > 0, norm2, math.nan)
+        if null.shape[1] == 0:  # no null space (no_null_space="nan"): no share to report
+            share = torch.full_like(norm2, math.nan)
         frames.append(pd.DataFrame({"unit_set": f"blocks.{layer}.mlp.hook_post", "unit": np.arange(len(norm2)),
                                     "w_out_norm": norm2.sqrt().numpy(), "null_share": share.numpy(),
                                     "null_dims": null.shape[1]}))
@@ -167,16 +175,29 @@ def _layer_of(adapter, unit_set: str) -> int:
     return int(match.group(1))
 
 
-def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+def _norm_eps(adapter, ln_eps: float | None) -> float:
+    """The epsilon of the blocks' ln1: `ln_eps` when given, else the adapter's `norm_eps`."""
+    eps = getattr(adapter, "norm_eps", None) if ln_eps is None else ln_eps
+    if eps is None:
+        raise UniversalityError(f"{adapter.name}: the adapter does not say its norm epsilon; pass ln_eps= the "
+                                "model's (config.layer_norm_epsilon, layer_norm_eps or rms_norm_eps)")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise UniversalityError(f"ln_eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor, ln_eps: float | None = None) -> dict[int, torch.Tensor]:
     """{layer l >= 1: the key at position 0 of every head [heads, d_head]}, averaged over rows.
 
     Recomputed from the residual stream entering layer l (`blocks.{l-1}.hook_resid_post`) and the
     raw weights: k = LN1(x) @ W_K + b_K, LN1 = LayerNorm (ln1.b present), RMSNorm (ln1.w only) or
-    none (post-LN encoders, whose residual stream is already normalised). Rotary positions leave
+    none (post-LN encoders, whose residual stream is already normalised), with the model's epsilon
+    (`_norm_eps`: GPT-2 and Pythia 1e-5, Llama-style models often 1e-6). Rotary positions leave
     position 0 unrotated, so the key is exact for GPT-NeoX and Llama too."""
     names = [f"blocks.{l - 1}.hook_resid_post" for l in range(1, adapter.n_layers)]
     resid = adapter.run(tokens, names)
     post_ln = "ln_embed.w" in raw
+    eps = None if post_ln else _norm_eps(adapter, ln_eps)
     keys = {}
     for l in range(1, adapter.n_layers):
         x = resid[f"blocks.{l - 1}.hook_resid_post"][:, 0].double().cpu()  # [batch, d_model]
@@ -184,7 +205,7 @@ def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor) -> dict[int, torch.Te
         if not post_ln:
             if p + "ln1.b" in raw:
                 x = x - x.mean(dim=-1, keepdim=True)
-            x = x / (x.pow(2).mean(dim=-1, keepdim=True) + _LN_EPS).sqrt()
+            x = x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
             x = x * raw[p + "ln1.w"].double() + (raw[p + "ln1.b"].double() if p + "ln1.b" in raw else 0.0)
         k = torch.einsum("bd,hde->bhe", x, raw[p + "attn.W_K"].double())  # [batch, heads, d_head]
         if p + "attn.b_K" in raw:
@@ -193,12 +214,13 @@ def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor) -> dict[int, torch.Te
     return keys
 
 
-def attention_deactivation_scores(adapter, tokens: torch.Tensor, *,
-                                  layers: Sequence[int] | None = None) -> pd.DataFrame:
+def attention_deactivation_scores(adapter, tokens: torch.Tensor, *, layers: Sequence[int] | None = None,
+                                  ln_eps: float | None = None) -> pd.DataFrame:
     """Per MLP neuron (layer l) and head of every later layer l' > l: score = w_out^T W_Q k_BOS / sqrt(d_head).
 
     1) k_BOS [heads, d_head]: the head's key at position 0 of tokens [batch, pos] (rows should start
-       with BOS), recomputed from the residual stream and the raw weights (`_bos_keys`);
+       with BOS), recomputed from the residual stream and the raw weights (`_bos_keys`) with the
+       model's norm epsilon `ln_eps` (default: `adapter.norm_eps`; pass it when the adapter has none);
     2) W_Q [heads, d_model, d_head] with ln1 folded in (`fold_layernorm`; raw for post-LN encoders),
        so w_out^T W_Q is what the neuron adds to the query per unit activation, up to the norm's
        1/scale, which is left out as in the paper;
@@ -210,7 +232,7 @@ def attention_deactivation_scores(adapter, tokens: torch.Tensor, *,
     """
     raw = adapter.weights()
     folded = raw if "ln_embed.w" in raw else fold_layernorm(raw)
-    keys = _bos_keys(adapter, raw, tokens)
+    keys = _bos_keys(adapter, raw, tokens, ln_eps)
     frames = []
     for layer in _mlp_layers(folded, layers):
         w_out = folded[f"blocks.{layer}.mlp.W_out"].double()  # [d_mlp, d_model]

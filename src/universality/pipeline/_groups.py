@@ -130,9 +130,7 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
             model.load_state_dict(state)
             checkpoint_models[epoch] = model
         result = analyze_group_seed(task, seed_model.model, unit_set=_hidden(seed_model.model_config),
-                                    key_threshold=config.analysis.key_threshold,
-                                    unit_threshold=config.analysis.neuron_threshold,
-                                    checkpoint_models=checkpoint_models)
+                                    checkpoint_models=checkpoint_models, **config.analysis.model_dump())
         for key, frame in result.items():
             if key == "summary":
                 summaries[name] = frame

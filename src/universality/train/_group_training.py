@@ -1,7 +1,8 @@
 """Full-batch training of group composition models (Chughtai, Chan, Nanda 2023), one seed at a time.
 
-Each epoch is one AdamW step (betas (0.9, 0.98), weight decay on every parameter, as in the
-paper) on the cross-entropy of all train pairs, computed in float64 (`logits.double()`).
+Each epoch is one AdamW step (betas (0.9, 0.98), weight decay on every trained parameter, as in
+the paper; the transformer's biases are frozen at 0 by default, as there) on the cross-entropy of
+all train pairs, computed in float64 (`logits.double()`).
 Optionally Grokfast-EMA (Lee et al. 2024) amplifies the slow gradient component.
 
 How K seeds run, measured on this machine (2 shared cores, torch 2.13 CPU; S5 MLP at the paper's
@@ -123,8 +124,8 @@ def train_group_seed(task: GroupTask, model_config: GroupMLPConfig | GroupTransf
                                 f"{config.train_fraction}; build the task with config.train_fraction")
     torch.set_num_threads(config.threads)
     model = build_group_model(model_config, task.group.order, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # the paper's frozen biases stay out
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     left, right, target = task.left[task.train], task.right[task.train], task.target[task.train]  # [train]
     planned = set(checkpoint_epochs(config.epochs, config.checkpoints))
     curve, checkpoints, ema = [], {}, None
@@ -150,7 +151,7 @@ def train_group_seed(task: GroupTask, model_config: GroupMLPConfig | GroupTransf
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grokfast:
-            ema = _grokfast(model, ema, config.grokfast_alpha, config.grokfast_lambda)
+            ema = _grokfast(trainable, ema, config.grokfast_alpha, config.grokfast_lambda)
         optimizer.step()
     grok = next((p["epoch"] for p in curve if p["test_acc"] >= GROK_ACCURACY), None)
     return TrainedGroupModel(seed=seed, model=model.eval(), curve=curve, checkpoints=checkpoints,
@@ -229,11 +230,11 @@ def _evaluate(model: nn.Module, task: GroupTask) -> dict[str, float]:
             "train_acc": correct[train].double().mean().item(), "test_acc": correct[test].double().mean().item()}
 
 
-def _grokfast(model: nn.Module, ema: list[torch.Tensor] | None, alpha: float,
+def _grokfast(parameters: list[nn.Parameter], ema: list[torch.Tensor] | None, alpha: float,
               lamb: float) -> list[torch.Tensor]:
-    """Grokfast-EMA (Lee et al. 2024, `gradfilter_ema`): ema = alpha ema + (1 - alpha) grad, starting
-    at the first gradient; then grad += lamb ema. Returns the updated ema."""
-    grads = [p.grad for p in model.parameters()]
+    """Grokfast-EMA (Lee et al. 2024, `gradfilter_ema`) over the trained `parameters`: ema = alpha ema
+    + (1 - alpha) grad, starting at the first gradient; then grad += lamb ema. Returns the updated ema."""
+    grads = [p.grad for p in parameters]
     if ema is None:
         ema = [g.detach().clone() for g in grads]
     else:

@@ -76,6 +76,18 @@ def write_site(run_dir: Path, *, units: pd.DataFrame, pairs: pd.DataFrame, layer
     - `contexts`: top-activating contexts shown per unit.
 
     Raises `UniversalityError` naming the missing columns or settings, before writing anything.
+
+    >>> import tempfile, pandas as pd
+    >>> units = pd.DataFrame({"model": ["s0", "s1"], "unit_set": "blocks.0.mlp.hook_post", "unit": 0,
+    ...     "mean_max_corr": 0.9, "mean_baseline": 0.2, "excess_corr": 0.7, "universal": True, "dead": False})
+    >>> pairs = units[["model", "unit_set", "unit"]].assign(other_model=["s1", "s0"], max_corr=0.9,
+    ...     partner_unit_set="blocks.0.mlp.hook_post", partner_unit=0, baseline_max_corr=0.2)
+    >>> layers = units[["model", "unit_set"]].assign(units=1, dead=0, universal=1, pct_universal=100.0,
+    ...     median_max_corr=0.9, median_baseline=0.2, median_excess=0.7)
+    >>> path = write_site(Path(tempfile.mkdtemp()), units=units, pairs=pairs, layers=layers, curves={},
+    ...     settings={"threshold": 0.5, "rotations": 1, "seed": 0}, title="demo", config_text="", facts={})
+    >>> path.name, (path.parent / "units" / "shard-000.js").is_file()
+    ('report.html', True)
     """
     run_dir = Path(run_dir)
     # 1) check everything before writing anything

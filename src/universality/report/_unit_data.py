@@ -43,7 +43,11 @@ def universal_units(units: pd.DataFrame) -> pd.DataFrame:
 
 
 def _partners_by_unit(claims: pd.DataFrame) -> dict[tuple, list]:
-    return {key: list(rows.itertuples(index=False)) for key, rows in claims.groupby(UNIT_KEY, sort=False)}
+    """(model, unit_set, unit) -> its pair rows (named tuples), in table order; one pass, no groupby."""
+    partners: dict[tuple, list] = {}
+    for row in claims.itertuples(index=False):
+        partners.setdefault((row.model, row.unit_set, row.unit), []).append(row)
+    return partners
 
 
 def index_table(universal: pd.DataFrame, claims: pd.DataFrame, set_pages: dict[str, str], max_rows: int):

@@ -46,22 +46,33 @@
       return '<rect x="' + (left + i * width) + '" y="' + (H - bottom - h) + '" width="' + Math.max(width - 0.5, 0.5) +
         '" height="' + h + '" fill="#4c72b0"><title>' + c + " tokens</title></rect>";
     }).join("");
-    var labels = "", last = -Infinity;
+    var labels = "", last = -Infinity, zero = edges.length / 2 - first;  // the middle bin (-smallest, smallest] holds 0
+    var zeroX = zero >= 0 && zero < counts.length ? left + (zero + 0.5) * width : -Infinity;
+    if (zeroX > 0) labels += '<text x="' + zeroX + '" y="' + (H - bottom + 16) + '" font-size="11" text-anchor="middle">0</text>';
     for (var i = 0; i <= counts.length; i++) {  // left edge of bin first + i is edges[first + i - 1]
       var edge = edges[first + i - 1], x = left + i * width;
-      if (edge === undefined || Math.abs(Math.log10(Math.abs(edge)) % 1) > 1e-6 || x - last < 45) continue;
+      if (edge === undefined || Math.abs(Math.log10(Math.abs(edge)) % 1) > 1e-6 || x - last < 45 || Math.abs(x - zeroX) < 30) continue;
       labels += '<line x1="' + x + '" x2="' + x + '" y1="' + (H - bottom) + '" y2="' + (H - bottom + 4) + '" stroke="#333"/>' +
-        '<text x="' + x + '" y="' + (H - bottom + 16) + '" font-size="11" text-anchor="middle">' + edge.toExponential(0) + "</text>";
+        '<text x="' + x + '" y="' + (H - bottom + 16) + '" font-size="11" text-anchor="middle">' + label(edge) + "</text>";
       last = x;
+    }
+    for (var power = 1; power <= Math.pow(10, Math.floor(top)); power *= 10) {  // y ticks at 1, 10, 100 ... tokens
+      var y = H - bottom - (H - bottom - 10) * Math.log10(power + 1) / top;
+      labels += '<line x1="' + (left - 4) + '" x2="' + left + '" y1="' + y + '" y2="' + y + '" stroke="#333"/>' +
+        '<text x="' + (left - 6) + '" y="' + (y + 4) + '" font-size="10" text-anchor="end">' + power + "</text>";
     }
     var svg = '<svg class="histogram" viewBox="0 0 ' + W + " " + H + '" width="' + W + '" height="' + H + '" role="img">' +
       '<line x1="' + left + '" x2="' + (W - 10) + '" y1="' + (H - bottom) + '" y2="' + (H - bottom) + '" stroke="#333"/>' +
       bars + labels + '<text x="' + (W / 2) + '" y="' + (H - 4) + '" font-size="12" text-anchor="middle">' +
       "activation (symmetric log bins)</text>" + '<text x="12" y="' + ((H - bottom) / 2) +
-      '" font-size="12" text-anchor="middle" transform="rotate(-90 12 ' + ((H - bottom) / 2) + ')">tokens (log)</text></svg>';
+      '" font-size="12" text-anchor="middle" transform="rotate(-90 12 ' + ((H - bottom) / 2) + ')">tokens (log scale)</text></svg>';
     var box = el("div");
     box.innerHTML = svg;
     return box;
+  }
+  function label(edge) {  // 0.01 .. 1000 as plain numbers, others as 1e-4
+    var size = Math.abs(edge);
+    return size >= 0.01 && size < 1e4 ? String(Number(edge.toPrecision(1))) : edge.toExponential(0).replace("e+", "e");
   }
   function link(id, text) { return el("a", { href: "unit.html#" + id }, [text]); }
 

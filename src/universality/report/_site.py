@@ -116,8 +116,8 @@ def write_site(run_dir: Path, *, units: pd.DataFrame, pairs: pd.DataFrame, layer
     claims = partner_claims(units, pairs)
     universal = universal_units(units)
     unit_sets = list(pd.unique(units["unit_set"]))
-    set_pages = {name: f"sets/{i:03d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(name))[:80]}.html"
-                 for i, name in enumerate(unit_sets)}
+    slugs = {name: f"{i:03d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(name))[:80]}" for i, name in enumerate(unit_sets)}
+    set_pages = {name: f"sets/{slug}.html" for name, slug in slugs.items()}
     table, csv = index_table(universal, claims, set_pages, _INDEX_ROWS)
     write_atomically(run_dir / "units.csv", csv.to_csv(index=False).encode("utf-8"))
 
@@ -138,12 +138,13 @@ def write_site(run_dir: Path, *, units: pd.DataFrame, pairs: pd.DataFrame, layer
     page_ids = dict(zip(zip(universal["model"], universal["unit_set"], universal["unit"]), universal["id"]))
     for name in unit_sets:
         in_set = units[units["unit_set"] == name]
-        plot = f"set-{set_pages[name][5:-5]}.png"
+        plot = f"set-{slugs[name]}.png"
         write_atomically(plots_dir / plot, _plots.excess_hist_png(in_set, threshold))
         _write_page(run_dir / set_pages[name], "unit_set.html.j2", root="../", title=title, unit_set=name,
                     layers=layers[layers["unit_set"] == name].to_dict("records"), plot=f"../plots/{plot}",
                     table=json_for_script(set_table(in_set, page_ids)))
     _remove_stale(run_dir / "sets", "*.html", set_pages.values())
+    _remove_stale(plots_dir, "set-*.png", [f"set-{slug}.png" for slug in slugs.values()])
     for asset in _STATIC:
         write_atomically(run_dir / "site" / asset, resources.files(__package__).joinpath(asset).read_bytes())
 

@@ -6,6 +6,11 @@ For unit i of model a and another model b:
     baseline_ab(i)  = max_k rho(x_a,i, (Q x_b)_k)          Q: Haar rotation inside each unit set of b
     excess(i)       = mean_b max_corr_ab(i) - mean_b baseline_ab(i)
     universal(i)    = excess(i) > threshold                (the paper's 0.5)
+
+How sure a count is (`universality_null`, R >= 2 rotations, leave one rotation out): rotation r plays
+the part of a model with no privileged basis and the other R - 1 rotations its baseline,
+    null_excess_r(i) = mean_b baseline_ab,r(i) - mean_b mean_{s != r} baseline_ab,s(i)
+and the expected count under the rotation null is the mean over r of #{live i: null_excess_r(i) > threshold}.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..moments import MomentAccumulator
 from ._baseline import rotation_for
 from ._correlation import _inverse_std, dead_units
 
-__all__ = ["universality_tables", "layer_summary"]
+__all__ = ["universality_tables", "layer_summary", "rotation_baselines", "universality_null"]
 
 _ROW_BLOCK = 4096  # rows of model a per correlation block: bounds memory at 4096 x units_b
 
@@ -132,3 +137,46 @@ def layer_summary(units: pd.DataFrame) -> pd.DataFrame:
     live = (summary["units"] - summary["dead"]).where(lambda n: n > 0)
     summary.insert(5, "pct_universal", 100.0 * summary["universal"] / live)
     return summary
+
+
+def rotation_baselines(acc: MomentAccumulator, *, rotations: int, seed: int) -> pd.DataFrame:
+    """Each rotation's baseline max corr, in the row order of the `pairs` table of `universality_tables`
+    with the same rotations and seed: columns model, unit_set, unit, other_model and
+    `baseline_max_corr_r{r}` for r < rotations (their mean is `pairs.baseline_max_corr`)."""
+    rotated = {m: _rotated_moments(acc, m, rotations, seed) for m in acc.models}
+    frames = []
+    for a in acc.models:
+        sets_a, units_a = _unit_index(acc, a)
+        for b in (b for b in acc.models if b != a):
+            per_rotation = np.empty((rotations, acc.sizes[a]))
+            for start in range(0, acc.sizes[a], _ROW_BLOCK):
+                rows = slice(start, min(start + _ROW_BLOCK, acc.sizes[a]))
+                for r in range(rotations):
+                    per_rotation[r, rows] = _pair_maxima(acc, a, b, [rotated[b][r]], rows)[2].numpy()
+            frames.append(pd.DataFrame({"model": a, "unit_set": sets_a, "unit": units_a, "other_model": b,
+                                        **{f"baseline_max_corr_r{r}": per_rotation[r] for r in range(rotations)}}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def universality_null(pairs: pd.DataFrame, *, threshold: float) -> dict[str, float]:
+    """The count of universal units expected under the rotation null (module docstring), from a pairs
+    table holding `baseline_max_corr_r{r}` columns (`rotation_baselines`), over units with a finite
+    null excess. Returns rotations, expected (mean over r), min and max over r; with fewer than 2
+    rotation columns expected, min and max are NaN (one rotation cannot be compared with another).
+
+    >>> pairs = pd.DataFrame({"model": "a", "unit_set": "s", "unit": [0, 1], "other_model": "b",
+    ...     "baseline_max_corr_r0": [0.9, 0.1], "baseline_max_corr_r1": [0.1, 0.1]})
+    >>> universality_null(pairs, threshold=0.5)
+    {'rotations': 2, 'expected': 0.5, 'min': 0.0, 'max': 1.0}
+    """
+    columns = sorted((c for c in pairs.columns if c.startswith("baseline_max_corr_r")), key=lambda c: int(c[19:]))
+    if len(columns) < 2:
+        return {"rotations": len(columns), "expected": float("nan"), "min": float("nan"), "max": float("nan")}
+    # mean over other models b, skipping NaN (dead partners) as nanmean does: [units, R]
+    per_unit = pairs.groupby(["model", "unit_set", "unit"], sort=False)[columns].mean().to_numpy(dtype=float)
+    rest = (per_unit.sum(axis=1, keepdims=True) - per_unit) / (len(columns) - 1)  # leave rotation r out
+    null_excess = per_unit - rest
+    finite = np.isfinite(null_excess).all(axis=1)
+    counts = (null_excess[finite] > threshold).sum(axis=0)  # [R]
+    return {"rotations": len(columns), "expected": float(counts.mean()), "min": float(counts.min()),
+            "max": float(counts.max())}

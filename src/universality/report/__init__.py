@@ -1,8 +1,10 @@
-"""The run report: PNG plots and one self-contained `report.html` (see `write_report`), with extra
-sections for the analyses that follow the universality step (`group_sections`, `neuron_sections`)."""
+"""The run report as a static site (see `write_site`): an index with the headline and every universal
+unit, one page per unit set and per universal unit; extra sections for the analyses that follow the
+universality step (`group_sections`, `neuron_sections`, `head_sections`)."""
 
 from ._group_sections import group_sections
-from ._html import ReportSection, write_report
+from ._html import ReportSection
 from ._neuron_sections import head_sections, neuron_sections
+from ._site import write_report, write_site
 
-__all__ = ["write_report", "ReportSection", "group_sections", "neuron_sections", "head_sections"]
+__all__ = ["write_site", "write_report", "ReportSection", "group_sections", "neuron_sections", "head_sections"]

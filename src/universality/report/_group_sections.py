@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pandas as pd
 
+from ._headline import ungeneralised
 from ._html import ReportSection
 
 __all__ = ["group_sections"]
@@ -17,16 +18,30 @@ _SEED_COLUMNS = ["model", "epochs_to_grok", "final_test_acc", "key_irreps", "fra
 
 
 def group_sections(tables: dict[str, pd.DataFrame], *, key_threshold: float,
-                   curves: dict[str, pd.DataFrame] | None = None) -> list[ReportSection]:
-    """Sections for the tables present: seeds, irreps across seeds, emergence order, matched neurons."""
-    seeds = tables["group_seeds"]
+                   curves: dict[str, pd.DataFrame] | None = None, generalised_accuracy: float = 0.99,
+                   include_ungeneralised: bool = False) -> list[ReportSection]:
+    """Sections for the tables present: seeds, irreps across seeds, emergence order, matched neurons.
+
+    Seeds whose final test accuracy is below `generalised_accuracy` never generalised: they are flagged in
+    the seeds table and left out of the irrep, learning-order and matching claims unless
+    `include_ungeneralised`. Epochs print as integers (missing: blank).
+    """
+    seeds = tables["group_seeds"].copy()
+    flagged = ungeneralised(seeds, generalised_accuracy)
+    seeds.insert(1, "generalised", ~seeds["model"].isin(flagged))
+    if "epochs_to_grok" in seeds:  # None for seeds that never grokked makes the column float: print integers
+        seeds["epochs_to_grok"] = seeds["epochs_to_grok"].astype("Float64").round().astype("Int64")
+    excluded = set() if include_ungeneralised else set(flagged)
+    tables = {name: _without(table, excluded) for name, table in tables.items()}
+    left_out = (f" Left out of the sections below, as never generalised (test accuracy < {generalised_accuracy:g}): "
+                f"{', '.join(sorted(excluded))}." if excluded else "")
     sections = [ReportSection(
         "Seeds: grokking and key irreps",
         text=(f"A key irrep has logit similarity above {key_threshold:g} (the paper's cut; random logits score "
               "about |G|^-1.5, so judge small groups by the similarity values). Restricted loss keeps only the "
               "key irreps' rho(ab) part of the hidden layer (all pairs); excluded loss removes it (train pairs). "
-              "Irrep analysis is meaningful only for seeds that generalised (epochs_to_grok set)."),
-        tables=[("per seed", seeds[[c for c in _SEED_COLUMNS if c in seeds]])],
+              "Irrep analysis is meaningful only for seeds that generalised (epochs_to_grok set)." + left_out),
+        tables=[("per seed", seeds[[c for c in ["model", "generalised", *_SEED_COLUMNS[1:]] if c in seeds]])],
         figures=[("group_accuracy.png", "Train (dashed) and test accuracy per seed", _accuracy_png(curves))]
         if curves else [],
     )]
@@ -45,6 +60,7 @@ def group_sections(tables: dict[str, pd.DataFrame], *, key_threshold: float,
     if "group_emergence" in tables:
         emergence = tables["group_emergence"]
         order = emergence.pivot_table(index="model", columns="irrep", values="epoch", aggfunc="first")
+        order = order.astype("Float64").round().astype("Int64")  # epochs are integers; NaN (never key) stays blank
         sections.append(ReportSection(
             "Learning order",
             text="Epoch from which each irrep stays key through the last checkpoint (blank: never key).",
@@ -62,6 +78,14 @@ def group_sections(tables: dict[str, pd.DataFrame], *, key_threshold: float,
                   if len(assigned) else "No matched pair has both neurons' irreps assigned."),
             tables=[("per irrep of the neuron", by_irrep)]))
     return sections
+
+
+def _without(table: pd.DataFrame, models: set[str]) -> pd.DataFrame:
+    """Rows of `table` whose model (and other model, when it has one) is not in `models`."""
+    keep = ~table["model"].isin(models) if "model" in table else pd.Series(True, index=table.index)
+    if "other_model" in table:
+        keep &= ~table["other_model"].isin(models)
+    return table[keep]
 
 
 def _similarity_png(irreps: pd.DataFrame, key_threshold: float) -> bytes:

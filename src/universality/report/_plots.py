@@ -21,7 +21,7 @@ import pandas as pd
 
 __all__ = [
     "live_mask", "universal_mask", "headline_counts",
-    "corr_vs_baseline_png", "excess_hist_png", "pct_universal_png", "training_curves_png",
+    "corr_vs_baseline_png", "excess_hist_png", "pct_universal_png", "training_curves_png", "training_curves_figure",
 ]
 
 _OTHER = "#4c72b0"  # live, not universal
@@ -203,22 +203,33 @@ def pct_universal_png(layers: pd.DataFrame) -> bytes:
 
 def training_curves_png(curves: dict[str, pd.DataFrame]) -> bytes:
     """Training loss against step per model, log y; points with loss <= 0 or NaN are skipped."""
+    return _png(training_curves_figure(curves))
+
+
+def training_curves_figure(curves: dict[str, pd.DataFrame]):
+    """The figure of `training_curves_png`. Labelled log ticks thin out as the loss spans more decades
+    (1, 2, 3, 5 per decade below one decade; 1, 2, 5 below three; 1 below seven; else every few decades),
+    so labels never overlap: group runs go from ~5 nats to ~1e-7."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = _figure(7, 3.8)
     ax = fig.add_subplot()
+    shown = []
     for model, curve in curves.items():
         step, loss = curve["step"].to_numpy(dtype=float), curve["loss"].to_numpy(dtype=float)
         keep = np.isfinite(step) & np.isfinite(loss) & (loss > 0)
         ax.plot(step[keep], loss[keep], lw=1.3, label=str(model))
+        shown.append(loss[keep])
     ax.set_yscale("log")
-    # plain numbers (0.5, 1, 2, 3, 5) instead of 4 x 10^0: loss spans few decades
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    losses = np.concatenate(shown) if shown else np.empty(0)
+    decades = float(np.log10(losses.max() / losses.min())) if losses.size else 0.0
+    subs = (1.0, 2.0, 3.0, 5.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(subs=subs, numticks=9 if decades > 7 else "auto"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.5, 2 rather than 5 x 10^-1
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("step (optimizer updates)")
     ax.set_ylabel("training loss (nats/token, log scale)")
     ax.set_title("training curves", fontsize=10)
     ax.legend(title="model", fontsize=8, frameon=False)
     ax.grid(alpha=0.25, which="both")
-    return _png(fig)
+    return fig

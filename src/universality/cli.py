@@ -41,6 +41,8 @@ def _run(config_path: Optional[Path], runs_dir: Path) -> None:
     except UniversalityError as error:
         _fail(str(error))
     _print_layers(result.comparison.layers)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
     units = result.comparison.units
     live = int((~units["dead"]).sum())
     universal = int(units["universal"].sum())

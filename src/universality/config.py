@@ -241,6 +241,10 @@ class GroupAnalysisConfig(_Strict):
     # checkpoint from which it stays above emergence_threshold to the end (before issue 8, with 0.005)
     emergence_rule: Literal["first_crossing", "stays_above"] = "first_crossing"
     emergence_threshold: float = Field(EMERGENCE_THRESHOLD, gt=0, lt=1)
+    # a seed whose final test accuracy is below this never generalised: flagged in the terminal and the
+    # report, and left out of the irrep and universality claims unless include_ungeneralised
+    generalised_accuracy: float = Field(0.99, gt=0, le=1)
+    include_ungeneralised: bool = False
 
 
 class GroupExperimentConfig(_Seeds):

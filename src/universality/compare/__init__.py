@@ -4,7 +4,7 @@ from ._activations import compare_activations
 from ._baseline import haar_rotation, rotation_for
 from ._comparison import Comparison, compare_moments
 from ._correlation import dead_units, pearson
-from ._universality import layer_summary
+from ._universality import layer_summary, universality_null
 
 __all__ = ["compare_activations", "compare_moments", "Comparison", "pearson", "dead_units", "haar_rotation",
-           "rotation_for", "layer_summary"]
+           "rotation_for", "layer_summary", "universality_null"]

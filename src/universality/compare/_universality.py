@@ -25,7 +25,7 @@ from ..moments import MomentAccumulator
 from ._baseline import rotation_for
 from ._correlation import _inverse_std, dead_units
 
-__all__ = ["universality_tables", "layer_summary", "rotation_baselines", "universality_null"]
+__all__ = ["universality_tables", "layer_summary", "universality_null"]
 
 _ROW_BLOCK = 4096  # rows of model a per correlation block: bounds memory at 4096 x units_b
 
@@ -60,25 +60,22 @@ def _best(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pair_maxima(acc, model_a, model_b, rotated, rows):
-    """max_corr, partner index and baseline (mean over rotations) for `rows` of model a vs b,
-    float64 [rows]; products in the state's precision."""
+    """max_corr [rows], partner index [rows] and the baseline of each rotation [rotations, rows] for
+    `rows` of model a vs b, float64; products in the state's precision."""
     cross = acc.cross(model_a, model_b)[rows]  # [rows, units_b]
     scale_a = _inverse_std(acc, model_a)[rows].to(cross.dtype)[:, None]  # NaN for dead units of a
     scale_b = _inverse_std(acc, model_b).to(cross.dtype)[None, :]
     max_corr, partner = _best(cross * scale_a * scale_b)
-    baseline = torch.zeros_like(max_corr)
-    for per_set in rotated:
-        best = torch.full_like(max_corr, -torch.inf)
+    baselines = torch.full((len(rotated), len(max_corr)), -torch.inf, dtype=max_corr.dtype)
+    for r, per_set in enumerate(rotated):
         start = 0
         for q_t, scale_rot in per_set:
             size = q_t.shape[0]
             rotated_corr = (cross[:, start:start + size] @ q_t) * scale_a * scale_rot[None, :]  # C Q^T
-            best = torch.maximum(best, torch.nan_to_num(rotated_corr, nan=-torch.inf).amax(dim=1))
+            baselines[r] = torch.maximum(baselines[r], torch.nan_to_num(rotated_corr, nan=-torch.inf).amax(dim=1))
             start += size
-        baseline += best
-    baseline /= len(rotated)
-    baseline[torch.isinf(baseline)] = float("nan")
-    return max_corr.double(), partner, baseline.double()
+    baselines[torch.isinf(baselines)] = float("nan")
+    return max_corr.double(), partner, baselines.double()
 
 
 def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int):
@@ -93,10 +90,12 @@ def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: 
         baseline = np.empty_like(max_corr)
         for k, b in enumerate(others):
             partner = np.empty(acc.sizes[a], dtype=np.int64)
+            per_rotation = np.empty((rotations, acc.sizes[a]))
             for start in range(0, acc.sizes[a], _ROW_BLOCK):
                 rows = slice(start, min(start + _ROW_BLOCK, acc.sizes[a]))
                 mc, pj, bl = _pair_maxima(acc, a, b, rotated[b], rows)
-                max_corr[k, rows], partner[rows], baseline[k, rows] = mc.numpy(), pj.numpy(), bl.numpy()
+                max_corr[k, rows], partner[rows], per_rotation[:, rows] = mc.numpy(), pj.numpy(), bl.numpy()
+            baseline[k] = per_rotation.mean(axis=0)
             sets_b, units_b = unit_index[b]
             live = partner >= 0
             pair_frames.append(pd.DataFrame({
@@ -105,6 +104,7 @@ def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: 
                 "partner_unit_set": np.where(live, sets_b[np.maximum(partner, 0)], ""),
                 "partner_unit": np.where(live, units_b[np.maximum(partner, 0)], -1),
                 "baseline_max_corr": baseline[k],
+                **({f"baseline_max_corr_r{r}": per_rotation[r] for r in range(rotations)} if rotations > 1 else {}),
             }))
         dead = dead_units(acc, a).numpy()
         with warnings.catch_warnings():  # a unit dead against every model has NaN means: expected
@@ -139,28 +139,9 @@ def layer_summary(units: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def rotation_baselines(acc: MomentAccumulator, *, rotations: int, seed: int) -> pd.DataFrame:
-    """Each rotation's baseline max corr, in the row order of the `pairs` table of `universality_tables`
-    with the same rotations and seed: columns model, unit_set, unit, other_model and
-    `baseline_max_corr_r{r}` for r < rotations (their mean is `pairs.baseline_max_corr`)."""
-    rotated = {m: _rotated_moments(acc, m, rotations, seed) for m in acc.models}
-    frames = []
-    for a in acc.models:
-        sets_a, units_a = _unit_index(acc, a)
-        for b in (b for b in acc.models if b != a):
-            per_rotation = np.empty((rotations, acc.sizes[a]))
-            for start in range(0, acc.sizes[a], _ROW_BLOCK):
-                rows = slice(start, min(start + _ROW_BLOCK, acc.sizes[a]))
-                for r in range(rotations):
-                    per_rotation[r, rows] = _pair_maxima(acc, a, b, [rotated[b][r]], rows)[2].numpy()
-            frames.append(pd.DataFrame({"model": a, "unit_set": sets_a, "unit": units_a, "other_model": b,
-                                        **{f"baseline_max_corr_r{r}": per_rotation[r] for r in range(rotations)}}))
-    return pd.concat(frames, ignore_index=True)
-
-
 def universality_null(pairs: pd.DataFrame, *, threshold: float) -> dict[str, float]:
     """The count of universal units expected under the rotation null (module docstring), from a pairs
-    table holding `baseline_max_corr_r{r}` columns (`rotation_baselines`), over units with a finite
+    table holding `baseline_max_corr_r{r}` columns (one per rotation, when there are 2 or more), over units with a finite
     null excess. Returns rotations, expected (mean over r), min and max over r; with fewer than 2
     rotation columns expected, min and max are NaN (one rotation cannot be compared with another).
 

@@ -30,7 +30,7 @@ from ..groups import make_group
 from ..models import adapt
 from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
-from ._report import RunRecord
+from ._report import RunRecord, context_tables
 from ._run import execute, trained_inputs
 from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step, train_or_load
 
@@ -86,7 +86,17 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
             "unit sets compared": ", ".join(sorted({s for names in hidden.values() for s in names})),
             "rotations in the baseline": str(comparison.rotations),
         }
-        return RunRecord(comparison, curves, facts, tables, key_threshold=config.analysis.key_threshold)
+        tables |= table_step(run_dir / "tables", "contexts", moments_print,
+                             lambda: context_tables(pair_tokens, _pair_texts(group)))
+        analysis = config.analysis
+        flagged = tables["group_seeds"].query(f"final_test_acc < {analysis.generalised_accuracy}")
+        notes = [f"{row.model} never generalised (final test accuracy {row.final_test_acc:.3f} < "
+                 f"{analysis.generalised_accuracy}): " + ("kept in the claims, as asked" if analysis.include_ungeneralised
+                                                         else "left out of the irrep and universality claims")
+                 for row in flagged.itertuples()]
+        return RunRecord(comparison, curves, facts, tables, key_threshold=analysis.key_threshold,
+                         generalised_accuracy=analysis.generalised_accuracy,
+                         include_ungeneralised=analysis.include_ungeneralised, notes=notes)
     return execute(config, runs_dir, body)
 
 
@@ -112,6 +122,12 @@ def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Prog
     return trained, prints
 
 
+def _pair_texts(group) -> list[str]:
+    """The text of each pair token a * |G| + b: "a·b=ab" with the group's element labels."""
+    labels, table = group.elements, group.table
+    return [f"{labels[a]}·{labels[b]}={labels[table[a][b]]}" for a in range(group.order) for b in range(group.order)]
+
+
 def _hidden(model_config) -> str:
     """The hidden ReLU layer's unit set of an architecture."""
     return "mlp.hook_post" if model_config.arch == "mlp" else "blocks.0.mlp.hook_post"
@@ -130,12 +146,15 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
             model.load_state_dict(state)
             checkpoint_models[epoch] = model
         result = analyze_group_seed(task, seed_model.model, unit_set=_hidden(seed_model.model_config),
-                                    checkpoint_models=checkpoint_models, **config.analysis.model_dump())
+                                    checkpoint_models=checkpoint_models,
+                                    **config.analysis.model_dump(exclude={"generalised_accuracy", "include_ungeneralised"}))
         for key, frame in result.items():
             if key == "summary":
                 summaries[name] = frame
             elif len(frame):
-                parts[f"group_{key}"].append(frame.assign(model=name))
+                frame = frame.assign(model=name)
+                parts[f"group_{key}"].append(frame.assign(unit_set=_hidden(seed_model.model_config))
+                                             if key == "neurons" else frame)
     on_progress("irreps per seed", len(trained), len(trained))
     tables = {key: _model_first(pd.concat(frames, ignore_index=True)) for key, frames in parts.items() if frames}
     tables["summaries"] = summaries

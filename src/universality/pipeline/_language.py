@@ -19,9 +19,9 @@ from ..models import TinyTransformer, adapt
 from ..tasks import SyntheticLanguage
 from ..train import load_checkpoint, save_checkpoint, train_seed
 from ._neurons import neuron_step
-from ._report import RunRecord
+from ._report import RunRecord, context_tables
 from ._run import execute, trained_inputs
-from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, train_or_load
+from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step, train_or_load
 
 __all__ = ["run_language"]
 
@@ -70,9 +70,12 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                                f"{'dropped' if collect.drop_bos else 'kept'})",
             "unit sets": ", ".join(unit_sets),
             "rotations in the baseline": str(comparison.rotations),
-            **({"left out": "; ".join(notes)} if notes else {}),
         }
-        return RunRecord(comparison, curves, facts, {} if neurons is None else {"neurons": neurons})
+        tables = table_step(run_dir / "tables", "contexts", moments_print,
+                            lambda: context_tables(sample.tokens, language.token_names))
+        if neurons is not None:
+            tables["neurons"] = neurons
+        return RunRecord(comparison, curves, facts, tables, notes=notes)
     return execute(config, runs_dir, body)
 
 

@@ -23,7 +23,7 @@ from ..models import load_model
 from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset, tokens_from_numpy,
                       tokens_from_text_files)
 from ._neurons import neuron_step
-from ._report import RunRecord
+from ._report import RunRecord, context_tables
 from ._run import execute
 from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step
 
@@ -72,10 +72,11 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                                f"{config.data.source}; dropped ids {drop})",
             "unit sets": ", ".join(unit_sets),
             "rotations in the baseline": str(comparison.rotations),
-            **({"left out": "; ".join(notes)} if notes else {}),
         }
-        tables = {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
-        return RunRecord(comparison, {}, facts, tables)
+        tables = table_step(run_dir / "tables", "contexts", moments_print,
+                            lambda: context_tables(tokens, _vocabulary(first)))
+        tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
+        return RunRecord(comparison, {}, facts, tables, notes=notes)
     return execute(config, runs_dir, body)
 
 
@@ -107,11 +108,17 @@ def _load(config: PretrainedExperimentConfig) -> dict:
     return adapters
 
 
+def _vocabulary(adapter) -> list[str] | None:
+    """Each token id's text (the tokenizer's token strings), or None without a tokenizer."""
+    if adapter.tokenizer is None:
+        return None
+    return [str(t) for t in adapter.tokenizer.convert_ids_to_tokens(list(range(adapter.vocab_size)))]
+
+
 def _features(adapter, seq_len: int) -> list:
     """Token features whose variance reduction names a neuron's family: unigram, previous token,
     position buckets 0, 1, 2, 4, ... and, with a tokenizer, token strings and alphabet."""
-    vocab = adapter.tokenizer.convert_ids_to_tokens(list(range(adapter.vocab_size))) if adapter.tokenizer else None
-    vocab = [str(t) for t in vocab] if vocab else None
+    vocab = _vocabulary(adapter)
     edges = [0] + [2 ** k for k in range(int(math.log2(max(seq_len - 1, 1))) + 1)]
     features = [unigram(vocab, size=None if vocab else adapter.vocab_size),
                 previous_token(vocab, size=None if vocab else adapter.vocab_size), position_buckets(edges)]

@@ -6,7 +6,8 @@ into the same pieces, so `univ report` re-renders exactly what the run wrote.
 |--------------|-------------------------|--------------------------------------------------|
 | comparison   | tables/{units,pairs,layers}.parquet + compare.json (settings) | the tables, with their own settings |
 | tables       | tables/<name>.parquet (neurons, heads, group_*) | every parquet file in tables/ |
-| facts        | tables/facts.json       | {name: text}, the report's header                |
+| facts        | tables/facts.json       | {name: text}, the report's header; group settings |
+| contexts     | tables/token_rows.parquet, vocab.parquet | the streamed token rows [rows, pos] and each id's text |
 | curves       | models/*/metadata.json  | training curves                                  |
 """
 
@@ -22,12 +23,14 @@ from .._rundir import read_json, write_text_atomic
 from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import load_moments, read_manifest
-from ..report import group_sections, head_sections, neuron_sections, write_report
+from ..report import group_sections, head_sections, neuron_sections, write_site
 from ._steps import saved_tables
 
-__all__ = ["RunRecord", "report_step", "load_run"]
+__all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
 
-_COMPARISON_TABLES = ("units", "pairs", "layers")
+_UNIT_FACTS = {"neurons": ["best_feature_set", "best_feature", "variance_reduction", "role"],
+               "group_neurons": ["irrep", "share"]}  # columns shown on each unit's page
+_CONTEXT = 12  # tokens before the firing one shown on unit pages
 
 
 @dataclass
@@ -37,28 +40,74 @@ class RunRecord:
     comparison: Comparison
     curves: dict[str, pd.DataFrame]  # model -> (step, loss)
     facts: dict[str, str]  # header facts, in order
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # neurons, heads, group_* (those present)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # neurons, heads, group_*, token_rows, vocab
     key_threshold: float | None = None  # group runs: the key-irrep cut the group tables were made with
+    generalised_accuracy: float = 0.99  # group runs: seeds below this final test accuracy never generalised
+    include_ungeneralised: bool = False  # group runs: keep such seeds in the claims
+    top_activations: object | None = None  # moments.TopActivations of the streamed unit sets
+    notes: list[str] = field(default_factory=list)  # one line each: analyses left out, seeds flagged
+
+
+def context_tables(token_rows, vocab: list[str] | None) -> dict[str, pd.DataFrame]:
+    """The streamed token rows [rows, pos] (ids) and each id's text, as tables the report reads contexts
+    from (`token_rows` columns p0, p1, ...; `vocab` column text; ids as text when `vocab` is None)."""
+    rows = pd.DataFrame(token_rows.numpy() if hasattr(token_rows, "numpy") else token_rows)
+    texts = list(vocab) if vocab is not None else [str(t) for t in range(int(rows.to_numpy().max()) + 1)]
+    return {"token_rows": rows.rename(columns=lambda c: f"p{c}"), "vocab": pd.DataFrame({"text": texts})}
 
 
 def report_step(run_dir: Path, record: RunRecord) -> Path:
-    """Save the header facts beside the tables and write plots/ and report.html into `run_dir`."""
-    write_text_atomic(run_dir / "tables" / "facts.json",
-                      json.dumps({"facts": record.facts, "key_threshold": record.key_threshold}, indent=1))
+    """Save the header facts beside the tables and write the report site into `run_dir`."""
+    settings = {"facts": record.facts, "notes": record.notes, "key_threshold": record.key_threshold,
+                "generalised_accuracy": record.generalised_accuracy,
+                "include_ungeneralised": record.include_ungeneralised}
+    write_text_atomic(run_dir / "tables" / "facts.json", json.dumps(settings, indent=1))
+    tables = record.tables
     sections = []
-    if "neurons" in record.tables:
-        sections += neuron_sections(record.tables["neurons"])
-    if "heads" in record.tables:
-        sections += head_sections(record.tables["heads"])
-    if "group_seeds" in record.tables:
-        sections += group_sections(record.tables, key_threshold=record.key_threshold, curves=record.curves)
+    if "neurons" in tables:
+        sections += neuron_sections(tables["neurons"])
+    if "heads" in tables:
+        sections += head_sections(tables["heads"])
+    if "group_seeds" in tables:
+        sections += group_sections(tables, key_threshold=record.key_threshold, curves=record.curves,
+                                   generalised_accuracy=record.generalised_accuracy,
+                                   include_ungeneralised=record.include_ungeneralised)
     comparison = record.comparison
     config_path = run_dir / "config.toml"
-    return write_report(run_dir, units=comparison.units, pairs=comparison.pairs, layers=comparison.layers,
-                        curves=record.curves, threshold=comparison.threshold,
-                        title=f"Universal neurons: {run_dir.name}",
-                        config_text=config_path.read_text() if config_path.is_file() else "",
-                        facts=record.facts, sections=sections)
+    return write_site(run_dir, units=comparison.units, pairs=comparison.pairs, layers=comparison.layers,
+                      settings={"threshold": comparison.threshold, "rotations": comparison.rotations,
+                                "seed": comparison.seed},
+                      curves=record.curves, title=f"Universal neurons: {run_dir.name}",
+                      config_text=config_path.read_text() if config_path.is_file() else "",
+                      facts={**record.facts, **({"notes": " ".join(record.notes)} if record.notes else {})},
+                      sections=sections, top_activations=record.top_activations,
+                      token_text=_token_text(tables.get("token_rows"), tables.get("vocab")),
+                      unit_facts=_unit_facts(tables), group_seeds=tables.get("group_seeds"),
+                      generalised_accuracy=record.generalised_accuracy,
+                      include_ungeneralised=record.include_ungeneralised)
+
+
+def _unit_facts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    """Per (model, unit_set, unit): the family and role (neurons table) or irrep (group runs)."""
+    frames = []
+    for name, columns in _UNIT_FACTS.items():
+        if name in tables and "unit_set" in tables[name]:
+            table = tables[name]
+            frames.append(table[["model", "unit_set", "unit", *[c for c in columns if c in table]]])
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _token_text(token_rows: pd.DataFrame | None, vocab: pd.DataFrame | None):
+    """`global token index -> (token strings, position of that token)` over the streamed rows, or None."""
+    if token_rows is None or vocab is None:
+        return None
+    rows, text = token_rows.to_numpy(), vocab.text.tolist()
+
+    def context(index: int) -> tuple[list[str], int]:
+        row, position = divmod(int(index), rows.shape[1])
+        start = max(0, position - _CONTEXT)
+        return [text[t] for t in rows[row, start:position + 2]], position - start
+    return context
 
 
 def load_run(run_dir: str | Path) -> RunRecord:
@@ -92,4 +141,6 @@ def load_run(run_dir: str | Path) -> RunRecord:
         if "epoch" in curve:  # group models log epochs and train/test loss
             curve = curve.rename(columns={"epoch": "step", "train_loss": "loss"})
         curves[metadata_path.parent.name] = curve
-    return RunRecord(comparison, curves, header.get("facts", {}), tables, header.get("key_threshold"))
+    return RunRecord(comparison, curves, header.get("facts", {}), tables, header.get("key_threshold"),
+                     header.get("generalised_accuracy", 0.99), header.get("include_ungeneralised", False),
+                     notes=header.get("notes", []))

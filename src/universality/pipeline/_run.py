@@ -43,7 +43,7 @@ def finished_result(config, runs_dir: str | Path) -> RunResult | None:
         record = load_run(run_dir)
     except (UniversalityError, OSError, ValueError, KeyError):
         return None  # damaged: run again, which recomputes what is damaged
-    return RunResult(run_dir, record.comparison, run_dir / "report.html", {}, record.facts)
+    return RunResult(run_dir, record.comparison, run_dir / "report.html", {}, record.facts, record.notes)
 
 
 def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunRecord]) -> RunResult:
@@ -62,4 +62,4 @@ def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunR
         run.commit(run_fingerprint(config))
     finally:
         run.release()
-    return RunResult(run.final, record.comparison, run.final / "report.html", times.seconds, record.facts)
+    return RunResult(run.final, record.comparison, run.final / "report.html", times.seconds, record.facts, record.notes)

@@ -46,6 +46,7 @@ class RunResult:
     report: Path
     seconds: dict[str, float]  # wall time per step
     facts: dict[str, str] = field(default_factory=dict)  # the report's header facts
+    notes: list[str] = field(default_factory=list)  # one line each: analyses left out, seeds flagged
 
 
 class StepTimes:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..compare import layer_summary
-from ..compare._universality import universality_null  # not yet re-exported by compare/__init__
+from ..compare import universality_null
 from ..errors import UniversalityError
 from ._plots import live_mask, universal_mask
 

@@ -62,7 +62,7 @@ def write_site(run_dir: Path, *, units: pd.DataFrame, pairs: pd.DataFrame, layer
 
     **Arguments:**
     - `units`, `pairs`, `layers`: the comparison tables (module docstring). Per-rotation baseline columns
-      in `pairs` (`compare._universality.rotation_baselines`) give the count expected under the rotation null.
+      in `pairs` (`baseline_max_corr_r{r}`, written by the comparison when rotations >= 2) give the count expected under the rotation null.
     - `settings`: {"threshold", "rotations", "seed"} the tables were computed with; shown as given.
     - `curves`: model -> DataFrame(step, loss); empty frames are skipped.
     - `title`, `config_text`, `facts`: the page title, the resolved config, run facts (shown escaped).

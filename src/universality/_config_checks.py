@@ -1,0 +1,127 @@
+"""The checks `config.py` runs before anything is written: field types shared by the config sections
+(seeds, threads, run names, devices, unit-set patterns), the memory a language run plans to use, the
+config file itself (UTF-8, size, TOML), and one-line messages from pydantic's errors.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+
+from ._rundir import check_run_name
+from .errors import UniversalityError, short_repr
+
+__all__ = ["Seed", "Threads", "RunName", "Device", "Pattern", "MEMORY_GIB", "MAX_CONFIG_BYTES", "describe",
+           "language_run_gib", "read_toml", "one_line"]
+
+MEMORY_GIB = 20  # what a run may plan to use: a 24 GiB machine, less the system and Python
+MAX_CONFIG_BYTES = 1 << 20  # a config file over 1 MiB is not a config
+
+
+def _check_threads(value):
+    """Torch threads: "auto" (idle available cores) or a positive integer (lowered to the available
+    cores at run time, with a warning; see `universality._threads.resolve_threads`)."""
+    if value == "auto" or (type(value) is int and 1 <= value <= 1 << 16):
+        return value
+    raise ValueError(f"threads must be 'auto' or an integer from 1 to 65536, got {short_repr(value)}")
+
+
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,3})?|mps")
+
+
+def _check_device(value: str) -> str:
+    """A torch device that exists on this machine: cpu, cuda, cuda:N (N < GPUs here) or mps."""
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"device {short_repr(value)} is not one of 'cpu', 'cuda', 'cuda:N', 'mps'")
+    if value == "cpu":
+        return value
+    import torch  # only for a non-CPU device: keeps config checks fast
+    if value == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("device 'mps' is not available on this machine; use 'cpu'")
+        return value
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(value.partition(":")[2] or 0)
+    if index >= gpus:
+        raise ValueError(f"device {value!r} does not exist: this machine has {gpus} CUDA device(s); use 'cpu'")
+    return value
+
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy and torch both take seeds in [0, 2^32)
+Threads = Annotated[int | Literal["auto"], BeforeValidator(_check_threads)]
+RunName = Annotated[str, AfterValidator(check_run_name)]  # a plain directory name, 1-100 characters
+Device = Annotated[str, AfterValidator(_check_device)]
+Pattern = Annotated[str, Field(min_length=1, max_length=200)]  # a unit-set name or shell pattern
+
+
+def language_run_gib(config) -> float:
+    """Rough peak memory of a language run in GiB: the larger of training one seed (parameters x 16
+    bytes for weights, gradients and AdamW moments, plus activations) and streaming (a float32 or
+    float64 moment state over every seed's MLP neurons, plus one batch of activations)."""
+    lang, model = config.language, config.model
+    vocab = lang.n_classes * lang.tokens_per_class + 2 * lang.n_bracket_types + lang.seq_len + 4
+    params = model.n_layers * (4 * model.d_model**2 + 2 * model.d_model * model.d_mlp) + 2 * vocab * model.d_model
+    per_token = model.n_layers * (4 * model.d_mlp + 16 * model.d_model + 2 * model.n_heads * lang.seq_len) + 4 * vocab
+    training = 16 * params + 4 * per_token * config.train.batch_size * lang.seq_len
+    units = len(config.seeds) * model.n_layers * model.d_mlp
+    state_bytes = 8 if config.compare.accumulate == "float64" else 4
+    streaming = state_bytes * units * units + 4 * per_token * config.collect.batch_rows * lang.seq_len * len(config.seeds)
+    return max(training, streaming) / 2**30
+
+
+def describe(error: pydantic.ValidationError, source: str, root: type[BaseModel]) -> str:
+    """The first validation problem as one line: where, what, and the valid choices or the limit."""
+    first = error.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        section: type[BaseModel] = root
+        for part in first["loc"][:-1]:
+            field = section.model_fields.get(str(part))
+            if field is None or not isinstance(field.annotation, type):  # a union (model arch): name the field
+                break
+            section = field.annotation
+        valid = ", ".join(section.model_fields)
+        return one_line(f"{source}: unknown key {short_repr(where)}; valid keys here: {valid}")
+    message = first["msg"].removeprefix("Value error, ")
+    message = message[0].lower() + message[1:] if message else "is not valid"
+    where = f"{short_repr(where)} " if first["loc"] else ""
+    if first["type"] == "value_error":  # our own validators name the value
+        return one_line(f"{source}: {where}{message}")
+    return one_line(f"{source}: {where}{message} (got {short_repr(first.get('input'))})")
+
+
+def one_line(message: str) -> str:
+    """`message` with every run of whitespace (newlines too) made one space."""
+    return " ".join(message.split())
+
+
+def read_toml(path: str | Path) -> tuple[dict, str]:
+    """The table in the TOML file at `path` and the file's name for messages (quoted, shortened)."""
+    path = Path(path)
+    shown = short_repr(str(path))
+    if not path.is_file():
+        raise UniversalityError(f"config file {shown} does not exist (or is not a file)")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UniversalityError(f"config file {shown} cannot be read: {error.strerror or error}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UniversalityError(f"config file {shown} has {len(raw):,} bytes; a config has at most "
+                                f"{MAX_CONFIG_BYTES:,}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UniversalityError(f"config file {shown} is not UTF-8 text (byte {error.start}); "
+                                "save it as UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UniversalityError(one_line(f"config file {shown} is not valid TOML ({error})")) from None
+    except RecursionError:
+        raise UniversalityError(f"config file {shown} is nested too deeply to be a config") from None
+    return data, shown

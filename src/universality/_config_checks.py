@@ -70,7 +70,8 @@ def language_run_gib(config) -> float:
     training = 16 * params + 4 * per_token * config.train.batch_size * lang.seq_len
     units = len(config.seeds) * model.n_layers * model.d_mlp
     state_bytes = 8 if config.compare.accumulate == "float64" else 4
-    streaming = state_bytes * units * units + 4 * per_token * config.collect.batch_rows * lang.seq_len * len(config.seeds)
+    batch_tokens = config.collect.batch_rows * lang.seq_len * len(config.seeds)  # one batch through every seed
+    streaming = state_bytes * units * units + 4 * per_token * batch_tokens
     return max(training, streaming) / 2**30
 
 

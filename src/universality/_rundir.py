@@ -10,6 +10,7 @@ runs/<name>/
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -64,7 +65,8 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> str:
     1. `write(tmp)` into a unique sibling `.name.tmp-<pid>`; 2. fsync it and hash it;
     3. `before_replace(tmp, path)` (a no-op; tests make it crash there); 4. rename it over `path`.
     A reader sees the old file or the new one, never a mix. On any failure (disk full, an exception
-    raised by a signal handler) the temporary file is removed; only SIGKILL can leave one behind.
+    raised by a signal handler) the temporary file is removed; one left by SIGKILL is removed by the
+    next successful write of `path`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -76,7 +78,26 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> str:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
     return digest
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.name.tmp-<pid>` siblings of `path` left by killed processes (pid no longer running)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (alive) / not a pid
+        return True
+    return True
 
 
 def before_replace(tmp: Path, path: Path) -> None:

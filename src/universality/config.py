@@ -114,7 +114,7 @@ class CollectConfig(_Strict):
 
     rows: int = Field(1024, ge=1, le=1 << 22)  # evaluation rows of `language.seq_len` tokens
     batch_rows: int = Field(128, ge=1, le=65536)
-    unit_sets: list[Pattern] = Field(["blocks.*.mlp.hook_post"], min_length=1, max_length=256)  # names or shell patterns
+    unit_sets: list[Pattern] = Field(["blocks.*.mlp.hook_post"], min_length=1, max_length=256)  # names, patterns
     drop_bos: bool = True  # BOS activations are constant per model and distort correlations
     eval_seed: Seed = 123_456  # the evaluation sample, shared by every model
 
@@ -156,10 +156,10 @@ class ExperimentConfig(_Seeds):
     def _fits_in_memory(self) -> "ExperimentConfig":
         needed = language_run_gib(self)
         if needed > MEMORY_GIB:
-            raise ValueError(f"this run needs about {needed:.0f} GiB (training, or the moment state of "
-                             f"{len(self.seeds)} seeds x {self.model.n_layers} layers x {self.model.d_mlp} "
-                             f"neurons); at most {MEMORY_GIB} GiB fit a 24 GiB machine: reduce model, "
-                             "train.batch_size, collect.batch_rows or seeds")
+            raise ValueError(f"this run needs about {needed:.0f} GiB to train one seed or hold the moments of "
+                             f"{len(self.seeds)} seeds; at most {MEMORY_GIB} GiB fit a 24 GiB machine: reduce "
+                             "model (d_model, d_mlp, n_layers, n_heads), language (seq_len, n_classes, "
+                             "tokens_per_class), train.batch_size, collect.batch_rows or seeds")
         return self
 
 

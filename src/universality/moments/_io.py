@@ -104,6 +104,9 @@ def _layout(manifest: dict) -> dict[str, dict[str, int]]:
 
 
 def _same_shape(loaded: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """`loaded` copied into `expected` (freshly allocated, aligned memory) after checking shape and dtype.
+    Tensors read from a file can sit at unaligned addresses, where BLAS takes other kernels and a
+    resumed stream would differ from an uninterrupted one in the last bits."""
     if loaded.shape != expected.shape or loaded.dtype != expected.dtype:
         raise ValueError(f"tensor shape {list(loaded.shape)} differs from the layout's {list(expected.shape)}")
-    return loaded
+    return expected.copy_(loaded)

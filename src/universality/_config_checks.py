@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,23 +78,56 @@ def language_run_gib(config) -> float:
 
 def describe(error: pydantic.ValidationError, source: str, root: type[BaseModel]) -> str:
     """The first validation problem as one line: where, what, and the valid choices or the limit."""
-    first = error.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    errors = error.errors(include_url=False)
+    # the first field's deepest error: for a union (one [model] table or a list of them) the branch that got furthest
+    first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]), key=lambda e: len(e["loc"]))
+    where = short_repr(_where(first["loc"])) if first["loc"] else ""
     if first["type"] == "extra_forbidden":
-        section: type[BaseModel] = root
-        for part in first["loc"][:-1]:
-            field = section.model_fields.get(str(part))
-            if field is None or not isinstance(field.annotation, type):  # a union (model arch): name the field
-                break
-            section = field.annotation
-        valid = ", ".join(section.model_fields)
-        return one_line(f"{source}: unknown key {short_repr(where)}; valid keys here: {valid}")
+        section = _section_at(root, first["loc"])
+        valid = f"; valid keys here: {', '.join(section.model_fields)}" if section else ""
+        return one_line(f"{source}: unknown key {where}{valid}")
     message = first["msg"].removeprefix("Value error, ")
     message = message[0].lower() + message[1:] if message else "is not valid"
-    where = f"{short_repr(where)} " if first["loc"] else ""
     if first["type"] == "value_error":  # our own validators name the value
-        return one_line(f"{source}: {where}{message}")
-    return one_line(f"{source}: {where}{message} (got {short_repr(first.get('input'))})")
+        return one_line(f"{source}: {where} {message}")
+    return one_line(f"{source}: {where} {message} (got {short_repr(first.get('input'))})")
+
+
+def _where(loc: tuple) -> str:
+    """'model.1.hidden' from pydantic's ('model', 'list[tagged-union[...]]', 1, 'mlp', 'hidden'): no union
+    names, no union tags."""
+    parts, tag_next = [], False
+    for part in loc:
+        if "[" in str(part):  # a union or list member: pydantic's internal name
+            tag_next = "tagged-union" in str(part)
+        elif isinstance(part, int):
+            parts.append(str(part))
+        elif tag_next:  # the tag that picked the union member ('mlp')
+            tag_next = False
+        else:
+            parts.append(part)
+    return ".".join(parts) or "(top level)"
+
+
+def _section_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config class holding the last key of `loc` (None when a union leaves it open)."""
+    candidates = [root]
+    for part in loc[:-1]:
+        if isinstance(part, int) or "[" in str(part):
+            continue
+        fields = [c.model_fields[part] for c in candidates if part in c.model_fields]
+        if fields:
+            candidates = _model_classes(fields[0].annotation) or candidates
+        else:  # a union's tag ('mlp'): keep the member whose field defaults to it
+            candidates = [c for c in candidates if any(f.default == part for f in c.model_fields.values())]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _model_classes(annotation) -> list[type[BaseModel]]:
+    """The config classes inside an annotation (through unions, lists and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return list(dict.fromkeys(c for arg in typing.get_args(annotation) for c in _model_classes(arg)))
 
 
 def one_line(message: str) -> str:

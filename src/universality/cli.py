@@ -59,11 +59,11 @@ def _describe_os_error(error: OSError) -> str:
 
 
 def _run(config_path: Optional[Path], runs_dir: Path) -> None:
-    from . import api
     from .config import load_config
     started = time.perf_counter()
     with _user_errors():
-        config = load_config(config_path)
+        config = load_config(config_path)  # before importing the pipeline: a bad config fails fast
+        from . import api
         tasks = {}
         with Progress(TextColumn("{task.description:<20}", markup=False), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=False) as bars:

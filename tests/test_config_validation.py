@@ -40,15 +40,17 @@ def _nested(depth: int) -> list:
     return value
 
 
-def _paths(config_class) -> list[tuple[str, ...]]:
-    """Every (field,) and (section, field) of a config class: the places a mutation can hit."""
+def _paths(config_class, only_numbers: bool = False) -> list[tuple[str, ...]]:
+    """Every (field,) and (section, field) of a config class: the places a mutation can hit
+    (with `only_numbers`, those whose default is a number)."""
     paths = []
     for name, field in config_class.model_fields.items():
         paths.append((name,))
         annotation = field.annotation
         if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
-            paths += [(name, sub) for sub in annotation.model_fields]
-    return paths
+            paths += [(name, sub) for sub, f in annotation.model_fields.items()
+                      if not only_numbers or type(f.default) in (int, float)]
+    return [p for p in paths if len(p) == 2 or not only_numbers]
 
 
 BAD_NAMES = [".", "..", "", "a/b", "..\\x", ".hidden", "x" * 101, "x" * 300, "[/bold]", "^+$", "tab\t", "ü", "a b"]
@@ -77,7 +79,7 @@ def mutated_configs(draw) -> tuple[dict, tuple[str, ...]]:
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     first = None
     for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
-        how = draw(st.sampled_from(["value"] * 10 + ["unknown", "name", "device", "kind", "section"]))
+        how = draw(st.sampled_from(["value"] * 8 + ["number"] * 4 + ["unknown", "name", "device", "kind", "section"]))
         if how == "unknown":
             path = (*draw(st.sampled_from([(), *[(s,) for s in data if isinstance(data[s], dict)]])),
                     draw(st.sampled_from(["bogus", "widht", "lr_", "[/bold]", "x" * 150])))
@@ -86,6 +88,9 @@ def mutated_configs(draw) -> tuple[dict, tuple[str, ...]]:
             path = (how,)
             value = draw(st.sampled_from({"name": BAD_NAMES, "device": BAD_DEVICES,
                                           "kind": [["language"], 3, "family", None, "", {"a": 1}, "GROUPS"]}[how]))
+        elif how == "number":  # a number field given inf, nan, a huge or a negative number
+            path = draw(st.sampled_from(_paths(config_class, only_numbers=True)))
+            value = draw(st.sampled_from([math.inf, -math.inf, math.nan, 10**30, -(2**63), -1, 1e300, 0]))
         elif how == "section":
             path = (draw(st.sampled_from([s for s in data if isinstance(data[s], dict)] or ["language"])),)
             value = draw(st.sampled_from([3, "x", [1, 2], True, _nested(50)]))
@@ -106,14 +111,28 @@ def _check_message(message: str, path: tuple[str, ...]) -> None:
     assert len(message) < 700, message
     named = {*path, "kind", "name", "seeds", "model", "language", "train", "collect", "compare", "task", "data",
              "device", "analysis"}
-    assert any(part and part[:40] in message for part in named), (message, path)
+    assert any(part and part[:20] in message for part in named), (message, path)
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        yield from (leaf for v in value.values() for leaf in _leaves(v))
+    elif isinstance(value, (list, tuple)):
+        yield from (leaf for v in value for leaf in _leaves(v))
+    else:
+        yield value
 
 
 def _validate(data: dict, path: tuple[str, ...]) -> None:
     try:
-        parse_config(data, "fuzz.toml")
+        config = parse_config(data, "fuzz.toml")
     except UniversalityError as error:
         _check_message(str(error), path)
+        return
+    for leaf in _leaves(config.model_dump()):  # what validates is safe to run: finite, bounded, a plain name
+        assert not isinstance(leaf, float) or math.isfinite(leaf), leaf
+        assert not isinstance(leaf, int) or abs(leaf) < 2**63, leaf
+    assert config.name == data.get("name", config.name) and not config.name.startswith(".")
 
 
 @settings(max_examples=1200, deadline=None, derandomize=True, database=None,
@@ -162,6 +181,18 @@ def test_known_bad_values_are_refused_with_the_field_and_the_limit(data, field):
     with pytest.raises(UniversalityError) as error:
         parse_config(data)
     assert field in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", sorted(BASES))
+def test_every_float_field_of_every_kind_refuses_inf_and_nan(kind):
+    base, config_class = BASES[kind]
+    floats = [path for path in _paths(config_class, only_numbers=True)
+              if isinstance(config_class.model_fields[path[0]].annotation.model_fields[path[1]].default, float)]
+    assert floats  # compare.threshold at least
+    for section, field in floats:
+        for value in (math.inf, -math.inf, math.nan):
+            with pytest.raises(UniversalityError, match=f"{section}.{field}"):
+                parse_config({**base, section: {**base.get(section, {}), field: value}})
 
 
 def test_a_plan_that_fits_24_gib_is_accepted():

@@ -18,10 +18,12 @@ from ._rundir import check_run_name
 from .errors import UniversalityError, short_repr
 
 __all__ = ["Seed", "Threads", "RunName", "Device", "Pattern", "MEMORY_GIB", "MAX_CONFIG_BYTES", "describe",
-           "language_run_gib", "read_toml", "one_line"]
+           "language_run_gib", "read_toml", "one_line",
+           "check_plain_values"]
 
 MEMORY_GIB = 20  # what a run may plan to use: a 24 GiB machine, less the system and Python
 MAX_CONFIG_BYTES = 1 << 20  # a config file over 1 MiB is not a config
+MAX_DEPTH = 8  # tables and lists inside each other: the deepest config ([[model]] lists) uses 3
 
 
 def _check_threads(value):
@@ -128,6 +130,24 @@ def _model_classes(annotation) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return list(dict.fromkeys(c for arg in typing.get_args(annotation) for c in _model_classes(arg)))
+
+
+def check_plain_values(data: dict, source: str) -> None:
+    """Refuse, naming the key, what no config field takes: integers outside TOML's 64 bits and nesting
+    deeper than `MAX_DEPTH` (walked without recursion, so any depth gives one line)."""
+    stack = [((str(key),), value) for key, value in data.items()]
+    while stack:
+        path, value = stack.pop()
+        where = short_repr(".".join(path))
+        if len(path) > MAX_DEPTH:
+            raise UniversalityError(f"{source}: {short_repr('.'.join(path[:3]) + '...')} is nested more than "
+                                    f"{MAX_DEPTH} levels deep; a config is at most {MAX_DEPTH}")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise UniversalityError(f"{source}: {where} is {short_repr(value)}; TOML integers are 64-bit")
+        if isinstance(value, dict):
+            stack += [((*path, str(key)), item) for key, item in value.items()]
+        elif isinstance(value, list):
+            stack += [((*path, str(index)), item) for index, item in enumerate(value)]
 
 
 def one_line(message: str) -> str:

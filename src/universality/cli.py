@@ -52,10 +52,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _describe_os_error(error: OSError) -> str:
-    """'<what failed> (<file>): check free space and permissions' from an OSError."""
+    """"<reason> ('<file>'); check ..." from an OSError (disk full, read-only, permission, not a directory)."""
     files = " -> ".join(short_repr(str(f)) for f in (error.filename, error.filename2) if f is not None)
-    reason = error.strerror or str(error) or type(error).__name__
-    return f"{reason} ({files or 'no file named'}); check the path, its permissions and the free disk space"
+    reason = (error.strerror or str(error) or type(error).__name__) + (f" ({files})" if files else "")
+    return f"{reason}; check the path, its permissions and the free disk space"
 
 
 def _run(config_path: Optional[Path], runs_dir: Path) -> None:

@@ -27,7 +27,8 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ._config_checks import MEMORY_GIB, Device, Pattern, RunName, Seed, Threads, describe, language_run_gib, read_toml
+from ._config_checks import (MEMORY_GIB, Device, Pattern, RunName, Seed, Threads, check_plain_values, describe,
+                             language_run_gib, read_toml)
 from .errors import UniversalityError, short_repr
 
 __all__ = [
@@ -317,11 +318,11 @@ def parse_config(data: dict, source: str = "config") -> AnyExperimentConfig:
         raise UniversalityError(f"{source}: unknown kind {short_repr(kind)}; choose one of: {', '.join(kinds)}")
     token = _VALIDATING.set(True)
     try:
-        return kinds[kind].model_validate(data)
+        config = kinds[kind].model_validate(data)
+        check_plain_values(data, source)  # after the fields: a typo'd key is named as unknown first
+        return config
     except pydantic.ValidationError as error:
         raise UniversalityError(describe(error, source, kinds[kind])) from None
-    except RecursionError:
-        raise UniversalityError(f"{source}: nested too deeply to be a config") from None
     finally:
         _VALIDATING.reset(token)
 

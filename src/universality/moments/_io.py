@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .._rundir import replace_atomically
 from ..errors import UniversalityError
@@ -30,11 +30,7 @@ _MANIFEST_KEY, _CHECKSUM_KEY = "universality.manifest", "universality.sha256"  #
 
 def save_moments(acc: MomentAccumulator, directory: str | Path, *, extra: dict | None = None) -> None:
     """Write `acc` (and `extra`, JSON-able) into `directory/state.safetensors`, atomically as a whole."""
-    directory = Path(directory)
-    tensors = {f"mean/{m}": v for m, v in acc.mean_.items()}
-    tensors |= {f"cross/{m}": c for m, c in acc.cross_.items()}
-    tensors |= {f"gram/{m}/{s}": g for m, sets in acc.gram_.items() for s, g in sets.items()}
-    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in _tensors(acc).items()}
     manifest = {
         **(extra or {}),
         "layout": [[m, list(sets.items())] for m, sets in acc.layout.items()],
@@ -42,50 +38,58 @@ def save_moments(acc: MomentAccumulator, directory: str | Path, *, extra: dict |
     }
     text = json.dumps(manifest, sort_keys=True)
     metadata = {_MANIFEST_KEY: text, _CHECKSUM_KEY: _checksum(text, sorted(tensors), tensors.__getitem__)}
-    replace_atomically(directory / _STATE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    replace_atomically(Path(directory) / _STATE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def read_manifest(directory: str | Path) -> dict | None:
     """The manifest of the saved moments, or None when there is no intact state (missing, truncated,
     unparsable, or its checksum differs): the caller then recomputes. Tensors are hashed one at a time."""
-    path = Path(directory) / _STATE
-    if not path.is_file():
-        return None
     try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            text = metadata[_MANIFEST_KEY]
-            if _checksum(text, sorted(file.keys()), file.get_tensor) != metadata[_CHECKSUM_KEY]:
-                return None
-            manifest = json.loads(text)
-            _layout(manifest)
+        return _read(Path(directory), device=None)[1]
     except Exception:  # noqa: BLE001 - any failure to decode untrusted bytes means: no usable state
         return None
-    return manifest
 
 
 def load_moments(directory: str | Path, *, device: str = "cpu") -> tuple[MomentAccumulator, dict]:
     """Read moments saved by `save_moments`; returns the accumulator and its manifest.
     A missing or damaged state raises `UniversalityError` (check `read_manifest` first to recompute)."""
-    path = Path(directory) / _STATE
     try:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-        tensors = load_file(str(path), device=device)
-        text = metadata[_MANIFEST_KEY]
-        if _checksum(text, sorted(tensors), tensors.__getitem__) != metadata[_CHECKSUM_KEY]:
-            raise ValueError("checksum differs")
-        manifest = json.loads(text)
-        acc = MomentAccumulator(_layout(manifest), dtype=manifest["dtype"], device=device)
-        acc.count_, acc.batches_ = int(manifest["count"]), int(manifest["batches"])
-        acc.mean_ = {m: _same_shape(tensors[f"mean/{m}"], v) for m, v in acc.mean_.items()}
-        acc.cross_ = {m: _same_shape(tensors[f"cross/{m}"], c) for m, c in acc.cross_.items()}
-        acc.gram_ = {m: {s: _same_shape(tensors[f"gram/{m}/{s}"], g) for s, g in sets.items()}
-                     for m, sets in acc.gram_.items()}
+        return _read(Path(directory), device=device)
     except Exception:  # noqa: BLE001 - as in read_manifest: undecodable bytes are no state
         raise UniversalityError(f"no intact saved moments in {str(directory)!r} ({_STATE} missing or damaged); "
                                 "run the experiment again to recompute them") from None
-    return acc, manifest
+
+
+def _read(directory: Path, *, device: str | None) -> tuple[MomentAccumulator | None, dict]:
+    """Verify the state file tensor by tensor against its checksum; with a `device`, copy each tensor
+    into a new accumulator there (memory: the state plus one tensor). Raises on anything wrong."""
+    with safe_open(str(directory / _STATE), framework="pt") as file:
+        metadata = file.metadata() or {}
+        text = metadata[_MANIFEST_KEY]
+        manifest = json.loads(text)
+        acc = MomentAccumulator(_layout(manifest), dtype=manifest["dtype"], device=device or "meta")  # meta: no memory
+        targets = _tensors(acc)  # where each saved tensor belongs, with its shape and dtype
+        if sorted(file.keys()) != sorted(targets):
+            raise ValueError("tensor names differ from the layout's")
+
+        def get(name: str) -> torch.Tensor:
+            loaded = file.get_tensor(name)
+            if loaded.shape != targets[name].shape or loaded.dtype != targets[name].dtype:
+                raise ValueError(f"tensor {name!r} differs in shape or dtype from the layout's")
+            if device is not None:  # copied into freshly allocated memory: tensors read from a file can sit at
+                targets[name].copy_(loaded)  # unaligned addresses, where BLAS rounds differently on resume
+            return loaded
+        if _checksum(text, sorted(targets), get) != metadata[_CHECKSUM_KEY]:
+            raise ValueError("checksum differs")
+    acc.count_, acc.batches_ = int(manifest["count"]), int(manifest["batches"])
+    return (acc if device is not None else None), manifest
+
+
+def _tensors(acc: MomentAccumulator) -> dict[str, torch.Tensor]:
+    """The accumulator's state tensors by saved name: mean/<m>, cross/<m>, gram/<m>/<s>."""
+    tensors = {f"mean/{m}": v for m, v in acc.mean_.items()}
+    tensors |= {f"cross/{m}": c for m, c in acc.cross_.items()}
+    return tensors | {f"gram/{m}/{s}": g for m, sets in acc.gram_.items() for s, g in sets.items()}
 
 
 def _checksum(manifest_text: str, names: Iterable[str], get: Callable[[str], torch.Tensor]) -> str:
@@ -101,12 +105,3 @@ def _checksum(manifest_text: str, names: Iterable[str], get: Callable[[str], tor
 def _layout(manifest: dict) -> dict[str, dict[str, int]]:
     """{model: {unit_set: units}} from the manifest's `layout` list (raises on any other shape)."""
     return {str(m): {str(s): int(n) for s, n in sets} for m, sets in manifest["layout"]}
-
-
-def _same_shape(loaded: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """`loaded` copied into `expected` (freshly allocated, aligned memory) after checking shape and dtype.
-    Tensors read from a file can sit at unaligned addresses, where BLAS takes other kernels and a
-    resumed stream would differ from an uninterrupted one in the last bits."""
-    if loaded.shape != expected.shape or loaded.dtype != expected.dtype:
-        raise ValueError(f"tensor shape {list(loaded.shape)} differs from the layout's {list(expected.shape)}")
-    return expected.copy_(loaded)

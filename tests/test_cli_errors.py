@@ -7,18 +7,20 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import tomli_w
+import typer
 from hypothesis import HealthCheck, given, settings
 from test_config_validation import LANGUAGE, mutated_configs
 from typer.testing import CliRunner
 
 from universality import UniversalityError
-from universality.cli import app
+from universality.cli import _user_errors, app
 from universality.config import load_config, parse_config
 
 
@@ -86,13 +88,17 @@ def test_fuzzed_bad_configs_through_the_cli_fail_in_one_line_and_leave_the_run_i
 
 
 def test_error_text_is_printed_literally_never_as_markup(capsys):
-    from universality.cli import _user_errors
-    import typer
     for message in ("unit set '[/bold]' matches nothing", "name must match '^[A-Za-z0-9_.-]+$'", "[red]x[/red]"):
         with pytest.raises(typer.Exit) as exit_:
             with _user_errors():
                 raise UniversalityError(message)
         assert exit_.value.exit_code == 2 and capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_warning_is_one_plain_line(capsys):
+    with _user_errors():
+        warnings.warn("threads = 1000 but this process may use 2 cores;\nusing 2 [bold]")
+    assert capsys.readouterr().err == "warning: threads = 1000 but this process may use 2 cores; using 2 [bold]\n"
 
 
 def test_a_markup_like_group_name_prints_literally_through_the_cli(tmp_path):

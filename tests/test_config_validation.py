@@ -226,6 +226,16 @@ def test_threads_default_to_auto_are_shown_in_the_demo_config_and_resolve_to_ava
         resolve_threads(0)
 
 
+def test_auto_threads_leave_busy_cores_alone(monkeypatch):
+    import os
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for load, threads in ((0.2, 4), (1.4, 3), (2.6, 1), (8.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert resolve_threads("auto") == threads, load
+    with pytest.warns(UserWarning, match="using 4"):
+        assert resolve_threads(1000) == 4
+
+
 def test_threads_do_not_enter_what_the_model_fingerprint_is_made_of():
     one = TrainConfig(threads=1).model_dump(exclude={"threads"})
     assert one == TrainConfig(threads=2).model_dump(exclude={"threads"}) == TrainConfig().model_dump(exclude={"threads"})

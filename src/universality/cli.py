@@ -4,43 +4,75 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from .errors import UniversalityError
+from ._config_checks import one_line
+from .errors import UniversalityError, short_repr
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Find the units that independently trained networks share.")
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False, highlight=False)  # user strings are never read as markup
+LAYER_COLUMNS = ("model", "unit_set", "units", "dead", "universal", "pct_universal", "median_excess")
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """Print `message` as one plain line on stderr and exit with `code`."""
+    sys.stderr.write(f"error: {one_line(message)}\n")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """The CLI edge: a bad input, a file-system fault (read-only, disk full, permission) or Ctrl-C is one
+    plain line on stderr, exit 2 (130 for Ctrl-C), never a traceback; warnings print as one line too."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        except UniversalityError as error:
+            _fail(str(error))
+        except OSError as error:
+            _fail(_describe_os_error(error))
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume where it stopped", 130)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(f"warning: {one_line(str(message))}\n")
+
+
+def _describe_os_error(error: OSError) -> str:
+    """"<reason> ('<file>'); check ..." from an OSError (disk full, read-only, permission, not a directory)."""
+    files = " -> ".join(short_repr(str(f)) for f in (error.filename, error.filename2) if f is not None)
+    reason = (error.strerror or str(error) or type(error).__name__) + (f" ({files})" if files else "")
+    return f"{reason}; check the path, its permissions and the free disk space"
 
 
 def _run(config_path: Optional[Path], runs_dir: Path) -> None:
-    from . import api
     from .config import load_config
     started = time.perf_counter()
-    try:
-        config = load_config(config_path)
+    with _user_errors():
+        config = load_config(config_path)  # before importing the pipeline: a bad config fails fast
+        from . import api
         tasks = {}
-        with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as bars:
+        with Progress(TextColumn("{task.description:<20}", markup=False), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as bars:
             def on_progress(task: str, done: int, total: int) -> None:
                 if task not in tasks:
                     tasks[task] = bars.add_task(task, total=total)
                 bars.update(tasks[task], completed=done, total=total)
             result = api.run_experiment(config, runs_dir=runs_dir, on_progress=on_progress)
-    except UniversalityError as error:
-        _fail(str(error))
-    _print_layers(result.comparison.layers)
+    _print_layers(result.comparison.layers, console)
     for note in result.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     units = result.comparison.units
@@ -52,14 +84,27 @@ def _run(config_path: Optional[Path], runs_dir: Path) -> None:
     console.print(f"report: {result.report}")
 
 
-def _print_layers(layers) -> None:
+def _print_layers(layers, out: Console, *, as_csv: bool = False) -> None:
+    """The per-unit-set table: CSV when asked, full plain text when `out` is not a terminal (never cut
+    at 80 columns), a rich table on a terminal."""
+    if as_csv:
+        out.file.write(layers[list(LAYER_COLUMNS)].to_csv(index=False))
+        return
+    rows = [[str(row.model), str(row.unit_set), str(row.units), str(row.dead), str(row.universal),
+             f"{row.pct_universal:.1f}", f"{row.median_excess:.3f}"] for row in layers.itertuples(index=False)]
+    if not out.is_terminal:
+        widths = [max(len(text) for text in [column] + [row[j] for row in rows])
+                  for j, column in enumerate(LAYER_COLUMNS)]
+        for line in [list(LAYER_COLUMNS)] + rows:
+            cells = [text.ljust(w) if j < 2 else text.rjust(w) for j, (text, w) in enumerate(zip(line, widths))]
+            out.file.write("  ".join(cells).rstrip() + "\n")
+        return
     table = Table(title="universal units per unit set")
-    for column in ("model", "unit_set", "units", "dead", "universal", "pct_universal", "median_excess"):
+    for column in LAYER_COLUMNS:
         table.add_column(column, justify="left" if column in ("model", "unit_set") else "right")
-    for row in layers.itertuples(index=False):
-        table.add_row(row.model, row.unit_set, str(row.units), str(row.dead), str(row.universal),
-                      f"{row.pct_universal:.1f}", f"{row.median_excess:.3f}")
-    console.print(table)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    out.print(table)
 
 
 @app.command()
@@ -77,24 +122,21 @@ def demo(runs_dir: Path = typer.Option(Path("runs"), help="parent of the run dir
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
-    """Re-render plots and report.html from a run's saved tables."""
+    """Re-render plots and report.html from a run's saved tables, with the run's own header facts."""
     from . import api
-    try:
+    with _user_errors():
         path = api.render_report(run_dir)
-    except UniversalityError as error:
-        _fail(str(error))
     console.print(f"report: {path}")
 
 
 @app.command()
-def summary(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
-    """Print the per-unit-set summary of a finished run."""
+def summary(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+            csv: bool = typer.Option(False, "--csv", help="print CSV instead of a table")) -> None:
+    """Print the per-unit-set summary of a finished run (to stdout; full width when piped)."""
     from . import api
-    try:
+    with _user_errors():
         record = api.load_run(run_dir)
-    except UniversalityError as error:
-        _fail(str(error))
-    _print_layers(record.comparison.layers)
+        _print_layers(record.comparison.layers, Console(markup=False, highlight=False), as_csv=csv)
 
 
 @app.command()
@@ -114,11 +156,9 @@ def characters(name: str = typer.Argument(..., help="a group: C12, D6, S5, A5, o
     from rich.markup import escape
 
     from .groups import character_table, frobenius_schur, irrep_labels, make_group
-    try:
+    with _user_errors():
         group = make_group(name)
         values, labels, indicators = character_table(group), irrep_labels(group), frobenius_schur(group)
-    except UniversalityError as error:
-        _fail(str(error))
     cells = [[escape(label), str(indicator), *(_format_character(value) for value in row)]
              for label, indicator, row in zip(labels, indicators, values)]  # [irreps, 2 + classes]
     headers = ["irrep", "FS"] + [f"{escape(group.elements[members[0]])}\nsize {len(members)}"

@@ -7,6 +7,10 @@ MLP or transformer (`model`, by `arch`), full-batch training (`train`), irrep an
 (`analysis`) and `compare`. A run over pretrained models (`kind = "pretrained"`) is: existing models by path or
 hub name (`models`), a token stream (`data`), `collect` and `compare`. Unknown keys are errors, so a typo never silently falls back to a default.
 
+Everything that can be checked without data is checked here, before a run directory is touched:
+types, finite floats, seeds in [0, 2^32), run names (`check_run_name`), the device, and sizes
+within limits a 24 GiB machine holds (each limit is in the message that refuses it).
+
 >>> cfg = ExperimentConfig(name="x", seeds=[0, 1])
 >>> cfg.compare.threshold
 0.5
@@ -24,13 +28,15 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, THRESHOLD, UNIT_THRESHOLD
-from .errors import UniversalityError
+from ._config_checks import (MEMORY_GIB, Device, Pattern, RunName, Seed, Threads, check_plain_values, describe,
+                             language_run_gib, read_toml)
+from .errors import UniversalityError, short_repr
 
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
-    "AnyExperimentConfig",
+    "AnyExperimentConfig", "Seed", "Threads", "RunName",
     "load_config", "parse_config", "default_config_text",
 ]
 
@@ -41,7 +47,7 @@ _VALIDATING = contextvars.ContextVar("validating", default=False)  # pydantic ca
 class _Strict(BaseModel):
     """Frozen, unknown keys forbidden; built directly in Python, a bad value raises one line."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def __init__(self, **data):
         if _VALIDATING.get():  # a section of a config being validated: the outermost call reports
@@ -51,7 +57,7 @@ class _Strict(BaseModel):
         try:
             super().__init__(**data)
         except pydantic.ValidationError as error:
-            raise UniversalityError(_describe(error, type(self).__name__, type(self))) from None
+            raise UniversalityError(describe(error, type(self).__name__, type(self))) from None
         finally:
             _VALIDATING.reset(token)
 
@@ -60,24 +66,24 @@ class LanguageConfig(_Strict):
     """A synthetic language with known latent structure (see `universality.tasks`)."""
 
     seq_len: int = Field(64, ge=8, le=4096)  # tokens per row, BOS included
-    n_classes: int = Field(8, ge=2)  # hidden Markov states, each with its own emission vocabulary
-    tokens_per_class: int = Field(12, ge=1)
-    n_bracket_types: int = Field(3, ge=0)  # each type is an open and a close token
-    position_period: int = Field(16, ge=2)  # a position marker token every `position_period` tokens
+    n_classes: int = Field(8, ge=2, le=1024)  # hidden Markov states, each with its own emission vocabulary
+    tokens_per_class: int = Field(12, ge=1, le=1024)
+    n_bracket_types: int = Field(3, ge=0, le=256)  # each type is an open and a close token
+    position_period: int = Field(16, ge=2, le=4096)  # a position marker token every `position_period` tokens
     p_open: float = Field(0.06, ge=0, le=1)
     p_close: float = Field(0.25, ge=0, le=1)  # chance to close the innermost bracket, when one is open
     p_repeat: float = Field(0.5, ge=0, le=1)  # chance that a row repeats one of its earlier spans
-    repeat_len: int = Field(8, ge=2)
-    grammar_seed: int = 0  # the language itself (transitions, emissions): shared by every model seed
+    repeat_len: int = Field(8, ge=2, le=4096)
+    grammar_seed: Seed = 0  # the language itself (transitions, emissions): shared by every model seed
 
 
 class ModelConfig(_Strict):
     """A tiny pre-LayerNorm decoder transformer (see `universality.models`)."""
 
-    d_model: int = Field(64, ge=4)
-    n_layers: int = Field(2, ge=1)
-    n_heads: int = Field(4, ge=1)
-    d_mlp: int = Field(256, ge=1)
+    d_model: int = Field(64, ge=4, le=8192)
+    n_layers: int = Field(2, ge=1, le=128)
+    n_heads: int = Field(4, ge=1, le=256)
+    d_mlp: int = Field(256, ge=1, le=32768)
     activation: Literal["relu", "gelu"] = "gelu"
 
     @model_validator(mode="after")
@@ -90,42 +96,44 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """Next-token training of each seed; the seed sets the initialisation and, by `data`, the sample."""
 
-    steps: int = Field(600, ge=1)
-    batch_size: int = Field(32, ge=1)  # rows per step
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(50, ge=0)
+    steps: int = Field(600, ge=1, le=10_000_000)
+    batch_size: int = Field(32, ge=1, le=65536)  # rows per step
+    lr: float = Field(3e-3, gt=0, le=10)
+    weight_decay: float = Field(0.01, ge=0, le=100)
+    warmup_steps: int = Field(50, ge=0, le=10_000_000)
     # "per_seed": every seed draws its own training rows (models trained on different samples);
     # "shared": every seed sees the same rows in the same order (only the initialisation differs).
     data: Literal["per_seed", "shared"] = "per_seed"
-    data_seed: int = 1000  # the shared sample's seed when data = "shared"
-    log_every: int = Field(20, ge=1)  # steps between points of the training curve
-    threads: int = Field(2, ge=1)  # torch threads; use 1 when another job shares 2 cores
+    data_seed: Seed = 1000  # the shared sample's seed when data = "shared"
+    log_every: int = Field(20, ge=1, le=10_000_000)  # steps between points of the training curve
+    # torch threads: "auto" = the idle cores this process may use. Not part of the trained model's
+    # fingerprint: it changes only the rounding of float sums, not the model's definition.
+    threads: Threads = "auto"
 
 
 class CollectConfig(_Strict):
     """Which activations are streamed, over which evaluation rows."""
 
-    rows: int = Field(1024, ge=1)  # evaluation rows of `language.seq_len` tokens
-    batch_rows: int = Field(128, ge=1)
-    unit_sets: list[str] = ["blocks.*.mlp.hook_post"]  # names or shell patterns
+    rows: int = Field(1024, ge=1, le=1 << 22)  # evaluation rows of `language.seq_len` tokens
+    batch_rows: int = Field(128, ge=1, le=65536)
+    unit_sets: list[Pattern] = Field(["blocks.*.mlp.hook_post"], min_length=1, max_length=256)  # names, patterns
     drop_bos: bool = True  # BOS activations are constant per model and distort correlations
-    eval_seed: int = 123_456  # the evaluation sample, shared by every model
+    eval_seed: Seed = 123_456  # the evaluation sample, shared by every model
 
 
 class CompareConfig(_Strict):
     """Gurnee et al. 2024 universality: excess correlation over a random-rotation baseline."""
 
     threshold: float = Field(THRESHOLD, gt=0, le=1)
-    rotations: int = Field(1, ge=1)  # Haar rotations averaged in the baseline
-    seed: int = 0  # rotation seed
+    rotations: int = Field(1, ge=1, le=1000)  # Haar rotations averaged in the baseline
+    seed: Seed = 0  # rotation seed
     accumulate: Literal["float32", "float64"] = "float32"  # co-moment accumulators
 
 
 class _Seeds(_Strict):
     """An experiment over models trained here, one per seed."""
 
-    seeds: list[int] = Field([0, 1, 2, 3], min_length=2)
+    seeds: list[Seed] = Field([0, 1, 2, 3], min_length=2, max_length=64)
 
     @model_validator(mode="after")
     def _distinct_seeds(self) -> "_Seeds":
@@ -138,27 +146,37 @@ class ExperimentConfig(_Seeds):
     """A whole run: `seeds` models of one shape, trained, streamed, compared and reported."""
 
     kind: Literal["language"] = "language"
-    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
-    device: str = "cpu"
+    name: RunName = "experiment"
+    device: Device = "cpu"
     language: LanguageConfig = LanguageConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     collect: CollectConfig = CollectConfig()
     compare: CompareConfig = CompareConfig()
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> "ExperimentConfig":
+        needed = language_run_gib(self)
+        if needed > MEMORY_GIB:
+            raise ValueError(f"this run needs about {needed:.0f} GiB to train one seed or hold the moments of "
+                             f"{len(self.seeds)} seeds; at most {MEMORY_GIB} GiB fit a 24 GiB machine: reduce "
+                             "model (d_model, d_mlp, n_layers, n_heads), language (seq_len, n_classes, "
+                             "tokens_per_class), train.batch_size, collect.batch_rows or seeds")
+        return self
+
 
 class _GroupConfig(_Strict):
     """Strict as well in types: no coercion of "1" to 1."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class GroupMLPConfig(_GroupConfig):
     """`GroupMLP` sizes (the paper's defaults)."""
 
     arch: Literal["mlp"] = "mlp"
-    embed_dim: int = Field(256, ge=1)
-    hidden: int = Field(128, ge=1)
+    embed_dim: int = Field(256, ge=1, le=8192)
+    hidden: int = Field(128, ge=1, le=8192)
     # "paper": the authors' randn / sqrt(fan) (embeddings std 1/sqrt(embed_dim)); "torch": PyTorch's
     # layer defaults (embeddings std 1), this package's init before issue 8. See `GroupMLP`.
     init: Literal["paper", "torch"] = "paper"
@@ -168,10 +186,10 @@ class GroupTransformerConfig(_GroupConfig):
     """`GroupTransformer` sizes (the paper's defaults)."""
 
     arch: Literal["transformer"] = "transformer"
-    d_model: int = Field(128, ge=1)
-    n_heads: int = Field(4, ge=1)
-    d_head: int = Field(32, ge=1)
-    d_mlp: int = Field(512, ge=1)
+    d_model: int = Field(128, ge=1, le=8192)
+    n_heads: int = Field(4, ge=1, le=8192)
+    d_head: int = Field(32, ge=1, le=8192)
+    d_mlp: int = Field(512, ge=1, le=8192)
     # "paper": TransformerLens 0.2.0's N(0, (0.8/sqrt(d_model))^2) on every matrix, as the authors' code;
     # "nanda": N(0, 1/d_model), unembedding N(0, 1/order), this package's init before issue 8
     init: Literal["paper", "nanda"] = "paper"
@@ -184,9 +202,9 @@ GroupModelConfig = Annotated[GroupMLPConfig | GroupTransformerConfig, Field(disc
 class GroupTrainConfig(_GroupConfig):
     """Full-batch AdamW on one group task; the paper's optimiser settings are the defaults."""
 
-    epochs: int = Field(20_000, ge=1)  # one full-batch step per epoch
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1.0, ge=0)  # large decay drives grokking (paper: 1)
+    epochs: int = Field(20_000, ge=1, le=10_000_000)  # one full-batch step per epoch
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(1.0, ge=0, le=1000)  # large decay drives grokking (paper: 1)
     betas: tuple[float, float] = (0.9, 0.98)
     train_fraction: float = Field(0.6, gt=0, lt=1)  # the task must be split with this fraction
     checkpoints: int = Field(30, ge=0)  # log-spaced epochs with a saved state dict (fewer if they collide)
@@ -196,7 +214,7 @@ class GroupTrainConfig(_GroupConfig):
     grokfast: bool = False  # Grokfast-EMA gradient filter
     grokfast_alpha: float = Field(0.98, ge=0, lt=1)  # EMA decay
     grokfast_lambda: float = Field(2.0, ge=0)  # amplification of the EMA added to the gradient
-    threads: int = Field(2, ge=1)  # torch threads; 1 is faster when another job shares the 2 cores
+    threads: Threads = "auto"  # torch threads: "auto" = the idle cores; not part of the model's fingerprint
 
     @field_validator("betas", mode="before")
     @classmethod
@@ -214,9 +232,9 @@ class GroupTrainConfig(_GroupConfig):
 class GroupTaskConfig(_Strict):
     """Which group and word: every pair (a, b) maps to word(a, b); "a b" is composition."""
 
-    group: str = "S5"  # C12, D6 (order 12), S5, A5, C6xC2 ... see `universality.groups.make_group`
-    word: str = "a b"  # letters a and b with optional ^k, e.g. "a b a^-1"; irreps are analysed for "a b"
-    split_seed: int = 0  # the train/test split, shared by every seed
+    group: str = Field("S5", min_length=1, max_length=100)  # C12, D6 (order 12), S5, A5, C6xC2 ... see `universality.groups.make_group`
+    word: str = Field("a b", min_length=1, max_length=100)  # letters a and b with optional ^k, e.g. "a b a^-1"; irreps are analysed for "a b"
+    split_seed: Seed = 0  # the train/test split, shared by every seed
 
 
 class GroupAnalysisConfig(_Strict):
@@ -252,10 +270,10 @@ class GroupExperimentConfig(_Seeds):
     irreps, their neurons compared."""
 
     kind: Literal["groups"] = "groups"
-    name: str = Field("groups", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: RunName = "groups"
     task: GroupTaskConfig = GroupTaskConfig()
     # one architecture, or several ([[model]] tables): every seed of each, compared across all
-    model: GroupModelConfig | list[GroupModelConfig] = GroupMLPConfig()
+    model: GroupModelConfig | Annotated[list[GroupModelConfig], Field(max_length=16)] = GroupMLPConfig()
     train: GroupTrainConfig = GroupTrainConfig()
     analysis: GroupAnalysisConfig = GroupAnalysisConfig()
     compare: CompareConfig = CompareConfig()
@@ -276,17 +294,17 @@ class GroupExperimentConfig(_Seeds):
 class DataConfig(_Strict):
     """The token stream pretrained models are compared on: rows [rows, seq_len], each starting with BOS."""
 
-    source: str  # a text file (.txt), a token array (.npy) or a `datasets` directory saved with save_to_disk
-    column: str = "text"  # the dataset column: text to tokenize, or "input_ids"
-    seq_len: int = Field(128, ge=2)
-    rows: int = Field(512, ge=1)
+    source: str = Field(min_length=1, max_length=4096)  # a text file (.txt), a token array (.npy) or a `datasets` directory saved with save_to_disk
+    column: str = Field("text", min_length=1, max_length=200)  # the dataset column: text, or "input_ids"
+    seq_len: int = Field(128, ge=2, le=1 << 16)
+    rows: int = Field(512, ge=1, le=1 << 22)
 
 
 class PretrainedCollectConfig(_Strict):
     """Which activations of the loaded models are streamed, and which tokens are left out."""
 
-    unit_sets: list[str] = ["blocks.*.mlp.hook_post"]  # names or shell patterns
-    batch_rows: int = Field(16, ge=1)
+    unit_sets: list[Pattern] = Field(["blocks.*.mlp.hook_post"], min_length=1, max_length=256)  # names or patterns
+    batch_rows: int = Field(16, ge=1, le=65536)
     drop_bos: bool = True  # BOS / CLS activations are constant per model and distort correlations
     drop_pad: bool = True
     drop_newline: bool = False
@@ -296,9 +314,10 @@ class PretrainedExperimentConfig(_Strict):
     """Existing models (local directories or hub names in the local cache), compared on one token stream."""
 
     kind: Literal["pretrained"] = "pretrained"
-    name: str = Field("pretrained", pattern=r"^[A-Za-z0-9_.-]+$")
-    models: list[str] = Field(min_length=2)  # what `universality.load_model` accepts
-    device: str = "cpu"
+    name: RunName = "pretrained"
+    # what `universality.load_model` accepts: local directories or hub names
+    models: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(min_length=2, max_length=64)
+    device: Device = "cpu"
     data: DataConfig
     collect: PretrainedCollectConfig = PretrainedCollectConfig()
     compare: CompareConfig = CompareConfig()
@@ -313,38 +332,26 @@ class PretrainedExperimentConfig(_Strict):
 AnyExperimentConfig = ExperimentConfig | GroupExperimentConfig | PretrainedExperimentConfig
 
 
-def _describe(error: pydantic.ValidationError, source: str, root: type[BaseModel]) -> str:
-    """The first validation problem as one line: where, what, and the valid choices."""
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        section: type[BaseModel] = root
-        for part in first["loc"][:-1]:
-            field = section.model_fields.get(str(part))
-            if field is None or not isinstance(field.annotation, type):  # a union (model arch): name the field
-                break
-            section = field.annotation
-        valid = ", ".join(section.model_fields)
-        return f"{source}: unknown key '{where}'; valid keys here: {valid}"
-    return f"{source}: '{where}' {first['msg'].lower()} (got {first.get('input')!r})"
-
-
 def parse_config(data: dict, source: str = "config") -> AnyExperimentConfig:
     """Validate a plain dict (as read from TOML) into an `ExperimentConfig`.
 
     A `[provenance]` table (written into a run's resolved config.toml) is ignored, so a run's
     config can be run again as it is.
     """
+    if not isinstance(data, dict):
+        raise UniversalityError(f"{source}: a config is a table of keys, got {short_repr(data)}")
     data = {k: v for k, v in data.items() if k != "provenance"}
     kinds = {"language": ExperimentConfig, "groups": GroupExperimentConfig, "pretrained": PretrainedExperimentConfig}
     kind = data.get("kind", "language")
-    if kind not in kinds:
-        raise UniversalityError(f"{source}: unknown kind {kind!r}; choose one of: {', '.join(kinds)}")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise UniversalityError(f"{source}: unknown kind {short_repr(kind)}; choose one of: {', '.join(kinds)}")
     token = _VALIDATING.set(True)
     try:
-        return kinds[kind].model_validate(data)
+        config = kinds[kind].model_validate(data)
+        check_plain_values(data, source)  # after the fields: a typo'd key is named as unknown first
+        return config
     except pydantic.ValidationError as error:
-        raise UniversalityError(_describe(error, source, kinds[kind])) from None
+        raise UniversalityError(describe(error, source, kinds[kind])) from None
     finally:
         _VALIDATING.reset(token)
 
@@ -355,14 +362,8 @@ def default_config_text() -> str:
 
 
 def load_config(path: str | Path | None = None) -> AnyExperimentConfig:
-    """Read and validate a TOML config; `None` gives the embedded default."""
+    """Read and validate a TOML config (UTF-8, at most 1 MiB); `None` gives the embedded default."""
     if path is None:
         return parse_config(tomllib.loads(default_config_text()), "embedded demo config")
-    path = Path(path)
-    if not path.is_file():
-        raise UniversalityError(f"config file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise UniversalityError(f"{path}: not valid TOML ({error})") from None
-    return parse_config(data, str(path))
+    data, shown = read_toml(path)
+    return parse_config(data, shown)

@@ -57,7 +57,8 @@ class MomentAccumulator:
     def __init__(self, layout: Layout, *, dtype: str = "float32", device: str = "cpu"):
         if dtype not in _DTYPES:
             raise UniversalityError(f"unknown accumulator dtype {dtype!r}; choose one of: {', '.join(_DTYPES)}")
-        check_device(device)
+        if device != "meta":  # "meta": shapes only, no memory (checking a saved state without loading it)
+            check_device(device)
         self.layout = {m: dict(sets) for m, sets in layout.items()}
         self.dtype = dtype
         self.device = device
@@ -99,6 +100,9 @@ class MomentAccumulator:
 
     def update(self, batch) -> "MomentAccumulator":
         """Add one batch `{model: {unit_set: Tensor[tokens, units]}}` in place; returns self."""
+        if self.device == "meta":
+            raise UniversalityError("this accumulator is on the 'meta' device (shapes only); create it on 'cpu' "
+                                    "or a GPU to stream batches")
         models = normalize_batch(batch, self.layout)
         tokens = next(iter(next(iter(models.values())).values())).shape[0]
         if tokens == 0:

@@ -31,7 +31,7 @@ from ..models import adapt
 from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
 from ._report import RunRecord, context_tables
-from ._run import execute, trained_inputs
+from ._run import execute, pinned_threads, trained_inputs
 from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step, train_or_load
 
 __all__ = ["run_groups"]
@@ -105,9 +105,10 @@ def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Prog
     inputs. Seeds are named seed-<k>, or <arch>-seed-<k> when the run has several architectures."""
     trained, prints = {}, {}
     architectures = config.architectures
+    train_config = pinned_threads(config.train)
     for index, model_config in enumerate(architectures):
         def train(seed, directory, print_, report, model_config=model_config):
-            result = train_group_seed(task, model_config, config.train, seed,
+            result = train_group_seed(task, model_config, train_config, seed,
                                       on_log=lambda point: report(point["epoch"]))
             save_group_model(directory, result, task, extra={"fingerprint": print_})
             return result
@@ -115,7 +116,8 @@ def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Prog
         same_arch = sum(m.arch == model_config.arch for m in architectures) > 1
         prefix = "" if len(architectures) == 1 else f"{model_config.arch}{index if same_arch else ''}-"
         found, found_prints = train_or_load(config.seeds, run_dir, inputs, load=lambda d: load_group_model(d)[0],
-                                            train=train, total=config.train.epochs, on_progress=on_progress,
+                                            train=train, total=config.train.epochs, threads=train_config.threads,
+                                            on_progress=on_progress,
                                             prefix=prefix)
         trained.update(found)
         prints.update(found_prints)

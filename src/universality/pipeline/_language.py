@@ -20,7 +20,7 @@ from ..tasks import SyntheticLanguage
 from ..train import load_checkpoint, save_checkpoint, train_seed
 from ._neurons import neuron_step
 from ._report import RunRecord, context_tables
-from ._run import execute, trained_inputs
+from ._run import execute, pinned_threads, trained_inputs
 from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step, train_or_load
 
 __all__ = ["run_language"]
@@ -88,13 +88,14 @@ def _plan(config: ExperimentConfig, language: SyntheticLanguage) -> list[str]:
 def _train(config: ExperimentConfig, language: SyntheticLanguage, run_dir: Path, on_progress: Progress):
     """Train every seed, or load it when its checkpoint was made from the same inputs."""
     shape = dict(vocab_size=language.vocab_size, n_ctx=config.language.seq_len)
+    train_config = pinned_threads(config.train)
 
     def load(directory):
         model, metadata = load_checkpoint(directory, config.model, **shape)
         return model, metadata["curve"]
 
     def train(seed, directory, print_, report):
-        trained = train_seed(language, config.model, config.train, seed, device=config.device,
+        trained = train_seed(language, config.model, train_config, seed, device=config.device,
                              on_step=lambda step, loss: report(step))
         save_checkpoint(directory, trained.model, {"fingerprint": print_, "seed": seed, "seconds": trained.seconds,
                                                    "curve": trained.curve, "config": config.model.model_dump()})
@@ -102,7 +103,7 @@ def _train(config: ExperimentConfig, language: SyntheticLanguage, run_dir: Path,
     inputs = dict(language=config.language.model_dump(), model=config.model.model_dump(),
                   train=trained_inputs(config.train))
     seeds, prints = train_or_load(config.seeds, run_dir, inputs, load=load, train=train, total=config.train.steps,
-                                  on_progress=on_progress)
+                                  threads=train_config.threads, on_progress=on_progress)
     models = {name: model.to(config.device) for name, (model, _) in seeds.items()}
     curves = {name: pd.DataFrame(curve) for name, (_, curve) in seeds.items()}
     return models, curves, prints

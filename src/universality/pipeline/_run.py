@@ -12,12 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .._rundir import fingerprint, resolved_config_text, write_text_atomic
+from .._threads import resolve_threads
 from ..errors import UniversalityError
 from ._report import RunRecord, load_run, report_step
 from ._run_directory import finished_run_print, open_run
 from ._steps import RunResult, StepTimes
 
-__all__ = ["execute", "run_fingerprint", "trained_inputs"]
+__all__ = ["execute", "run_fingerprint", "trained_inputs", "pinned_threads"]
+
+
+def pinned_threads(train_config):
+    """`train_config` with `threads` resolved once (`"auto"`: the idle cores), so training uses, and the
+    progress line names, one number."""
+    return train_config.model_copy(update={"threads": resolve_threads(train_config.threads)})
 
 
 def trained_inputs(train_config) -> dict:

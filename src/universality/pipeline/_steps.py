@@ -9,7 +9,6 @@ recomputed from its inputs. The moment stream saves its state as it goes.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._rundir import file_digest, fingerprint, read_json, write_parquet_atomic, write_text_atomic
+from .._rundir import (file_digest, fingerprint, read_json, read_step_manifest, write_parquet_atomic,
+                       write_step_manifest)
 from ..compare import Comparison, compare_moments
 from ..config import CompareConfig
 from ..errors import UniversalityError
@@ -68,18 +68,19 @@ class StepTimes:
 
 
 def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callable, train: Callable,
-                  total: int, on_progress: Progress, prefix: str = "") -> tuple[dict, dict]:
+                  total: int, threads: int, on_progress: Progress, prefix: str = "") -> tuple[dict, dict]:
     """Per seed, `load(directory)` when `models/<prefix>seed-<k>/metadata.json` holds the fingerprint
     of `inputs` and the seed and the weights' sha256 matches, else `train(seed, directory,
     fingerprint, report)`, which must save the model with that fingerprint and call `report(done)`
-    as it goes (`total` steps). Returns ({name: what load or train returned}, {name: fingerprint})."""
+    as it goes (`total` steps) on `threads` threads (named in the progress line). Returns
+    ({name: what load or train returned}, {name: fingerprint})."""
     results, prints = {}, {}
     for seed in seeds:
         name = f"{prefix}seed-{seed}"
         directory = run_dir / "models" / name
         prints[name] = fingerprint(**inputs, seed=seed)
         saved = read_json(directory / "metadata.json")
-        label = f"train {name}"
+        label = f"train {name} ({threads} thread{'s' if threads > 1 else ''})"
         intact = bool(saved) and saved.get("weights_sha256") == file_digest(directory / "weights.safetensors")
         if intact and saved.get("fingerprint") == prints[name]:
             results[name] = load(directory)
@@ -128,13 +129,10 @@ def stream_moments(run_name: str, step_print: str, directory: Path, total: int,
 def saved_tables(tables_dir: Path, step: str, step_print: str | None = None) -> dict[str, pd.DataFrame] | None:
     """The tables of `step` saved in `tables_dir` when its manifest `<step>.json` is there (with
     `step_print`, when given) and every listed file has its recorded sha256; else None."""
-    saved = read_json(tables_dir / f"{step}.json")
-    if not saved or (step_print is not None and saved.get("fingerprint") != step_print):
+    saved = read_step_manifest(tables_dir, name=f"{step}.json")
+    if not saved or (step_print is not None and saved["fingerprint"] != step_print):
         return None
-    files = saved.get("files", {})
-    if not all(file_digest(tables_dir / f"{name}.parquet") == digest for name, digest in files.items()):
-        return None
-    return {name: pd.read_parquet(tables_dir / f"{name}.parquet") for name in files}
+    return {Path(file).stem: pd.read_parquet(tables_dir / file) for file in saved["files"]}
 
 
 def table_step(tables_dir: Path, step: str, step_print: str,
@@ -147,12 +145,9 @@ def table_step(tables_dir: Path, step: str, step_print: str,
         return saved
     tables = compute()
     (tables_dir / f"{step}.json").unlink(missing_ok=True)  # the tables below are in flux until it is back
-    files = {}
-    for name, frame in tables.items():
-        write_parquet_atomic(tables_dir / f"{name}.parquet", frame)
-        files[name] = file_digest(tables_dir / f"{name}.parquet")
-    write_text_atomic(tables_dir / f"{step}.json", json.dumps({"fingerprint": step_print, "files": files, **extra},
-                                                              indent=1))
+    files = {f"{name}.parquet": write_parquet_atomic(tables_dir / f"{name}.parquet", frame)
+             for name, frame in tables.items()}
+    write_step_manifest(tables_dir, step_print, files, name=f"{step}.json", **extra)
     return tables
 
 

@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import GroupMLPConfig, GroupModelConfig, GroupTrainConfig, GroupTransformerConfig
+from .._threads import resolve_threads
 from ..errors import UniversalityError
 from ..models import GroupMLP, GroupTransformer
 from ..tasks import GroupTask
@@ -122,7 +123,7 @@ def train_group_seed(task: GroupTask, model_config: GroupMLPConfig | GroupTransf
     if task.train_fraction != config.train_fraction:
         raise UniversalityError(f"the task is split with train_fraction {task.train_fraction}, the config says "
                                 f"{config.train_fraction}; build the task with config.train_fraction")
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(resolve_threads(config.threads))
     model = build_group_model(model_config, task.group.order, seed)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the paper's frozen biases stay out
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._threads import resolve_threads
 from ..config import ModelConfig, TrainConfig
 from .._rundir import file_digest
 from ..errors import UniversalityError
@@ -82,7 +83,7 @@ def train_seed(
     2. each step: rows [batch_size, seq_len] from `training_batches`, the lr from `learning_rate`;
     3. loss = mean cross-entropy of token t+1 given tokens <= t, over all rows and positions.
     """
-    torch.set_num_threads(train_config.threads)
+    torch.set_num_threads(resolve_threads(train_config.threads))  # only float rounding depends on it
     model = TinyTransformer(model_config, vocab_size=language.vocab_size,
                             n_ctx=language.config.seq_len, seed=seed).to(device)
     optimizer = _adamw(model, train_config)

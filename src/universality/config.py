@@ -128,6 +128,9 @@ class CompareConfig(_Strict):
     rotations: int = Field(1, ge=1, le=1000)  # Haar rotations averaged in the baseline
     seed: Seed = 0  # rotation seed
     accumulate: Literal["float32", "float64"] = "float32"  # co-moment accumulators
+    # largest activations (with their token contexts) kept per unit during the same pass, for the
+    # report's unit pages; memory top_k x units per unit set
+    top_k: int = Field(20, ge=1, le=1000)
 
 
 class _Seeds(_Strict):

@@ -30,7 +30,7 @@ __all__ = ["stream_activations", "batch_count"]
 def stream_activations(adapters: dict, tokens: torch.Tensor, *, unit_sets: Sequence[str] | Mapping[str, Sequence[str]],
                        batch_rows: int,
                        drop_tokens: Sequence[int] = (), attention_mask: torch.Tensor | None = None,
-                       start_batch: int = 0, device: str = "cpu") -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+                       start_batch: int = 0, device: str = "cpu", token_index: bool = False) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
     """Yield `{model: {unit_set: Tensor[tokens, units]}}` (float32 on `device`) per batch.
 
     Parameters
@@ -43,6 +43,8 @@ def stream_activations(adapters: dict, tokens: torch.Tensor, *, unit_sets: Seque
     drop_tokens : token ids left out (BOS, pad: see `universality.tokens.drop_token_ids`)
     attention_mask : [rows, pos] or None; masked positions are passed to the models and dropped
     start_batch : int, default=0, resume a stream from this batch
+    token_index : bool, default=False, yield `(batch, index)` with index LongTensor [tokens]: each kept
+        token's global position row * pos + position in `tokens` (what unit pages resolve to text)
 
     The whole plan (names, tokenizers, shapes) is checked before the first forward pass.
     """
@@ -81,7 +83,11 @@ def stream_activations(adapters: dict, tokens: torch.Tensor, *, unit_sets: Seque
             acts = adapter.run(rows, names[model], attention_mask=mask)
             batch[model] = {s: acts[s][keep.to(acts[s].device)].to(device, torch.float32)  # [tokens, units]
                             for s in names[model]}
-        yield batch
+        if token_index:
+            positions = torch.arange(start, start + rows.shape[0])[:, None] * tokens.shape[1] + torch.arange(tokens.shape[1])
+            yield batch, positions[keep]  # [tokens], row-major like the activations
+        else:
+            yield batch
 
 
 def batch_count(rows: int, batch_rows: int) -> int:

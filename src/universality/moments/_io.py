@@ -26,11 +26,15 @@ __all__ = ["save_moments", "load_moments", "read_manifest"]
 
 _STATE = "state.safetensors"
 _MANIFEST_KEY, _CHECKSUM_KEY = "universality.manifest", "universality.sha256"  # safetensors metadata keys
+_COMPANION = "companion/"  # prefix of the tensors saved beside the moments (returned as manifest["companions"])
 
 
-def save_moments(acc: MomentAccumulator, directory: str | Path, *, extra: dict | None = None) -> None:
-    """Write `acc` (and `extra`, JSON-able) into `directory/state.safetensors`, atomically as a whole."""
+def save_moments(acc: MomentAccumulator, directory: str | Path, *, extra: dict | None = None,
+                 companions: dict[str, torch.Tensor] | None = None) -> None:
+    """Write `acc` (and `extra`, JSON-able, and `companions`: tensors streamed beside the moments, e.g.
+    `TopActivations.state_dict()`) into `directory/state.safetensors`, atomically as a whole."""
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in _tensors(acc).items()}
+    tensors |= {f"{_COMPANION}{name}": t.detach().contiguous().cpu() for name, t in (companions or {}).items()}
     manifest = {
         **(extra or {}),
         "layout": [[m, list(sets.items())] for m, sets in acc.layout.items()],
@@ -51,7 +55,8 @@ def read_manifest(directory: str | Path) -> dict | None:
 
 
 def load_moments(directory: str | Path, *, device: str = "cpu") -> tuple[MomentAccumulator, dict]:
-    """Read moments saved by `save_moments`; returns the accumulator and its manifest.
+    """Read moments saved by `save_moments`; returns the accumulator and its manifest, whose
+    "companions" entry holds the companion tensors by name ({} when none were saved).
     A missing or damaged state raises `UniversalityError` (check `read_manifest` first to recompute)."""
     try:
         return _read(Path(directory), device=device)
@@ -69,19 +74,24 @@ def _read(directory: Path, *, device: str | None) -> tuple[MomentAccumulator | N
         manifest = json.loads(text)
         acc = MomentAccumulator(_layout(manifest), dtype=manifest["dtype"], device=device or "meta")  # meta: no memory
         targets = _tensors(acc)  # where each saved tensor belongs, with its shape and dtype
-        if sorted(file.keys()) != sorted(targets):
+        companions = {name: None for name in file.keys() if name.startswith(_COMPANION)}
+        if sorted(set(file.keys()) - set(companions)) != sorted(targets):
             raise ValueError("tensor names differ from the layout's")
 
         def get(name: str) -> torch.Tensor:
             loaded = file.get_tensor(name)
+            if name in companions:
+                companions[name] = loaded.clone() if device is not None else None
+                return loaded
             if loaded.shape != targets[name].shape or loaded.dtype != targets[name].dtype:
                 raise ValueError(f"tensor {name!r} differs in shape or dtype from the layout's")
             if device is not None:  # copied into freshly allocated memory: tensors read from a file can sit at
                 targets[name].copy_(loaded)  # unaligned addresses, where BLAS rounds differently on resume
             return loaded
-        if _checksum(text, sorted(targets), get) != metadata[_CHECKSUM_KEY]:
+        if _checksum(text, sorted([*targets, *companions]), get) != metadata[_CHECKSUM_KEY]:
             raise ValueError("checksum differs")
     acc.count_, acc.batches_ = int(manifest["count"]), int(manifest["batches"])
+    manifest["companions"] = {name[len(_COMPANION):]: t for name, t in companions.items() if t is not None}
     return (acc if device is not None else None), manifest
 
 

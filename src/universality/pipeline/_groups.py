@@ -60,15 +60,16 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
         with times("compare"):
             adapters = {name: adapt(t.model, name=name) for name, t in trained.items()}
             hidden = {name: [_hidden(t.model_config)] for name, t in trained.items()}  # one unit set per model
-            moments_print = fingerprint(models=prints, hidden=hidden, accumulate=config.compare.accumulate)
+            moments_print = fingerprint(models=prints, hidden=hidden, accumulate=config.compare.accumulate,
+                                        top_k=config.compare.top_k)
             pair_tokens = torch.arange(pairs).reshape(-1, 1)  # [pairs, 1]: pair index a * |G| + b as one token
 
             def batches(start_batch: int):
                 return stream_activations(adapters, pair_tokens, unit_sets=hidden, batch_rows=_PAIR_BATCH,
-                                          start_batch=start_batch)
-            moments = stream_moments(config.name, moments_print, run_dir / "moments", batch_count(pairs, _PAIR_BATCH),
+                                          start_batch=start_batch, token_index=True)
+            moments, top = stream_moments(config.name, moments_print, run_dir / "moments", batch_count(pairs, _PAIR_BATCH),
                                      batches, accumulate=config.compare.accumulate, device="cpu",
-                                     on_progress=on_progress)
+                                     top_k=config.compare.top_k, on_progress=on_progress)
             comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
             if "group_neurons" in tables:
                 tables |= table_step(run_dir / "tables", "group_matches",
@@ -96,7 +97,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                  for row in flagged.itertuples()]
         return RunRecord(comparison, curves, facts, tables, key_threshold=analysis.key_threshold,
                          generalised_accuracy=analysis.generalised_accuracy,
-                         include_ungeneralised=analysis.include_ungeneralised, notes=notes)
+                         include_ungeneralised=analysis.include_ungeneralised, notes=notes, top_activations=top)
     return execute(config, runs_dir, body)
 
 

@@ -43,15 +43,17 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
         adapters = {name: adapt(model, name=name, bos_token_id=language.bos) for name, model in models.items()}
         with times("moments"):
             moments_print = fingerprint(models=model_prints, collect=collect.model_dump(),
-                                        language=config.language.model_dump(), accumulate=config.compare.accumulate)
+                                        language=config.language.model_dump(), accumulate=config.compare.accumulate,
+                                        top_k=config.compare.top_k)
 
             def batches(start_batch: int):
                 return stream_activations(adapters, sample.tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
-                                          drop_tokens=drop, start_batch=start_batch, device=config.device)
-            moments = stream_moments(config.name, moments_print, run_dir / "moments",
+                                          drop_tokens=drop, start_batch=start_batch, device=config.device,
+                                          token_index=True)
+            moments, top = stream_moments(config.name, moments_print, run_dir / "moments",
                                      batch_count(collect.rows, collect.batch_rows), batches,
                                      accumulate=config.compare.accumulate, device=config.device,
-                                     on_progress=on_progress)
+                                     top_k=config.compare.top_k, on_progress=on_progress)
         with times("compare"):
             comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
         with times("neurons"):
@@ -75,7 +77,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                             lambda: context_tables(sample.tokens, language.token_names))
         if neurons is not None:
             tables["neurons"] = neurons
-        return RunRecord(comparison, curves, facts, tables, notes=notes)
+        return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top)
     return execute(config, runs_dir, body)
 
 

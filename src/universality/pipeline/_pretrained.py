@@ -47,15 +47,17 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         # 2) one pass into moments; compare
         with times("moments and compare"):
             moments_print = fingerprint(models=config.models, tokens=hashlib.sha256(tokens.numpy().tobytes()).hexdigest(),
-                                        collect=collect.model_dump(), accumulate=config.compare.accumulate)
+                                        collect=collect.model_dump(), accumulate=config.compare.accumulate,
+                                        top_k=config.compare.top_k)
 
             def batches(start_batch: int):
                 return stream_activations(adapters, tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
-                                          drop_tokens=drop, start_batch=start_batch, device=config.device)
-            moments = stream_moments(config.name, moments_print, run_dir / "moments",
+                                          drop_tokens=drop, start_batch=start_batch, device=config.device,
+                                          token_index=True)
+            moments, top = stream_moments(config.name, moments_print, run_dir / "moments",
                                      batch_count(tokens.shape[0], collect.batch_rows), batches,
                                      accumulate=config.compare.accumulate, device=config.device,
-                                     on_progress=on_progress)
+                                     top_k=config.compare.top_k, on_progress=on_progress)
             comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
         # 3) neurons: moments, families, weights; heads
         with times("neurons"):
@@ -76,7 +78,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(tokens, _vocabulary(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
-        return RunRecord(comparison, {}, facts, tables, notes=notes)
+        return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top)
     return execute(config, runs_dir, body)
 
 

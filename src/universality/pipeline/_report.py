@@ -22,7 +22,7 @@ import pandas as pd
 from .._rundir import read_json, write_text_atomic
 from ..compare import Comparison
 from ..errors import UniversalityError
-from ..moments import load_moments, read_manifest
+from ..moments import TopActivations, load_moments, read_manifest
 from ..report import group_sections, head_sections, neuron_sections, write_site
 from ._steps import saved_tables
 
@@ -128,7 +128,8 @@ def load_run(run_dir: str | Path) -> RunRecord:
             raise UniversalityError(f"{str(manifest)!r} lists tables that are missing or damaged; run "
                                     "`univ run` with the run's config.toml to recompute them")
         tables.update(step)
-    moments, _ = load_moments(run_dir / "moments")
+    moments, manifest = load_moments(run_dir / "moments")
+    top = TopActivations.from_state_dict(manifest["companions"], moments.layout) if manifest["companions"] else None
     settings = saved["settings"]
     comparison = Comparison(moments, tables.pop("units"), tables.pop("pairs"), threshold=settings["threshold"],
                             rotations=settings["rotations"], seed=settings["seed"])
@@ -143,4 +144,4 @@ def load_run(run_dir: str | Path) -> RunRecord:
         curves[metadata_path.parent.name] = curve
     return RunRecord(comparison, curves, header.get("facts", {}), tables, header.get("key_threshold"),
                      header.get("generalised_accuracy", 0.99), header.get("include_ungeneralised", False),
-                     notes=header.get("notes", []))
+                     top_activations=top, notes=header.get("notes", []))

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .._rundir import (file_digest, fingerprint, read_json, read_step_manifest, write_parquet_atomic,
                        write_step_manifest)
 from ..compare import Comparison, compare_moments
 from ..config import CompareConfig
 from ..errors import UniversalityError
-from ..moments import MomentAccumulator, load_moments, read_manifest, save_moments
+from ..moments import MomentAccumulator, TopActivations, load_moments, read_manifest, save_moments
 
 __all__ = ["Progress", "quiet", "RunResult", "StepTimes", "CHECKPOINT_SECONDS", "train_or_load", "stream_moments",
            "saved_tables", "table_step", "compare_step"]
@@ -93,37 +94,42 @@ def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callab
 
 
 def stream_moments(run_name: str, step_print: str, directory: Path, total: int,
-                   batches: Callable[[int], Iterator[dict]], *, accumulate: str, device: str,
-                   on_progress: Progress) -> MomentAccumulator:
-    """Accumulate `batches(start_batch)` (each `{model: {unit_set: Tensor[tokens, units]}}`) into a
-    moment state saved in `directory`; resume a saved partial stream with the same fingerprint."""
+                   batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, accumulate: str, device: str,
+                   top_k: int, on_progress: Progress) -> tuple[MomentAccumulator, TopActivations]:
+    """Accumulate `batches(start_batch)` (each `({model: {unit_set: Tensor[tokens, units]}}, global
+    token index [tokens])`) into a moment state and, beside it, each unit's `top_k` largest
+    activations and histogram (`TopActivations`), saved together in `directory`; resume a saved
+    partial stream with the same fingerprint."""
     saved = read_manifest(directory)
-    acc = None
+    acc = top = None
     if saved and saved.get("fingerprint") == step_print:
-        acc, _ = load_moments(directory, device=device)
+        acc, manifest = load_moments(directory, device=device)
+        top = TopActivations.from_state_dict(manifest["companions"], acc.layout)
         if saved.get("complete"):
             on_progress("stream activations", total, total)
-            return acc
+            return acc, top
     start = acc.batches_ if acc else 0
     on_progress("stream activations", start, total)
     last_save = time.perf_counter()
-    for index, batch in enumerate(batches(start), start=start):
+    for index, (batch, token_ids) in enumerate(batches(start), start=start):
         if acc is None:
-            acc = MomentAccumulator({m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batch.items()},
-                                    dtype=accumulate, device=device)
+            layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batch.items()}
+            acc, top = MomentAccumulator(layout, dtype=accumulate, device=device), TopActivations(layout, k=top_k)
         try:
             acc.update(batch)
+            top.update(batch, token_ids)
         except UniversalityError as error:
             raise UniversalityError(f"run {run_name}, evaluation batch {index}: {error}") from None
         on_progress("stream activations", index + 1, total)
         if time.perf_counter() - last_save > CHECKPOINT_SECONDS:
-            save_moments(acc, directory, extra={"fingerprint": step_print, "complete": False})
+            save_moments(acc, directory, extra={"fingerprint": step_print, "complete": False},
+                         companions=top.state_dict())
             last_save = time.perf_counter()
     if acc is None or acc.count_ < 2:
         raise UniversalityError(f"run {run_name}: no tokens left to compare after filtering; "
                                 "stream more rows or filter fewer tokens")
-    save_moments(acc, directory, extra={"fingerprint": step_print, "complete": True})
-    return acc
+    save_moments(acc, directory, extra={"fingerprint": step_print, "complete": True}, companions=top.state_dict())
+    return acc, top
 
 
 def saved_tables(tables_dir: Path, step: str, step_print: str | None = None) -> dict[str, pd.DataFrame] | None:
@@ -162,7 +168,7 @@ def compare_step(moments: MomentAccumulator, moments_print: str, compare: Compar
         comparison = compare_moments(moments, threshold=compare.threshold, rotations=compare.rotations,
                                      seed=compare.seed)
         return {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers}
-    settings = compare.model_dump(exclude={"accumulate"})  # threshold, rotations, seed
+    settings = compare.model_dump(exclude={"accumulate", "top_k"})  # threshold, rotations, seed
     tables = table_step(run_dir / "tables", "compare", fingerprint(moments=moments_print, compare=settings), compute,
                         settings=settings)
     on_progress("compare", 1, 1)

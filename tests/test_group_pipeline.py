@@ -144,3 +144,29 @@ def test_restricted_and_excluded_loss_patch_the_hidden_layer(arch):
                                                            rel=1e-5, abs=1e-6)
         assert summary["excluded_loss"] == pytest.approx(
             excluded_loss(task.group, hidden, unembed, target, key, train), rel=1e-5, abs=1e-6)
+
+
+def test_seeds_that_never_generalised_are_flagged_in_the_terminal_and_the_report(tmp_path):
+    (tmp_path / "short.toml").write_text("""
+kind = "groups"
+name = "short"
+seeds = [0, 1]
+[task]
+group = "S3"
+[model]
+arch = "mlp"
+embed_dim = 8
+hidden = 16
+[train]
+epochs = 20
+train_fraction = 0.5
+log_every = 10
+checkpoints = 2
+threads = 1
+[claims]
+generalised_accuracy = 0.99
+""")
+    done = _univ("run", "short.toml", "--runs-dir", "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "note: seed-0 never generalised" in done.stderr and "left out of the irrep and universality claims" in done.stderr
+    assert "Seeds that never generalised" in (tmp_path / "runs" / "short" / "report.html").read_text()

@@ -27,7 +27,7 @@ import tomli_w
 from .errors import UniversalityError, short_repr
 
 __all__ = ["fingerprint", "write_text_atomic", "write_parquet_atomic", "write_bytes_atomic", "replace_atomically",
-           "file_digest",
+           "file_digest", "save_tensors",
            "write_step_manifest", "read_step_manifest", "check_run_name", "provenance", "read_json",
            "resolved_config_text"]
 
@@ -57,6 +57,17 @@ def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> str:
 def write_bytes_atomic(path: Path, data: bytes) -> str:
     """Write `data` to `path` atomically; returns its sha256 hex."""
     return replace_atomically(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, with its I/O failures (disk full, read-only) raised as `OSError`
+    like every other write, so the CLI reports them in one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as error:
+        raise OSError(f"cannot write {path.name}: {error}") from None
 
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> str:

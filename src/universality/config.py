@@ -35,7 +35,7 @@ from .errors import UniversalityError, short_repr
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
-    "GroupTrainConfig", "GroupAnalysisConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
+    "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
     "load_config", "parse_config", "default_config_text",
 ]
@@ -262,6 +262,11 @@ class GroupAnalysisConfig(_Strict):
     # checkpoint from which it stays above emergence_threshold to the end (before issue 8, with 0.005)
     emergence_rule: Literal["first_crossing", "stays_above"] = "first_crossing"
     emergence_threshold: float = Field(EMERGENCE_THRESHOLD, gt=0, lt=1)
+
+
+class GroupClaimsConfig(_Strict):
+    """Which seeds the irrep and universality claims of a group run rest on."""
+
     # a seed whose final test accuracy is below this never generalised: flagged in the terminal and the
     # report, and left out of the irrep and universality claims unless include_ungeneralised
     generalised_accuracy: float = Field(0.99, gt=0, le=1)
@@ -279,6 +284,7 @@ class GroupExperimentConfig(_Seeds):
     model: GroupModelConfig | Annotated[list[GroupModelConfig], Field(max_length=16)] = GroupMLPConfig()
     train: GroupTrainConfig = GroupTrainConfig()
     analysis: GroupAnalysisConfig = GroupAnalysisConfig()
+    claims: GroupClaimsConfig = GroupClaimsConfig()
     compare: CompareConfig = CompareConfig()
 
     @property

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .._rundir import replace_atomically
+from .._rundir import replace_atomically, save_tensors
 from ..errors import UniversalityError
 from ._accumulator import MomentAccumulator
 
@@ -42,7 +41,7 @@ def save_moments(acc: MomentAccumulator, directory: str | Path, *, extra: dict |
     }
     text = json.dumps(manifest, sort_keys=True)
     metadata = {_MANIFEST_KEY: text, _CHECKSUM_KEY: _checksum(text, sorted(tensors), tensors.__getitem__)}
-    replace_atomically(Path(directory) / _STATE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    replace_atomically(Path(directory) / _STATE, lambda tmp: save_tensors(tmp, tensors, metadata))
 
 
 def read_manifest(directory: str | Path) -> dict | None:

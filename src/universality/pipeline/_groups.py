@@ -89,15 +89,15 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
         }
         tables |= table_step(run_dir / "tables", "contexts", moments_print,
                              lambda: context_tables(pair_tokens, _pair_texts(group)))
-        analysis = config.analysis
-        flagged = tables["group_seeds"].query(f"final_test_acc < {analysis.generalised_accuracy}")
+        claims = config.claims
+        flagged = tables["group_seeds"].query(f"final_test_acc < {claims.generalised_accuracy}")
         notes = [f"{row.model} never generalised (final test accuracy {row.final_test_acc:.3f} < "
-                 f"{analysis.generalised_accuracy}): " + ("kept in the claims, as asked" if analysis.include_ungeneralised
-                                                         else "left out of the irrep and universality claims")
+                 f"{claims.generalised_accuracy}): " + ("kept in the claims, as asked" if claims.include_ungeneralised
+                                                       else "left out of the irrep and universality claims")
                  for row in flagged.itertuples()]
-        return RunRecord(comparison, curves, facts, tables, key_threshold=analysis.key_threshold,
-                         generalised_accuracy=analysis.generalised_accuracy,
-                         include_ungeneralised=analysis.include_ungeneralised, notes=notes, top_activations=top)
+        return RunRecord(comparison, curves, facts, tables, key_threshold=config.analysis.key_threshold,
+                         generalised_accuracy=claims.generalised_accuracy,
+                         include_ungeneralised=claims.include_ungeneralised, notes=notes, top_activations=top)
     return execute(config, runs_dir, body)
 
 
@@ -150,7 +150,7 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
             checkpoint_models[epoch] = model
         result = analyze_group_seed(task, seed_model.model, unit_set=_hidden(seed_model.model_config),
                                     checkpoint_models=checkpoint_models,
-                                    **config.analysis.model_dump(exclude={"generalised_accuracy", "include_ungeneralised"}))
+                                    **config.analysis.model_dump())
         for key, frame in result.items():
             if key == "summary":
                 summaries[name] = frame

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from .._threads import resolve_threads
 from ..config import ModelConfig, TrainConfig
-from .._rundir import file_digest
+from .._rundir import file_digest, save_tensors
 from ..errors import UniversalityError
 from ..models import TinyTransformer
 from ..tasks import SyntheticLanguage
@@ -167,8 +167,6 @@ def save_checkpoint(directory: Path, model: nn.Module | Mapping[str, torch.Tenso
     A reader never sees a half-written file: it finds the old checkpoint, the new one, or (for
     the instant between the two renames) none.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     try:
         json.dumps(metadata)
@@ -182,7 +180,7 @@ def save_checkpoint(directory: Path, model: nn.Module | Mapping[str, torch.Tenso
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     try:
         temporary.mkdir()
-        save_file(weights, str(temporary / WEIGHTS_FILE))
+        save_tensors(temporary / WEIGHTS_FILE, weights)
         digest = file_digest(temporary / WEIGHTS_FILE)  # checked on load: a damaged file is retrained
         (temporary / METADATA_FILE).write_text(
             json.dumps({**metadata, "weights_sha256": digest}, indent=2, sort_keys=True) + "\n")

@@ -218,6 +218,9 @@ def test_bos_key_uses_the_models_norm_epsilon():
     assert (wrong - direct).abs().max() > 0.3 * direct.abs().max()
     scores = {e: attention_deactivation_scores(adapter, tokens, ln_eps=e).score.to_numpy() for e in (eps, 1e-5)}
     assert not np.allclose(scores[eps], scores[1e-5], rtol=0.1)
+    # the adapter reports the model's own epsilon, so by default the right one is used
+    assert adapter.norm_eps == eps == 1e-6
+    np.testing.assert_array_equal(attention_deactivation_scores(adapter, tokens).score.to_numpy(), scores[eps])
 
 
 def test_missing_norm_epsilon_is_one_line_naming_ln_eps():

@@ -62,6 +62,7 @@ class ModelAdapter:
     kind : {'decoder', 'encoder'}
     n_layers, d_model, d_mlp, n_heads, d_head, vocab_size, n_ctx : int
     bos_token_id, pad_token_id : int or None
+    norm_eps : float or None, the epsilon of the blocks' first norm (LayerNorm / RMSNorm), None if none
     tokenizer : a Hugging Face tokenizer, or None when the model has none
     unit_sets : {unit_set_name: units}
     device : torch.device
@@ -78,6 +79,7 @@ class ModelAdapter:
     n_ctx: int
     bos_token_id: int | None = None
     pad_token_id: int | None = None
+    norm_eps: float | None = None
     tokenizer = None
     unit_sets: dict[str, int]
     device: torch.device

@@ -86,6 +86,8 @@ class HFAdapter(ModelAdapter):
         self.d_mlp = (getattr(config, "n_inner", None) or 4 * self.d_model) if self.model_type == "gpt2" \
             else config.intermediate_size
         self.vocab_size, self.n_ctx = config.vocab_size, config.max_position_embeddings
+        self.norm_eps = next((float(getattr(config, key)) for key in ("layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps")
+                              if getattr(config, key, None) is not None), None)  # gpt2; gpt_neox, bert; llama
         self.device = next(model.parameters()).device
         self._blocks = self._find_blocks()
         self.bos_token_id, self.pad_token_id = self._special_ids()

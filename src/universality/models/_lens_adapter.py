@@ -39,6 +39,7 @@ class LensAdapter(ModelAdapter):
         self.kind = "decoder"
         self.n_layers, self.d_model, self.d_mlp = cfg.n_layers, cfg.d_model, cfg.d_mlp
         self.n_heads, self.d_head, self.vocab_size, self.n_ctx = cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.n_ctx
+        self.norm_eps = float(cfg.eps)
         self.tokenizer = getattr(model, "tokenizer", None)
         self.bos_token_id = getattr(self.tokenizer, "bos_token_id", None)
         self.pad_token_id = getattr(self.tokenizer, "pad_token_id", None)

@@ -43,6 +43,7 @@ class TinyAdapter(ModelAdapter):
         self.n_heads, self.d_head = config.n_heads, config.d_model // config.n_heads
         self.vocab_size, self.n_ctx = model.vocab_size, model.n_ctx
         self.bos_token_id, self.pad_token_id = bos_token_id, pad_token_id
+        self.norm_eps = float(model.blocks[0].ln1.eps)
         self.device = next(model.parameters()).device
         self.unit_sets = model.unit_sets()
         self._points = model.hook_points()

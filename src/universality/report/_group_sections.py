@@ -63,7 +63,10 @@ def group_sections(tables: dict[str, pd.DataFrame], *, key_threshold: float,
         order = order.astype("Float64").round().astype("Int64")  # epochs are integers; NaN (never key) stays blank
         sections.append(ReportSection(
             "Learning order",
-            text="Epoch from which each irrep stays key through the last checkpoint (blank: never key).",
+            text=("Epoch at which each irrep that is key at the end emerged, by the run's analysis.emergence_rule "
+                  "(default first_crossing: the first checkpoint whose logit similarity exceeds "
+                  "analysis.emergence_threshold, 0.05, as the authors' learning-order script; the config is at "
+                  "the end of this page). Blank: never key."),
             tables=[("epoch each irrep became key", order.reset_index())]))
     if "group_matches" in tables:
         matches = tables["group_matches"]

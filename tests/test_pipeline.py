@@ -64,7 +64,8 @@ def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
     for column in ("excess_corr", "post_kurtosis", "pre_freq", "best_feature_set", "vr_class", "vr_unigram",
                    "cos_in_out", "vocab_kurtosis"):
         assert neurons[column].notna().any(), column
-    assert "What universal neurons do" in (run / "report.html").read_text()
+    html = (run / "report.html").read_text()
+    assert "What universal neurons do" in html and "Universal neurons: small" in html and "staging" not in html
     # the resolved config runs again as it is, and every step is skipped
     again = _univ("run", str(run / "config.toml"), "--runs-dir", "runs", cwd=tmp_path)
     assert again.returncode == 0, again.stderr

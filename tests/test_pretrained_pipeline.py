@@ -19,6 +19,17 @@ def _univ(*args, cwd):
                           text=True, timeout=600, env=env)
 
 
+def _save_twin_and_config(root, twin, tokenizer, *, models, name, repeats, data, collect):
+    """Save `twin` (and the tokenizer) as the last model directory, a text corpus, and `<name>.toml`
+    comparing `models` on it (`data` and `collect` as TOML lines)."""
+    twin.save_pretrained(models[-1])
+    tokenizer.save_pretrained(models[-1])
+    (root / "text.txt").write_text("\n".join(SENTENCES * repeats))
+    listed = ", ".join(f'"{m}"' for m in models)
+    (root / f"{name}.toml").write_text(f'kind = "pretrained"\nname = "{name}"\nmodels = [{listed}]\n'
+                                       f'[data]\nsource = "{root / "text.txt"}"\n{data}\n[collect]\n{collect}\n')
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrained")
@@ -27,26 +38,14 @@ def pretrained(tmp_path_factory):
     perms = [torch.randperm(model.config.n_inner or 4 * model.config.n_embd,
                             generator=torch.Generator().manual_seed(l)) for l in range(model.config.n_layer)]
     permute_mlp(twin, "gpt2", perms)
-    twin.save_pretrained(root / "b")
-    tokenizer.save_pretrained(root / "b")
-    (root / "text.txt").write_text("\n".join(SENTENCES * 20))
-    (root / "pretrained.toml").write_text(f"""
-kind = "pretrained"
-name = "tiny"
-models = ["{root / 'a'}", "{root / 'b'}"]
-[data]
-source = "{root / 'text.txt'}"
-seq_len = 16
-rows = 40
-[collect]
-batch_rows = 8
-""")
+    _save_twin_and_config(root, twin, tokenizer, models=[root / "a", root / "b"], name="tiny", repeats=20,
+                          data="seq_len = 16\nrows = 40", collect="batch_rows = 8")
     return root, perms
 
 
 def test_permuted_copy_is_found_and_neurons_are_described(pretrained):
     root, perms = pretrained
-    done = _univ("run", "pretrained.toml", "--runs-dir", "runs", cwd=root)
+    done = _univ("run", "tiny.toml", "--runs-dir", "runs", cwd=root)
     assert done.returncode == 0, done.stderr
     run = root / "runs" / "tiny"
     pairs = pd.read_parquet(run / "tables" / "pairs.parquet").query("model == 'a'")
@@ -70,7 +69,7 @@ def test_permuted_copy_is_found_and_neurons_are_described(pretrained):
 
 def test_missing_model_is_one_line_exit_2(pretrained, tmp_path):
     root, _ = pretrained
-    text = (root / "pretrained.toml").read_text().replace(str(root / "b"), str(tmp_path / "nowhere"))
+    text = (root / "tiny.toml").read_text().replace(str(root / "b"), str(tmp_path / "nowhere"))
     (tmp_path / "bad.toml").write_text(text)
     done = _univ("run", "bad.toml", "--runs-dir", "runs", cwd=tmp_path)
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
@@ -87,21 +86,9 @@ def test_real_minilm_without_unembedding_runs_and_says_what_it_left_out(tmp_path
     from transformers import AutoModel, AutoTokenizer
     model, tokenizer = AutoModel.from_pretrained(gt.get_model_path()), AutoTokenizer.from_pretrained(gt.get_model_path())
     permute_mlp(model, "bert", [torch.randperm(1536, generator=torch.Generator().manual_seed(l)) for l in range(6)])
-    model.save_pretrained(tmp_path / "twin")
-    tokenizer.save_pretrained(tmp_path / "twin")
-    (tmp_path / "text.txt").write_text("\n".join(SENTENCES * 10))
-    (tmp_path / "minilm.toml").write_text(f"""
-kind = "pretrained"
-name = "minilm"
-models = ["{gt.get_model_path()}", "{tmp_path / 'twin'}"]
-[data]
-source = "{tmp_path / 'text.txt'}"
-seq_len = 32
-rows = 12
-[collect]
-batch_rows = 4
-unit_sets = ["blocks.0.mlp.hook_post", "blocks.5.mlp.hook_post"]
-""")
+    _save_twin_and_config(tmp_path, model, tokenizer, models=[gt.get_model_path(), tmp_path / "twin"], name="minilm",
+                          repeats=10, data="seq_len = 32\nrows = 12",
+                          collect='batch_rows = 4\nunit_sets = ["blocks.0.mlp.hook_post", "blocks.5.mlp.hook_post"]')
     done = _univ("run", "minilm.toml", "--runs-dir", "runs", cwd=tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     run = tmp_path / "runs" / "minilm"

@@ -74,7 +74,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             "rotations in the baseline": str(comparison.rotations),
         }
         tables = table_step(run_dir / "tables", "contexts", moments_print,
-                            lambda: context_tables(sample.tokens, language.token_names))
+                            lambda: context_tables(sample.tokens, [f" {name}" for name in language.token_names]))
         if neurons is not None:
             tables["neurons"] = neurons
         return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top)

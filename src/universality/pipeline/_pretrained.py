@@ -76,7 +76,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
             "rotations in the baseline": str(comparison.rotations),
         }
         tables = table_step(run_dir / "tables", "contexts", moments_print,
-                            lambda: context_tables(tokens, _vocabulary(first)))
+                            lambda: context_tables(tokens, _display_texts(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
         return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top)
     return execute(config, runs_dir, body)
@@ -115,6 +115,14 @@ def _vocabulary(adapter) -> list[str] | None:
     if adapter.tokenizer is None:
         return None
     return [str(t) for t in adapter.tokenizer.convert_ids_to_tokens(list(range(adapter.vocab_size)))]
+
+
+def _display_texts(adapter) -> list[str] | None:
+    """Each token id as it reads in running text (the tokenizer's decoding, spaces included), for the
+    contexts on unit pages; None without a tokenizer."""
+    if adapter.tokenizer is None:
+        return None
+    return [adapter.tokenizer.decode([token]) for token in range(adapter.vocab_size)]
 
 
 def _features(adapter, seq_len: int) -> list:

@@ -56,8 +56,9 @@ def context_tables(token_rows, vocab: list[str] | None) -> dict[str, pd.DataFram
     return {"token_rows": rows.rename(columns=lambda c: f"p{c}"), "vocab": pd.DataFrame({"text": texts})}
 
 
-def report_step(run_dir: Path, record: RunRecord) -> Path:
-    """Save the header facts beside the tables and write the report site into `run_dir`."""
+def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None) -> Path:
+    """Save the header facts beside the tables and write the report site into `run_dir` (a run in
+    progress writes it into its staging directory: `run_name` is the run's own name for the title)."""
     settings = {"facts": record.facts, "notes": record.notes, "key_threshold": record.key_threshold,
                 "generalised_accuracy": record.generalised_accuracy,
                 "include_ungeneralised": record.include_ungeneralised}
@@ -77,7 +78,7 @@ def report_step(run_dir: Path, record: RunRecord) -> Path:
     return write_site(run_dir, units=comparison.units, pairs=comparison.pairs, layers=comparison.layers,
                       settings={"threshold": comparison.threshold, "rotations": comparison.rotations,
                                 "seed": comparison.seed},
-                      curves=record.curves, title=f"Universal neurons: {run_dir.name}",
+                      curves=record.curves, title=f"Universal neurons: {run_name or run_dir.name}",
                       config_text=config_path.read_text() if config_path.is_file() else "",
                       facts={**record.facts, **({"notes": " ".join(record.notes)} if record.notes else {})},
                       sections=sections, top_activations=record.top_activations,

@@ -65,7 +65,7 @@ def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunR
         record = body(run.work, times)
         with times("report"):
             record.facts["step times (s)"] = times.text()
-            report_step(run.work, record)
+            report_step(run.work, record, run_name=run.final.name)
         run.commit(run_fingerprint(config))
     finally:
         run.release()

@@ -1,5 +1,15 @@
-"""Every default threshold, defined once, with where it comes from. The config, the comparison and
-the analyses all read their defaults from here."""
+"""Every default threshold, defined once, with where it comes from, and the one rule for a dead
+unit. The config, the comparison and the analyses all read them from here."""
+
+# A unit is dead when its standard deviation over the stream is within float32 rounding of its mean:
+# zero variance as far as float32 activations can tell. Its correlations are NaN, never 0.
+DEAD_STD_PER_MEAN = 4 * 1.1920928955078125e-07  # 4 float32 epsilons
+
+
+def is_dead(variance, mean):
+    """Bool per unit (torch or numpy): population `variance` <= (DEAD_STD_PER_MEAN * |mean|)^2."""
+    return variance <= (DEAD_STD_PER_MEAN * abs(mean)) ** 2
+
 
 # Gurnee et al. 2024: a unit is universal when its excess correlation (mean max correlation with the
 # other models minus the same against the rotation baseline) exceeds 0.5.

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import torch
 
+from .._defaults import is_dead
 from ..moments import MomentAccumulator
 
 __all__ = ["dead_units", "pearson"]
 
 # A unit is dead when its standard deviation is below the float32 rounding of its mean: then its
 # "variation" is rounding, not signal. Constant units (e.g. a ReLU that never fires) give exactly 0.
-_DEAD_STD_PER_MEAN = 4 * torch.finfo(torch.float32).eps
 
 
 def dead_units(acc: MomentAccumulator, model: str) -> torch.Tensor:
     """Bool [units_m]: zero variance over the stream (as far as float32 can tell)."""
-    variance = acc.variance(model) / max(acc.count_, 1)
-    return variance <= (_DEAD_STD_PER_MEAN * acc.mean_[model].abs()) ** 2
+    return is_dead(acc.variance(model) / max(acc.count_, 1), acc.mean_[model])
 
 
 def pearson(acc: MomentAccumulator, model_a: str, model_b: str, rows: slice = slice(None)) -> torch.Tensor:

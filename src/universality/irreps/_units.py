@@ -10,16 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._defaults import UNIT_THRESHOLD, is_dead
 from ..groups import Group
 from .._inputs import as_float64
-from .._defaults import UNIT_THRESHOLD
 from ._bases import irrep_bases, is_trivial
 
 __all__ = ["UNIT_THRESHOLD", "unit_irreps"]
 
-# Dead: variance below float32 rounding of the activations (as in `compare.dead_units`); exactly 0 when
-# the unit never fires, or is constant on every pair.
-_DEAD_RELATIVE = (4 * np.finfo(np.float32).eps) ** 2
+# Dead: the one rule of `_defaults.is_dead` (variance within float32 rounding of the mean); exactly 0
+# when the unit never fires, or is constant on every pair.
 _CHUNK_ENTRIES = 2**22  # float64 entries per block of units: 32 MB
 
 
@@ -60,7 +59,7 @@ def unit_irreps(group: Group, hidden, *, threshold: float = UNIT_THRESHOLD) -> p
         squared = (fourier.T @ grid @ fourier) ** 2
         energy[first:first + step] = np.add.reduceat(np.add.reduceat(squared, starts, axis=1), starts, axis=2)
     total = energy.sum(axis=(1, 2))  # [units]
-    dead = total <= _DEAD_RELATIVE * np.sum(values**2, axis=0)
+    dead = is_dead(total / values.shape[0], values.mean(axis=0))
     # 4) shares of the non-trivial irreps, [units, irreps]
     diagonal = np.einsum("uii->ui", energy)
     shares = (energy[:, :, trivial] + energy[:, trivial, :] + diagonal) / np.where(dead, 1.0, total)[:, None]

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from .._defaults import is_dead
 from .._inputs import as_activations
 from ..errors import UniversalityError
 
@@ -49,7 +50,6 @@ __all__ = ["FeatureSet", "FamilyAccumulator", "unigram", "previous_token", "posi
 
 _SOURCES = ("token", "prev_token", "position", "label")
 _SPACE_MARKERS = ("Ġ", " ", "▁")  # byte-level BPE (GPT-2, Pythia), plain text, SentencePiece
-_DEAD_STD_PER_MEAN = 4 * torch.finfo(torch.float32).eps  # as compare.dead_units
 
 
 @dataclass(frozen=True, eq=False)
@@ -292,7 +292,7 @@ class FamilyAccumulator:
         # 1) SS = Q - S^2 / n about the mean, from the shifted sums; dead units get NaN
         mean = self.sum_ / n  # [units], shifted
         ss = self.sumsq_ - self.sum_ * mean
-        dead = ss <= n * (_DEAD_STD_PER_MEAN * (mean + self.shift_)) ** 2
+        dead = is_dead(ss / n, mean + self.shift_)
         # 2) VR = n n_T (mean_T - mean)^2 / (n_F SS)
         n_true = counts[:, None]  # [features, 1]
         n_false = n - n_true

@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._defaults import is_dead
 from .._inputs import as_activations, check_batch, layout_of
 from ..errors import UniversalityError
 
 __all__ = ["ActivationMoments", "NeuronStatsAccumulator", "universal_vs_rest", "plot_universal_vs_rest"]
 
 _MOMENT_COLUMNS = ["mean", "var", "skew", "kurtosis", "freq"]
-_DEAD_STD_PER_MEAN = 4 * torch.finfo(torch.float32).eps  # as compare.dead_units
 _CHUNK_ENTRIES = 2**22  # float64 entries per slice of a batch: 32 MB, whatever the batch size
 _PRE, _POST = "hook_pre", "hook_post"
 
@@ -107,7 +107,7 @@ class ActivationMoments:
             raise UniversalityError("no tokens streamed yet; call update(x) before table()")
         n = self.count_
         var = self.m2_ / n
-        dead = var <= (_DEAD_STD_PER_MEAN * self.mean_.abs()) ** 2
+        dead = is_dead(var, self.mean_)
         m2 = torch.where(dead, 1.0, self.m2_)
         skew = torch.where(dead, math.nan, math.sqrt(n) * self.m3_ / m2**1.5)
         kurtosis = torch.where(dead, math.nan, n * self.m4_ / m2**2)

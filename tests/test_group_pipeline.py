@@ -64,7 +64,7 @@ def test_trained_seeds_generalise_on_key_irreps(s4_run):
 
 def test_neurons_get_irreps_and_matched_partners(s4_run):
     _, run = s4_run
-    neurons = pd.read_parquet(run / "tables" / "group_neurons.parquet")
+    neurons = pd.read_parquet(run / "tables" / "group_units.parquet")
     matches = pd.read_parquet(run / "tables" / "group_matches.parquet")
     emergence = pd.read_parquet(run / "tables" / "group_emergence.parquet")
     assert len(neurons) == 2 * 64 and neurons.irrep.notna().mean() > 0.5

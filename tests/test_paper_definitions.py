@@ -209,8 +209,8 @@ def test_analysis_thresholds_reach_the_seed_tables(s4_trained):
     assert set(loose["summary"]["key_irreps"].split()) == set(similarity[similarity > 0.005].index)
     assert set(strict["summary"]["key_irreps"].split()) == set(similarity[similarity > 0.3].index)
     assert strict["summary"]["n_key_irreps"] < loose["summary"]["n_key_irreps"]
-    assert loose["neurons"].irrep.notna().sum() > strict["neurons"].irrep.notna().sum()
-    assert (strict["neurons"].share.dropna()[strict["neurons"].irrep.notna()] >= 0.9).all()
+    assert loose["units"].irrep.notna().sum() > strict["units"].irrep.notna().sum()
+    assert (strict["units"].share.dropna()[strict["units"].irrep.notna()] >= 0.9).all()
 
 
 def test_every_analysis_setting_passes_to_analyze_group_seed_by_name(s4_trained):

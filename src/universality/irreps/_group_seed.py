@@ -9,7 +9,7 @@ cyclic groups the Fourier key frequencies of the embeddings.
 | table       | one row per                    | columns                                                    |
 |-------------|--------------------------------|------------------------------------------------------------|
 | `irreps`    | irrep                          | irrep, dim, similarity, key, fve_<matrix>..., hidden_a/b/ab |
-| `neurons`   | hidden unit                    | unit, irrep, share, dead, coset_subgroup, coset_of, coset_side, coset_constancy |
+| `units`     | hidden unit                    | unit, irrep, share, dead, coset_subgroup, coset_of, coset_side, coset_constancy |
 | `emergence` | irrep                          | irrep, dim, epoch, order, final_similarity                 |
 | `fourier`   | (matrix, frequency), C_n only  | matrix, frequency, norm, fve, key                          |
 | `summary`   | (a dict)                       | accuracies, losses (full, restricted, excluded), key irreps, fraction of logits explained |
@@ -146,9 +146,9 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
         summary["restricted_loss"] = model_loss(restricted, target)
         summary["excluded_loss"] = model_loss(logits_of(excluded_hidden(group, hidden, key)), target, train)
     # 4) per unit: irrep and the subgroup coset partition that explains most of its variance
-    neurons = unit_irreps(group, hidden, threshold=unit_threshold)
+    units = unit_irreps(group, hidden, threshold=unit_threshold)
     if group.order <= _MAX_COSET_ORDER:
-        neurons = neurons.join(_best_cosets(group, hidden), on="unit")
+        units = units.join(_best_cosets(group, hidden), on="unit")
     # 5) emergence over checkpoints; 6) Fourier frequencies for cyclic groups
     emergence = irrep_emergence(group, [(epoch, run_on_pairs(m, task, unit_set)[0])
                                         for epoch, m in sorted((checkpoint_models or {}).items())],
@@ -158,7 +158,7 @@ def analyze_group_seed(task: GroupTask, model: nn.Module, *, unit_set: str, key_
     if group.name.startswith("C") and group.name[1:].isdigit():
         fourier = pd.concat([fourier_key_frequencies(m, group.order).assign(matrix=name)
                              for name, m in matrices.items()], ignore_index=True)
-    return {"irreps": irreps, "neurons": neurons, "emergence": emergence, "fourier": fourier,
+    return {"irreps": irreps, "units": units, "emergence": emergence, "fourier": fourier,
             "summary": summary}
 
 

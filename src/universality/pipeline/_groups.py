@@ -8,7 +8,7 @@ Tables written besides the universality ones (`tables/`):
 
     group_seeds.parquet      per seed: accuracies, losses (full, restricted, excluded), epochs to grok, key irreps
     group_irreps.parquet     per (seed, irrep): logit similarity, key, FVE of embeddings / unembedding / hidden terms
-    group_neurons.parquet    per (seed, unit): irrep, share, dead, best coset partition
+    group_units.parquet      per (seed, unit): irrep, share, dead, best coset partition
     group_emergence.parquet  per (seed, irrep): epoch it became key, order
     group_matches.parquet    per (unit, other seed): best partner, correlation, both units' irreps
     group_fourier.parquet    cyclic groups: per (seed, matrix, frequency) share
@@ -71,11 +71,11 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                                      batches, accumulate=config.compare.accumulate, device="cpu",
                                      top_k=config.compare.top_k, on_progress=on_progress)
             comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
-            if "group_neurons" in tables:
+            if "group_units" in tables:
                 tables |= table_step(run_dir / "tables", "group_matches",
                                      fingerprint(models=prints, analysis=config.analysis.model_dump(),
                                                  compare=config.compare.model_dump()),
-                                     lambda: {"group_matches": _matches(comparison.pairs, tables["group_neurons"])})
+                                     lambda: {"group_matches": _matches(comparison.pairs, tables["group_units"])})
         curves = {name: pd.DataFrame(t.curve).rename(columns={"epoch": "step", "train_loss": "loss"})
                   for name, t in trained.items()}
         facts = {
@@ -138,7 +138,7 @@ def _hidden(model_config) -> str:
 
 def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Progress) -> dict:
     """Per-seed irrep tables, concatenated with a `model` column (see `analyze_group_seed`)."""
-    parts: dict[str, list[pd.DataFrame]] = {"group_irreps": [], "group_neurons": [], "group_emergence": [],
+    parts: dict[str, list[pd.DataFrame]] = {"group_irreps": [], "group_units": [], "group_emergence": [],
                                              "group_fourier": []}
     summaries = {}
     for done, (name, seed_model) in enumerate(trained.items()):
@@ -157,7 +157,7 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
             elif len(frame):
                 frame = frame.assign(model=name)
                 parts[f"group_{key}"].append(frame.assign(unit_set=_hidden(seed_model.model_config))
-                                             if key == "neurons" else frame)
+                                             if key == "units" else frame)
     on_progress("irreps per seed", len(trained), len(trained))
     tables = {key: _model_first(pd.concat(frames, ignore_index=True)) for key, frames in parts.items() if frames}
     tables["summaries"] = summaries

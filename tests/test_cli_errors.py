@@ -147,4 +147,4 @@ def test_summary_prints_the_full_table_when_piped_and_csv_on_request(finished_ru
 
 def test_univ_config_shows_threads():
     result = CliRunner().invoke(app, ["config"])
-    assert result.exit_code == 0 and 'threads = "auto"' in result.stdout
+    assert result.exit_code == 0 and "\nthreads = 1 " in result.stdout and '"auto"' in result.stdout

@@ -170,3 +170,36 @@ generalised_accuracy = 0.99
     assert done.returncode == 0, done.stderr
     assert "note: seed-0 never generalised" in done.stderr and "left out of the irrep and universality claims" in done.stderr
     assert "Seeds that never generalised" in (tmp_path / "runs" / "short" / "report.html").read_text()
+
+
+def test_several_architectures_in_one_run_are_compared_across_all_seeds(tmp_path):
+    (tmp_path / "both.toml").write_text("""
+kind = "groups"
+name = "both"
+seeds = [0, 1]
+[task]
+group = "S3"
+[[model]]
+arch = "mlp"
+embed_dim = 8
+hidden = 16
+[[model]]
+arch = "transformer"
+d_model = 16
+n_heads = 2
+d_head = 8
+d_mlp = 16
+[train]
+epochs = 20
+train_fraction = 0.5
+log_every = 10
+checkpoints = 2
+threads = 1
+""")
+    done = _univ("run", "both.toml", "--runs-dir", "runs", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    pairs = pd.read_parquet(tmp_path / "runs" / "both" / "tables" / "pairs.parquet")
+    models = {"mlp-seed-0", "mlp-seed-1", "transformer-seed-0", "transformer-seed-1"}
+    assert set(pairs.model) == models and len(pairs) == 4 * 3 * 16  # every unit against every other model
+    across = pairs.query("model == 'mlp-seed-0' and other_model == 'transformer-seed-0'")
+    assert set(across.partner_unit_set) <= {"blocks.0.mlp.hook_post", ""} and set(across.unit_set) == {"mlp.hook_post"}

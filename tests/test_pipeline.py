@@ -66,6 +66,11 @@ def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
         assert neurons[column].notna().any(), column
     html = (run / "report.html").read_text()
     assert "What universal neurons do" in html and "Universal neurons: small" in html and "staging" not in html
+    by_class = neurons[neurons.best_feature_set == "class"]
+    by_class = by_class[by_class.best_feature.astype(int) < 8]  # the content classes (then BOS, brackets, markers)
+    assert len(by_class) and all(t.startswith(f"c{k}_t0 c{k}_t1") for k, t in zip(by_class.best_feature,
+                                                                                   by_class.feature_tokens))
+    assert neurons.query("best_feature_set == 'class'").feature_tokens.notna().all()  # BOS, brackets too
     # the resolved config runs again as it is, and every step is skipped
     again = _univ("run", str(run / "config.toml"), "--runs-dir", "runs", cwd=tmp_path)
     assert again.returncode == 0, again.stderr

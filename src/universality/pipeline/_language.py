@@ -64,7 +64,8 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             neurons, notes = neuron_step(run_dir, adapters, sample.tokens, inputs_print=moments_print,
                                          units=comparison.units, feature_sets=features, drop=drop,
                                          batch_rows=collect.batch_rows, on_progress=on_progress,
-                                         labels={label: sample.labels[label] for label in _LABELS})
+                                         labels={label: sample.labels[label] for label in _LABELS},
+                                         feature_tokens={"class": _class_tokens(language)})
         facts = {
             "models": f"{len(config.seeds)} seeds of a {config.model.n_layers}-layer transformer "
                       f"(d_model {config.model.d_model}, d_mlp {config.model.d_mlp}, {config.model.activation})",
@@ -79,6 +80,17 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             tables["neurons"] = neurons
         return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top)
     return execute(config, runs_dir, body)
+
+
+def _class_tokens(language: SyntheticLanguage, shown: int = 6) -> dict[str, str]:
+    """{class label: the first `shown` tokens of that class, "c7_t0 c7_t1 ... (12 tokens)"}, for every
+    label of `token_class` (the content classes, then BOS, brackets and position markers)."""
+    classes = language.token_class.tolist()
+    names = {}
+    for label in sorted(set(classes)):
+        tokens = [name for name, c in zip(language.token_names, classes) if c == label]
+        names[str(label)] = " ".join(tokens[:shown]) + (f" ... ({len(tokens)} tokens)" if len(tokens) > shown else "")
+    return names
 
 
 def _plan(config: ExperimentConfig, language: SyntheticLanguage) -> list[str]:

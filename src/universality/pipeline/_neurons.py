@@ -26,9 +26,12 @@ __all__ = ["neuron_step", "analysis_weights"]
 
 def neuron_step(run_dir: Path, adapters: dict, tokens: torch.Tensor, *, inputs_print: str, units: pd.DataFrame,
                 feature_sets: list, drop: list[int], batch_rows: int, on_progress: Progress,
-                labels: dict[str, torch.Tensor] | None = None) -> tuple[pd.DataFrame | None, list[str]]:
+                labels: dict[str, torch.Tensor] | None = None,
+                feature_tokens: dict[str, dict[str, str]] | None = None) -> tuple[pd.DataFrame | None, list[str]]:
     """The neurons table of the compared `*.mlp.hook_post` sets over token rows [rows, pos] (with
-    optional per-token `labels` {name: [rows, pos]} as extra features), saved as
+    optional per-token `labels` {name: [rows, pos]} as extra features, and `feature_tokens`
+    {feature set: {feature value: the tokens it stands for}} naming a label's tokens in the
+    `feature_tokens` column, e.g. class 7 -> "c7_t0 c7_t1 ..."), saved as
     `tables/neurons.parquet` and skipped when made from the same inputs; None when no hook_post set
     was compared. Returns (table, notes: one line per analysis left out)."""
     post = [s for s in units.unit_set.unique() if s.endswith("mlp.hook_post")]
@@ -43,7 +46,7 @@ def neuron_step(run_dir: Path, adapters: dict, tokens: torch.Tensor, *, inputs_p
             notes.append(f"{name}: no unembedding (W_U), so weight statistics and prediction / suppression "
                          "roles are left out for it")
     step_print = fingerprint(inputs=inputs_print, units=pd.util.hash_pandas_object(units).sum().item(),
-                             features=[f.name for f in feature_sets], weights=sorted(weights))
+                             features=[f.name for f in feature_sets], weights=sorted(weights), tokens=feature_tokens)
 
     def compute() -> dict[str, pd.DataFrame]:
         sets = [name for s in post for name in (s.replace("hook_post", "hook_pre"), s)]
@@ -61,6 +64,9 @@ def neuron_step(run_dir: Path, adapters: dict, tokens: torch.Tensor, *, inputs_p
                 yield batch, context
         table = neuron_table(batches(), units=units[units.unit_set.isin(post)], feature_sets=feature_sets,
                              weights=weights or None)
+        if feature_tokens and "best_feature_set" in table:
+            table["feature_tokens"] = [feature_tokens.get(kind, {}).get(str(value)) if isinstance(kind, str) else None
+                                       for kind, value in zip(table.best_feature_set, table.best_feature)]
         return {"neurons": table}
     return table_step(run_dir / "tables", "neurons", step_print, compute)["neurons"], notes
 

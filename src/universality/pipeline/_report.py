@@ -28,7 +28,7 @@ from ._steps import saved_tables
 
 __all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
 
-_UNIT_FACTS = {"neurons": ["best_feature_set", "best_feature", "variance_reduction", "role"],
+_UNIT_FACTS = {"neurons": ["best_feature_set", "best_feature", "feature_tokens", "variance_reduction", "role"],
                "group_units": ["irrep", "share"]}  # columns shown on each unit's page
 _CONTEXT = 12  # tokens before the firing one shown on unit pages
 

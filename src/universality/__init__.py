@@ -8,10 +8,23 @@ Public API:
 - `UniversalityError`, raised for every bad input with a one-line message
 """
 
-from .compare import Comparison, compare_activations
 from .errors import UniversalityError
-from .models import load_model
-from .moments import MomentAccumulator
 
 __all__ = ["compare_activations", "Comparison", "MomentAccumulator", "UniversalityError", "load_model"]
 __version__ = "0.1.0"
+
+# The names that need torch are imported on first use (PEP 562), so `univ` can check a config and
+# print a one-line error without loading torch.
+_LAZY = {"compare_activations": "compare", "Comparison": "compare", "MomentAccumulator": "moments",
+         "load_model": "models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'universality' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

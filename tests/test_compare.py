@@ -165,3 +165,14 @@ def test_threshold_outside_unit_interval_is_refused_before_reading_data(threshol
         yield
     with pytest.raises(UniversalityError, match="threshold"):
         compare_activations(never(), threshold=threshold)
+
+
+def test_a_finished_comparison_holds_no_batch_buffer_and_correlation_is_unchanged():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(500, 6, generator=g)
+    result = compare_activations([{"a": x[:250], "b": 2 * x[:250, [1, 0, 2, 3, 4, 5]] + 1},
+                                  {"a": x[250:], "b": 2 * x[250:, [1, 0, 2, 3, 4, 5]] + 1}])
+    assert result.moments._scratch is None  # freed at the end of the stream
+    corr = result.correlation("a", "b")
+    assert corr.dtype == torch.float64
+    assert torch.allclose(corr[[0, 1], [1, 0]], torch.ones(2, dtype=torch.float64), atol=1e-6)

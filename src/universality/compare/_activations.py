@@ -62,4 +62,4 @@ def compare_activations(batches: Iterable, *, threshold: float = THRESHOLD, rota
             raise UniversalityError(f"batch {index}: {error}") from None
     if accumulator is None:
         raise UniversalityError("the activation stream is empty: pass at least one batch")
-    return compare_moments(accumulator, threshold=threshold, rotations=rotations, seed=seed)
+    return compare_moments(accumulator.end_stream(), threshold=threshold, rotations=rotations, seed=seed)

@@ -33,8 +33,8 @@ def pearson(acc: MomentAccumulator, model_a: str, model_b: str, rows: slice = sl
     """
     scale_a = _inverse_std(acc, model_a)[rows]  # [rows]
     scale_b = _inverse_std(acc, model_b)  # [units_b]
-    cross = acc.cross(model_a, model_b)[rows].double()  # [rows, units_b]
-    return cross * scale_a[:, None] * scale_b[None, :]
+    corr = acc.cross(model_a, model_b)[rows].to(torch.float64, copy=True)  # [rows, units_b]: the one copy
+    return corr.mul_(scale_a[:, None]).mul_(scale_b[None, :])  # scaled in place: no temporaries of that size
 
 
 def _inverse_std(acc: MomentAccumulator, model: str) -> torch.Tensor:

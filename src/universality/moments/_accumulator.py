@@ -237,6 +237,12 @@ class MomentAccumulator:
         twin.cross_ = {m: c.clone() for m, c in self.cross_.items()}
         return twin
 
+    def end_stream(self) -> "MomentAccumulator":
+        """Free the batch scratch matrix ([batch + 1, all units] float32) once the stream is done, so a
+        finished state holds only its moments; the next `update` allocates it again. Returns self."""
+        self._scratch = None
+        return self
+
     def _buffer(self, tokens: int) -> torch.Tensor:
         """A float32 [tokens, all units] scratch matrix, kept between batches: allocating a fresh one
         per batch costs page faults comparable to the GEMMs."""

@@ -129,7 +129,7 @@ def stream_moments(run_name: str, step_print: str, directory: Path, total: int,
         raise UniversalityError(f"run {run_name}: no tokens left to compare after filtering; "
                                 "stream more rows or filter fewer tokens")
     save_moments(acc, directory, extra={"fingerprint": step_print, "complete": True}, companions=top.state_dict())
-    return acc, top
+    return acc.end_stream(), top
 
 
 def saved_tables(tables_dir: Path, step: str, step_print: str | None = None) -> dict[str, pd.DataFrame] | None:

@@ -146,57 +146,37 @@ def test_restricted_and_excluded_loss_patch_the_hidden_layer(arch):
             excluded_loss(task.group, hidden, unembed, target, key, train), rel=1e-5, abs=1e-6)
 
 
-def test_seeds_that_never_generalised_are_flagged_in_the_terminal_and_the_report(tmp_path):
-    (tmp_path / "short.toml").write_text("""
+def _short_s3_run(root, name: str, models: str, extra: str = ""):
+    """`univ run` of 2 seeds trained 20 epochs on S3 (too few to generalise) with the `models` TOML."""
+    (root / f"{name}.toml").write_text(f"""
 kind = "groups"
-name = "short"
+name = "{name}"
 seeds = [0, 1]
 [task]
 group = "S3"
-[model]
-arch = "mlp"
-embed_dim = 8
-hidden = 16
+{models}
 [train]
 epochs = 20
 train_fraction = 0.5
 log_every = 10
 checkpoints = 2
 threads = 1
-[claims]
-generalised_accuracy = 0.99
+{extra}
 """)
-    done = _univ("run", "short.toml", "--runs-dir", "runs", cwd=tmp_path)
+    return _univ("run", f"{name}.toml", "--runs-dir", "runs", cwd=root)
+
+
+def test_seeds_that_never_generalised_are_flagged_in_the_terminal_and_the_report(tmp_path):
+    done = _short_s3_run(tmp_path, "short", '[model]\narch = "mlp"\nembed_dim = 8\nhidden = 16',
+                         "[claims]\ngeneralised_accuracy = 0.99")
     assert done.returncode == 0, done.stderr
     assert "note: seed-0 never generalised" in done.stderr and "left out of the irrep and universality claims" in done.stderr
     assert "Seeds that never generalised" in (tmp_path / "runs" / "short" / "report.html").read_text()
 
 
 def test_several_architectures_in_one_run_are_compared_across_all_seeds(tmp_path):
-    (tmp_path / "both.toml").write_text("""
-kind = "groups"
-name = "both"
-seeds = [0, 1]
-[task]
-group = "S3"
-[[model]]
-arch = "mlp"
-embed_dim = 8
-hidden = 16
-[[model]]
-arch = "transformer"
-d_model = 16
-n_heads = 2
-d_head = 8
-d_mlp = 16
-[train]
-epochs = 20
-train_fraction = 0.5
-log_every = 10
-checkpoints = 2
-threads = 1
-""")
-    done = _univ("run", "both.toml", "--runs-dir", "runs", cwd=tmp_path)
+    done = _short_s3_run(tmp_path, "both", '[[model]]\narch = "mlp"\nembed_dim = 8\nhidden = 16\n'
+                         '[[model]]\narch = "transformer"\nd_model = 16\nn_heads = 2\nd_head = 8\nd_mlp = 16')
     assert done.returncode == 0, done.stderr
     pairs = pd.read_parquet(tmp_path / "runs" / "both" / "tables" / "pairs.parquet")
     models = {"mlp-seed-0", "mlp-seed-1", "transformer-seed-0", "transformer-seed-1"}

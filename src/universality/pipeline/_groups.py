@@ -2,7 +2,8 @@
 find which irreps each learned, and compare their neurons across seeds with the universality step.
 
 config -> group, task, split -> train seeds (of one or several architectures) -> per-seed irrep
-tables -> stream hidden units over all pairs (`GroupAdapter`: a pair is one token) into moments -> compare -> matched neurons with their irreps -> report.
+tables -> stream hidden units over all pairs (`GroupAdapter`: a pair is one token) into moments
+-> compare -> matched units with their irreps -> report.
 
 Tables written besides the universality ones (`tables/`):
 
@@ -19,14 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-
 import torch
 
 from .._rundir import fingerprint
 from ..collect import batch_count, stream_activations
-from ..irreps import analyze_group_seed
 from ..config import GroupExperimentConfig
 from ..groups import make_group
+from ..irreps import analyze_group_seed
 from ..models import adapt
 from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
@@ -55,8 +55,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                 tables["group_seeds"] = _seed_table(trained, tables.pop("summaries", {}))
                 return tables
             tables = table_step(run_dir / "tables", "groups",
-                                fingerprint(models=prints, analysis=config.analysis.model_dump()), analyze,
-                                key_threshold=config.analysis.key_threshold)
+                                fingerprint(models=prints, analysis=config.analysis.model_dump()), analyze)
         with times("compare"):
             adapters = {name: adapt(t.model, name=name) for name, t in trained.items()}
             hidden = {name: [_hidden(t.model_config)] for name, t in trained.items()}  # one unit set per model

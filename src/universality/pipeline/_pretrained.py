@@ -1,5 +1,6 @@
-"""The pretrained-models experiment (`kind = "pretrained"`): existing models (GPT-2 / Pythia seed families, BERT-like encoders),
-loaded offline, streamed once over one token stream, compared, and their neurons described.
+"""The pretrained-models experiment (`kind = "pretrained"`): existing models (GPT-2 / Pythia seed
+families, BERT-like encoders), loaded offline, streamed once over one token stream, compared, and
+their neurons described.
 
 config -> load models (one tokenizer, checked) -> token rows -> stream unit activations into
 moments -> compare -> neuron statistics and families (a second, cheaper pass) -> report.
@@ -16,10 +17,10 @@ import torch
 
 from .._rundir import fingerprint
 from ..collect import batch_count, select_unit_sets, stream_activations
-from ..neurons import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..errors import UniversalityError
 from ..models import load_model
+from ..neurons import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
 from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset, tokens_from_numpy,
                       tokens_from_text_files)
 from ._neurons import neuron_step

@@ -171,8 +171,7 @@ def _batches(count: int, seed: int = 0) -> list[dict]:
 
 
 def _state(acc: MomentAccumulator) -> dict:
-    tensors = {f"mean/{m}": v for m, v in acc.mean_.items()} | {f"cross/{m}": c for m, c in acc.cross_.items()}
-    tensors |= {f"gram/{m}/{s}": g for m, sets in acc.gram_.items() for s, g in sets.items()}
+    tensors = {f"mean/{m}": v for m, v in acc.mean_.items()} | {f"block/{b.name}": c for b, c in acc.blocks_.items()}
     return {"count": acc.count_, "batches": acc.batches_, **tensors}
 
 

@@ -5,7 +5,7 @@ import torch
 
 import universality
 from universality import UniversalityError, compare_activations
-from universality.compare import rotation_for
+from universality.compare import rotation
 from universality.moments import MomentAccumulator
 
 
@@ -44,13 +44,13 @@ def test_rotation_baseline_equals_explicit_pass_over_rotated_activations():
             for m in ("a", "b", "c")}
     result = compare_activations(_chunks(acts, 1000), rotations=2, seed=7)
     models = list(acts)
-    for b_index, b in enumerate(models):
+    for b in models:
         for a in models:
             if a == b:
                 continue
             maxima = []
             for r in range(2):
-                rotated = {name: x.double() @ rotation_for(7, b_index, k, r, x.shape[1]).T
+                rotated = {name: x.double() @ rotation("haar", 7, k, r, x.shape[1]).dense().T
                            for k, (name, x) in enumerate(acts[b].items())}
                 explicit = MomentAccumulator({a: {"all": 13}, b: {"all": 13}}, dtype="float64")
                 explicit.update({a: {"all": torch.cat(list(acts[a].values()), 1).double()},

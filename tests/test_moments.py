@@ -76,8 +76,7 @@ def test_merge_is_independent_of_batch_size_and_order():
 def test_float32_accumulators_track_float64():
     models = _stream(offset=1e3)
     single, double = _filled(models, 256, "float32"), _filled(models, 256, "float64")
-    single.gram_ = {m: {s: g.double() for s, g in sets.items()} for m, sets in single.gram_.items()}
-    single.cross_ = {m: c.double() for m, c in single.cross_.items()}
+    single.blocks_ = {block: value.double() for block, value in single.blocks_.items()}
     _assert_same_state(single, double, rtol=1e-5)
 
 

@@ -110,8 +110,8 @@ def test_interrupted_run_resumes_to_the_same_tables(tmp_path, monkeypatch):
     def kill_midway(task, done, total):
         if task == "stream activations" and done == 3:
             raise Interrupt
-    import universality.pipeline._steps as steps
-    monkeypatch.setattr(steps, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every batch
+    import universality.pipeline._planned as planned
+    monkeypatch.setattr(planned, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every batch
     with pytest.raises(Interrupt):
         run_experiment(config, runs_dir=tmp_path / "resumed", on_progress=kill_midway)
     partial = read_manifest(tmp_path / "resumed" / ".small.staging" / "moments")  # the run in progress

@@ -65,7 +65,8 @@ Pattern = Annotated[str, Field(min_length=1, max_length=200)]  # a unit-set name
 def language_run_gib(config) -> float:
     """Rough peak memory of a language run in GiB: the larger of training one seed (parameters x 16
     bytes for weights, gradients and AdamW moments, plus activations) and streaming (a float32 or
-    float64 moment state over every seed's MLP neurons, plus one batch of activations)."""
+    float64 moment state over every seed's MLP neurons, or the `[scale] memory_budget` when one is
+    set and smaller: the plan then cuts the state into passes; plus one batch of activations)."""
     lang, model = config.language, config.model
     vocab = lang.n_classes * lang.tokens_per_class + 2 * lang.n_bracket_types + lang.seq_len + 4
     params = model.n_layers * (4 * model.d_model**2 + 2 * model.d_model * model.d_mlp) + 2 * vocab * model.d_model
@@ -74,7 +75,12 @@ def language_run_gib(config) -> float:
     units = len(config.seeds) * model.n_layers * model.d_mlp
     state_bytes = 8 if config.compare.accumulate == "float64" else 4
     batch_tokens = config.collect.batch_rows * lang.seq_len * len(config.seeds)  # one batch through every seed
-    streaming = state_bytes * units * units + 4 * per_token * batch_tokens
+    state = state_bytes * units * units
+    budget = config.scale.memory_budget
+    if budget not in ("auto", "none"):
+        from .moments import parse_bytes
+        state = min(state, parse_bytes(budget))
+    streaming = state + 4 * per_token * batch_tokens
     return max(training, streaming) / 2**30
 
 

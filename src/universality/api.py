@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import AnyExperimentConfig, GroupExperimentConfig, PretrainedExperimentConfig
-from .pipeline import (Progress, RunRecord, RunResult, load_run, quiet, report_step, run_groups, run_language,
-                       run_pretrained)
+from .pipeline import (Progress, RunRecord, RunResult, experiment_plan, load_run, quiet, report_step, run_groups,
+                       run_language, run_pretrained)
 
-__all__ = ["run_experiment", "RunResult", "RunRecord", "render_report", "load_run", "Progress"]
+__all__ = ["run_experiment", "RunResult", "RunRecord", "render_report", "load_run", "Progress", "plan_experiment"]
 
 
 def run_experiment(config: AnyExperimentConfig, *, runs_dir: str | Path = "runs",
@@ -28,3 +28,9 @@ def run_experiment(config: AnyExperimentConfig, *, runs_dir: str | Path = "runs"
 def render_report(run_dir: str | Path) -> Path:
     """Re-render plots and report.html of a finished run from its saved tables, settings and facts."""
     return report_step(Path(run_dir), load_run(run_dir))
+
+
+def plan_experiment(config: AnyExperimentConfig):
+    """(`moments.Plan`, {fact: text}) of a run of `config` under its `[scale] memory_budget`: passes,
+    memory per pass, GFLOP per token and projected times, without training or streaming anything."""
+    return experiment_plan(config)

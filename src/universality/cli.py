@@ -121,6 +121,26 @@ def demo(runs_dir: Path = typer.Option(Path("runs"), help="parent of the run dir
 
 
 @app.command()
+def plan(config: Path = typer.Argument(..., help="experiment TOML")) -> None:
+    """Print the passes a run will make under its [scale] memory_budget, their memory and cost, and the
+    projected time, before anything is trained or streamed."""
+    from . import api
+    from .config import load_config
+    with _user_errors():
+        experiment = load_config(config)
+        result, facts = api.plan_experiment(experiment)
+    table = Table(title=f"plan of {experiment.name!r}")
+    for column in ("pass", "blocks", "gram_blocks", "memory", "GFLOP/token"):
+        table.add_column(column, justify="right")
+    for row in result.table().to_dict("records"):
+        table.add_row(str(row["pass"] + 1), str(row["blocks"]), str(row["gram_blocks"]),
+                      f"{row['bytes'] / 2**30:.2f} GiB", f"{row['gflop_per_token']:.3g}")
+    console.print(table)
+    for fact, text in facts.items():
+        console.print(f"{fact}: {text}", highlight=False)
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
     """Re-render plots and report.html from a run's saved tables, with the run's own header facts."""
     from . import api

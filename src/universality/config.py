@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, THRESHOLD, UNIT_THRESHOLD
 from ._config_checks import (MEMORY_GIB, Device, Pattern, RunName, Seed, Threads, check_plain_values, describe,
@@ -33,7 +33,7 @@ from ._config_checks import (MEMORY_GIB, Device, Pattern, RunName, Seed, Threads
 from .errors import UniversalityError, short_repr
 
 __all__ = [
-    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig",
+    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -128,9 +128,32 @@ class CompareConfig(_Strict):
     rotations: int = Field(1, ge=1, le=1000)  # Haar rotations averaged in the baseline
     seed: Seed = 0  # rotation seed
     accumulate: Literal["float32", "float64"] = "float32"  # co-moment accumulators
+    # the baseline's rotations: dense Haar (exact distribution; O(n^3) per unit set of width n) or a
+    # structured fast rotation for wide unit sets (compare/_rotations.py states its agreement with Haar)
+    rotation: Literal["haar", "fast"] = "haar"
     # largest activations (with their token contexts) kept per unit during the same pass, for the
     # report's unit pages; memory top_k x units per unit set
     top_k: int = Field(20, ge=1, le=1000)
+
+
+def _budget(value):
+    """`memory_budget`: "auto", "none", a size string ("12GiB") or a number of bytes (checked here)."""
+    if value not in ("auto", "none"):
+        from .moments import parse_bytes
+        try:
+            parse_bytes(value)
+        except UniversalityError as error:
+            raise ValueError(str(error)) from None
+    return value
+
+
+class ScaleConfig(_Strict):
+    """How the comparison fits the machine: a memory budget that cuts the co-moments into passes over
+    the data (`moments.plan_passes`). The tables are the same under any budget."""
+
+    # "auto": half of the device's available memory when the run starts; "none": one pass holding
+    # everything; or a size such as "12GiB" (the resident Grams, one batch and the blocks of one pass)
+    memory_budget: Annotated[str | int, AfterValidator(_budget)] = "auto"
 
 
 class _Seeds(_Strict):
@@ -156,6 +179,7 @@ class ExperimentConfig(_Seeds):
     train: TrainConfig = TrainConfig()
     collect: CollectConfig = CollectConfig()
     compare: CompareConfig = CompareConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "ExperimentConfig":
@@ -286,6 +310,7 @@ class GroupExperimentConfig(_Seeds):
     analysis: GroupAnalysisConfig = GroupAnalysisConfig()
     claims: GroupClaimsConfig = GroupClaimsConfig()
     compare: CompareConfig = CompareConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     @property
     def architectures(self) -> list:
@@ -330,6 +355,7 @@ class PretrainedExperimentConfig(_Strict):
     data: DataConfig
     collect: PretrainedCollectConfig = PretrainedCollectConfig()
     compare: CompareConfig = CompareConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     @model_validator(mode="after")
     def _distinct_models(self) -> "PretrainedExperimentConfig":

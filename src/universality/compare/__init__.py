@@ -1,10 +1,11 @@
 """Cross-model comparisons derived from streamed moments: correlation, baselines, universality."""
 
 from ._activations import compare_activations
-from ._baseline import haar_rotation, rotation_for
+from ._baseline import haar_rotation
+from ._rotations import rotation
 from ._comparison import Comparison, compare_moments
 from ._correlation import dead_units, pearson
 from ._universality import layer_summary, universality_null
 
 __all__ = ["compare_activations", "compare_moments", "Comparison", "pearson", "dead_units", "haar_rotation",
-           "rotation_for", "layer_summary", "universality_null"]
+           "rotation", "layer_summary", "universality_null"]

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 
 from .._defaults import THRESHOLD
 from .._inputs import check_device
 from ..errors import UniversalityError
-from ..moments import MomentAccumulator, layout_of, normalize_batch
-from ._comparison import Comparison, check_settings, compare_moments
+from ..moments import layout_of, normalize_batch, parse_bytes, plan_passes
+from ._comparison import Comparison, check_settings
+from ._passes import rerunnable, run_plan, skip
+from ._rotations import ROTATION_KINDS
 
 __all__ = ["compare_activations"]
 
 
-def compare_activations(batches: Iterable, *, threshold: float = THRESHOLD, rotations: int = 1, seed: int = 0,
-                        device: str = "cpu", dtype: str = "float64") -> Comparison:
-    """Stream activation batches once and find the universal units.
+def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int = 1, seed: int = 0,
+                        device: str = "cpu", dtype: str = "float64", memory_budget=None,
+                        rotation: str = "haar") -> Comparison:
+    """Stream activation batches and find the universal units.
 
     Parameters
     ----------
-    batches : iterable of {model_name: {unit_set_name: Tensor[tokens, units]}}
+    batches : iterable of {model_name: {unit_set_name: Tensor[tokens, units]}}, or a callable returning one
         Every batch holds the same models and unit sets, rows aligned by token across models.
         A bare Tensor[tokens, units] in place of the inner dict is one unit set named "units".
         Any real dtype (integers are converted; bool and complex are refused); requires_grad is fine.
+        A plan of several passes (see `memory_budget`) streams the batches once per pass: pass a
+        callable returning a fresh iterable (or a list); a one-shot iterator serves one pass only.
     threshold : float in (0, 1], default=0.5
         A unit is universal when its excess correlation exceeds this (Gurnee et al. 2024).
     rotations : int >= 1, default=1
@@ -34,8 +40,15 @@ def compare_activations(batches: Iterable, *, threshold: float = THRESHOLD, rota
         Moment state precision (`MomentAccumulator`). float64 takes activations of any finite scale
         (1e-30 or 1e30 alike; the GEMMs stay float32); float32 halves the memory and refuses, in one
         line, activations whose squares it cannot hold.
+    memory_budget : int, str or None, default=None
+        Bytes (or "12GiB", "500MB") the comparison may hold at once (`moments.plan_passes`): the
+        co-moments are cut into unit-set blocks and grouped into passes over the data that fit.
+        None: one pass holding everything. The tables are the same under any budget.
+    rotation : {'haar', 'fast'}, default='haar'
+        The baseline's rotations: dense Haar, or a structured fast rotation for wide unit sets.
 
     Every bad input raises one `UniversalityError` line naming the batch, model and unit set.
+    The returned `Comparison.plan` holds the passes used.
 
     >>> import torch
     >>> shared = torch.randn(500, 4)
@@ -47,19 +60,35 @@ def compare_activations(batches: Iterable, *, threshold: float = THRESHOLD, rota
     check_settings(threshold, rotations, seed)
     if dtype not in ("float32", "float64"):
         raise UniversalityError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if rotation not in ROTATION_KINDS:
+        raise UniversalityError(f"rotation must be one of {', '.join(map(repr, ROTATION_KINDS))}, got {rotation!r}")
     check_device(device)
-    if isinstance(batches, Mapping) or not isinstance(batches, Iterable):
-        raise UniversalityError(f"batches must be an iterable of {{model: {{unit_set: Tensor}}}} dicts, got a "
-                                f"{type(batches).__name__}; wrap a single batch in a list: [batch]")
-    accumulator = None
-    for index, batch in enumerate(batches):
-        try:
-            models = normalize_batch(batch, accumulator.layout if accumulator else None)
-            if accumulator is None:
-                accumulator = MomentAccumulator(layout_of(models), dtype=dtype, device=device)
-            accumulator.update(models)
-        except UniversalityError as error:
-            raise UniversalityError(f"batch {index}: {error}") from None
-    if accumulator is None:
+    budget = None if memory_budget is None else parse_bytes(memory_budget)
+    if isinstance(batches, Mapping) or not (isinstance(batches, Iterable) or callable(batches)):
+        raise UniversalityError(f"batches must be an iterable of {{model: {{unit_set: Tensor}}}} dicts (or a callable "
+                                f"returning one), got a {type(batches).__name__}; wrap a single batch in a list: [batch]")
+    make, reusable = rerunnable(batches)
+    stream = iter(make())
+    first = next(stream, None)
+    if first is None:
         raise UniversalityError("the activation stream is empty: pass at least one batch")
-    return compare_moments(accumulator.end_stream(), threshold=threshold, rotations=rotations, seed=seed)
+    try:
+        models = normalize_batch(first)
+    except UniversalityError as error:
+        raise UniversalityError(f"batch 0: {error}") from None
+    tokens = next(iter(next(iter(models.values())).values())).shape[0]
+    plan = plan_passes(layout_of(models), budget=budget, dtype=dtype, batch_tokens=tokens, rotations=rotations,
+                       dense_rotations=rotation == "haar")
+    if len(plan.passes) > 1 and not reusable:
+        raise UniversalityError(f"memory_budget={memory_budget!r} needs {len(plan.passes)} passes over the data, but "
+                                "batches is a one-shot iterator; pass a callable returning a fresh iterable "
+                                "(e.g. lambda: make_batches()) or a list")
+    opened = [False]
+
+    def source(start: int):
+        if not opened[0] and start == 0:  # the first pass continues the stream already opened
+            opened[0] = True
+            return itertools.chain([first], stream)
+        return skip(make, start)
+    return run_plan(plan, source, threshold=threshold, rotations=rotations, seed=seed, device=device,
+                    rotation_kind=rotation)

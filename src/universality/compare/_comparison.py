@@ -35,14 +35,17 @@ class Comparison:
     layers : DataFrame, one row per (model, unit_set)
         unit, dead and universal counts, percent universal of live units, medians.
     moments : MomentAccumulator
-        The streamed state every number here is derived from.
+        The streamed state every number here is derived from (under a multi-pass plan: the means
+        and Grams only; the cross blocks were reduced pass by pass).
+    plan : moments.Plan or None
+        The passes and blocks used (None when the comparison was made from a finished state).
     threshold, rotations, seed : the settings used.
     """
 
     def __init__(self, moments: MomentAccumulator, units: pd.DataFrame, pairs: pd.DataFrame, *,
-                 threshold: float, rotations: int, seed: int):
+                 threshold: float, rotations: int, seed: int, plan=None):
         self.moments, self.units, self.pairs = moments, units, pairs
-        self.threshold, self.rotations, self.seed = threshold, rotations, seed
+        self.threshold, self.rotations, self.seed, self.plan = threshold, rotations, seed, plan
 
     @property
     def models(self) -> list[str]:
@@ -106,10 +109,11 @@ def check_settings(threshold: float, rotations: int, seed: int = 0) -> None:
 
 
 def compare_moments(moments: MomentAccumulator, *, threshold: float = THRESHOLD, rotations: int = 1,
-                    seed: int = 0) -> Comparison:
+                    seed: int = 0, rotation_kind: str = "haar") -> Comparison:
     """Universality tables from streamed moments (no further pass over data)."""
     check_settings(threshold, rotations, seed)
     if moments.count_ < 2:
         raise UniversalityError(f"need at least 2 tokens to correlate, the stream had {moments.count_}")
-    units, pairs = universality_tables(moments, threshold=threshold, rotations=rotations, seed=seed)
+    units, pairs = universality_tables(moments, threshold=threshold, rotations=rotations, seed=seed,
+                                       kind=rotation_kind)
     return Comparison(moments, units, pairs, threshold=threshold, rotations=rotations, seed=seed)

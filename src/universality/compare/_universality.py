@@ -22,79 +22,36 @@ import pandas as pd
 import torch
 
 from ..moments import MomentAccumulator
-from ._baseline import rotation_for
-from ._correlation import _inverse_std, dead_units
+from ._correlation import dead_units
+from ._maxima import PairMaxima, baseline_scales
 
-__all__ = ["universality_tables", "layer_summary", "universality_null"]
+__all__ = ["universality_tables", "tables_from_maxima", "layer_summary", "universality_null"]
 
-_ROW_BLOCK = 4096  # rows of model a per correlation block: bounds memory at 4096 x units_b
-
-
-def _rotated_moments(acc: MomentAccumulator, model: str, rotations: int, seed: int):
-    """Per rotation, per unit set of `model`: (Q^T [n, n], 1/sqrt(diag Q G Q^T) [n]) in the state's dtype.
-
-    Q is drawn and applied to the Gram in float64; the products with cross-moments below run in
-    the state's precision (their rounding, ~1e-7 of a correlation, is far below its sampling error).
-    """
-    model_index = acc.models.index(model)
-    dtype = acc.cross_[model].dtype
-    out = []
-    for r in range(rotations):
-        per_set = []
-        for set_index, (name, size) in enumerate(acc.layout[model].items()):
-            q = rotation_for(seed, model_index, set_index, r, size)
-            gram = acc.gram_[model][name].double()
-            variance = ((q @ gram) * q).sum(dim=1)  # diag(Q G Q^T) [n]
-            per_set.append((q.T.to(dtype).contiguous(), variance.clamp_min(0).rsqrt().to(dtype)))
-        out.append(per_set)
-    return out
+def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int,
+                        kind: str = "haar"):
+    """The `units` and `pairs` tables of a `Comparison` (see its docstring for the columns), reduced
+    block by block from `acc`'s cross blocks (`PairMaxima`)."""
+    scales = baseline_scales(acc, rotations=rotations, seed=seed, kind=kind)
+    maxima = PairMaxima(acc.layout, rotations)
+    for block, values in acc.blocks_.items():
+        if not block.is_gram:
+            maxima.add_block(block, values, scales)
+    return tables_from_maxima(maxima, {m: dead_units(acc, m).numpy() for m in acc.models}, threshold=threshold)
 
 
-def _best(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max over columns ignoring NaN (dead partners): values (NaN if none live) and indices (-1)."""
-    values, indices = torch.nan_to_num(corr, nan=-torch.inf).max(dim=1)
-    none = torch.isneginf(values)
-    values[none] = float("nan")
-    indices[none] = -1
-    return values, indices
-
-
-def _pair_maxima(acc, model_a, model_b, rotated, rows):
-    """max_corr [rows], partner index [rows] and the baseline of each rotation [rotations, rows] for
-    `rows` of model a vs b, float64; products in the state's precision."""
-    cross = acc.cross(model_a, model_b)[rows]  # [rows, units_b]
-    scale_a = _inverse_std(acc, model_a)[rows].to(cross.dtype)[:, None]  # NaN for dead units of a
-    scale_b = _inverse_std(acc, model_b).to(cross.dtype)[None, :]
-    max_corr, partner = _best(cross * scale_a * scale_b)
-    baselines = torch.full((len(rotated), len(max_corr)), -torch.inf, dtype=max_corr.dtype)
-    for r, per_set in enumerate(rotated):
-        start = 0
-        for q_t, scale_rot in per_set:
-            size = q_t.shape[0]
-            rotated_corr = (cross[:, start:start + size] @ q_t) * scale_a * scale_rot[None, :]  # C Q^T
-            baselines[r] = torch.maximum(baselines[r], torch.nan_to_num(rotated_corr, nan=-torch.inf).amax(dim=1))
-            start += size
-    baselines[torch.isinf(baselines)] = float("nan")
-    return max_corr.double(), partner, baselines.double()
-
-
-def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int):
-    """The `units` and `pairs` tables of a `Comparison` (see its docstring for the columns)."""
-    rotated = {m: _rotated_moments(acc, m, rotations, seed) for m in acc.models}
-    unit_index = {m: _unit_index(acc, m) for m in acc.models}
+def tables_from_maxima(maxima: PairMaxima, dead: dict[str, np.ndarray], *, threshold: float):
+    """`units` and `pairs` tables from finished maxima and each model's dead units (bool [units_m])."""
     pair_frames, unit_frames = [], []
-    for a in acc.models:
-        others = [b for b in acc.models if b != a]
+    models = list(maxima.layout)
+    unit_index = {m: _unit_index(maxima.layout, m) for m in models}
+    rotations = maxima.rotations
+    for a in models:
+        others = [b for b in models if b != a]
         sets_a, units_a = unit_index[a]
-        max_corr = np.empty((len(others), acc.sizes[a]))
+        max_corr = np.empty((len(others), maxima.sizes[a]))
         baseline = np.empty_like(max_corr)
         for k, b in enumerate(others):
-            partner = np.empty(acc.sizes[a], dtype=np.int64)
-            per_rotation = np.empty((rotations, acc.sizes[a]))
-            for start in range(0, acc.sizes[a], _ROW_BLOCK):
-                rows = slice(start, min(start + _ROW_BLOCK, acc.sizes[a]))
-                mc, pj, bl = _pair_maxima(acc, a, b, rotated[b], rows)
-                max_corr[k, rows], partner[rows], per_rotation[:, rows] = mc.numpy(), pj.numpy(), bl.numpy()
+            max_corr[k], partner, per_rotation = maxima.finished(a, b)
             baseline[k] = per_rotation.mean(axis=0)
             sets_b, units_b = unit_index[b]
             live = partner >= 0
@@ -106,7 +63,6 @@ def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: 
                 "baseline_max_corr": baseline[k],
                 **({f"baseline_max_corr_r{r}": per_rotation[r] for r in range(rotations)} if rotations > 1 else {}),
             }))
-        dead = dead_units(acc, a).numpy()
         with warnings.catch_warnings():  # a unit dead against every model has NaN means: expected
             warnings.simplefilter("ignore", RuntimeWarning)
             mean_max, mean_base = np.nanmean(max_corr, axis=0), np.nanmean(baseline, axis=0)
@@ -114,15 +70,15 @@ def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: 
         unit_frames.append(pd.DataFrame({
             "model": a, "unit_set": sets_a, "unit": units_a, "mean_max_corr": mean_max,
             "mean_baseline": mean_base, "excess_corr": excess,
-            "universal": np.nan_to_num(excess, nan=-np.inf) > threshold, "dead": dead,
+            "universal": np.nan_to_num(excess, nan=-np.inf) > threshold, "dead": dead[a],
         }))
     return pd.concat(unit_frames, ignore_index=True), pd.concat(pair_frames, ignore_index=True)
 
 
-def _unit_index(acc: MomentAccumulator, model: str) -> tuple[np.ndarray, np.ndarray]:
+def _unit_index(layout: dict, model: str) -> tuple[np.ndarray, np.ndarray]:
     """Unit-set name and index within it for each concatenated unit of `model`."""
-    names = np.concatenate([np.full(n, s, dtype=object) for s, n in acc.layout[model].items()])
-    units = np.concatenate([np.arange(n) for n in acc.layout[model].values()])
+    names = np.concatenate([np.full(n, s, dtype=object) for s, n in layout[model].items()])
+    units = np.concatenate([np.arange(n) for n in layout[model].values()])
     return names, units
 
 

@@ -1,21 +1,27 @@
 """Streaming first and second moments of K models' unit activations (DESIGN.md, "one pass").
 
-State, for models m in stream order with units concatenated in unit-set order:
+Units are numbered globally: models in stream order, each model's units concatenated in unit-set
+order. The co-moment state is a set of *blocks*, each a rectangle [rows, columns] of global unit
+indices cut at unit-set boundaries (`Block`). State:
 
-| name         | shape                          | meaning                                              |
-|--------------|--------------------------------|------------------------------------------------------|
-| `count_`     | int                            | tokens seen                                          |
-| `mean_[m]`   | float64 [units_m]              | mean activation                                      |
-| `gram_[m][s]`| [units_s, units_s]             | centred Gram of unit set s: sum (x - mean)(x - mean)^T |
-| `cross_[m]`  | [units_m, units of later models] | centred cross-moments with every later model, side by side |
+| name          | shape                  | meaning                                                  |
+|---------------|------------------------|----------------------------------------------------------|
+| `count_`      | int                    | tokens seen                                              |
+| `mean_[m]`    | float64 [units_m]      | mean activation                                          |
+| `blocks_[k]`  | [rows of k, columns of k] | sum (x_rows - mean)(x_columns - mean)^T over tokens   |
+| `gram_[m][s]` | [units_s, units_s]     | view: the Gram block of unit set s                       |
+| `cross_[m]`   | [units_m, later units] | view: model m's cross block (the default blocks only)    |
 
-`cross_[a]` holds `C_ab = sum (x_a - mean_a)(x_b - mean_b)^T` for every b after a as column
-blocks, so each batch costs one GEMM per model (the largest, fastest shape) instead of one per pair.
-Batches merge by Chan's parallel update, which is exact and associative: shards merge into the
-same state as one stream.
+The default blocks (one pass, everything) are each unit set's Gram and, per model, one cross block
+against every later model side by side: one GEMM per model (the largest, fastest shape) instead of
+one per pair. A memory-budgeted plan (`moments.plan_passes`) holds a subset per pass. Batches and
+states merge by Chan's parallel update, exact and associative: shards merge into the same state as
+one stream.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -23,7 +29,7 @@ from .._inputs import check_device
 from ..errors import UniversalityError
 from ._batches import Layout, layout_of, normalize_batch
 
-__all__ = ["MomentAccumulator"]
+__all__ = ["MomentAccumulator", "Block", "default_blocks"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Range of |x - mean| whose squares a state can sum: a float32 Gram overflows at 2^128 and its squares
@@ -32,6 +38,50 @@ _FLOAT32_SQUARE_MAX = 2.0**62  # divided by sqrt(tokens in the state)
 _PRODUCT_TILE = 2**24  # entries of one batch product held at a time (64 MB in float32)
 _FLOAT32_DEVIATION_MIN = 2.0**-60
 _FLOAT64_SQUARE_MAX = 2.0**500
+
+
+class Block(NamedTuple):
+    """A rectangle of the co-moment matrix in global unit indices: rows [row_start, row_stop) by
+    columns [column_start, column_stop); a Gram block has rows == columns."""
+    row_start: int
+    row_stop: int
+    column_start: int
+    column_stop: int
+
+    @property
+    def is_gram(self) -> bool:
+        return (self.row_start, self.row_stop) == (self.column_start, self.column_stop)
+
+    @property
+    def entries(self) -> int:
+        return (self.row_stop - self.row_start) * (self.column_stop - self.column_start)
+
+    @property
+    def name(self) -> str:
+        return f"{self.row_start}:{self.row_stop}/{self.column_start}:{self.column_stop}"
+
+
+def unit_offsets(layout: Layout) -> dict[str, int]:
+    """Global index of each model's first unit: models in order, unit sets concatenated."""
+    offsets, total = {}, 0
+    for model, sets in layout.items():
+        offsets[model] = total
+        total += sum(sets.values())
+    return offsets
+
+
+def default_blocks(layout: Layout) -> list[Block]:
+    """Every unit set's Gram and, per model, one cross block against all later models."""
+    offsets, blocks = unit_offsets(layout), []
+    total = sum(sum(sets.values()) for sets in layout.values())
+    for model, sets in layout.items():
+        start = offsets[model]
+        for size in sets.values():
+            blocks.append(Block(start, start + size, start, start + size))
+            start += size
+        if start < total:
+            blocks.append(Block(offsets[model], start, start, total))
+    return blocks
 
 
 class MomentAccumulator:
@@ -47,6 +97,9 @@ class MomentAccumulator:
         lie in [2^-60, 2^62 / sqrt(tokens)] (about 9e-19 to 5e18 / sqrt(tokens)) and refuses others in one
         line; a float64 state takes any finite scale, scaling such batches by powers of two (exact).
     device : str, default='cpu'
+    blocks : list of Block or None, default=None
+        The co-moment blocks to hold; None = `default_blocks(layout)` (everything, one pass). Means
+        and counts are always held.
 
     >>> import torch
     >>> acc = MomentAccumulator({"a": {"units": 3}, "b": {"units": 2}})
@@ -55,7 +108,8 @@ class MomentAccumulator:
     (10, torch.Size([3, 2]))
     """
 
-    def __init__(self, layout: Layout, *, dtype: str = "float32", device: str = "cpu"):
+    def __init__(self, layout: Layout, *, dtype: str = "float32", device: str = "cpu",
+                 blocks: list[Block] | None = None):
         if dtype not in _DTYPES:
             raise UniversalityError(f"unknown accumulator dtype {dtype!r}; choose one of: {', '.join(_DTYPES)}")
         if device != "meta":  # "meta": shapes only, no memory (checking a saved state without loading it)
@@ -67,18 +121,38 @@ class MomentAccumulator:
         self.models = list(self.layout)
         self.sizes = {m: sum(sets.values()) for m, sets in self.layout.items()}
         # Column offset of each model inside one batch's centred matrix [tokens, all units].
-        self.offsets, total = {}, 0
-        for m in self.models:
-            self.offsets[m] = total
-            total += self.sizes[m]
-        self.total_units = total
+        self.offsets = unit_offsets(self.layout)
+        self.total_units = sum(self.sizes.values())
+        self.is_default = blocks is None
         self.count_ = 0
         self.batches_ = 0
         self.mean_ = {m: torch.zeros(self.sizes[m], dtype=torch.float64, device=device) for m in self.models}
-        self.gram_ = {m: {s: torch.zeros(n, n, **acc) for s, n in sets.items()} for m, sets in self.layout.items()}
-        self.cross_ = {m: torch.zeros(self.sizes[m], total - self.offsets[m] - self.sizes[m], **acc)
-                       for m in self.models}
+        self.blocks_ = {Block(*b): torch.zeros(b[1] - b[0], b[3] - b[2], **acc)
+                        for b in (default_blocks(self.layout) if blocks is None else blocks)}
         self._scratch = None
+
+    @property
+    def gram_(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{model: {unit_set: Gram [units_s, units_s]}} for the Gram blocks held (views of the state)."""
+        grams = {}
+        for m in self.models:
+            start, grams[m] = self.offsets[m], {}
+            for s, n in self.layout[m].items():
+                block = self.blocks_.get(Block(start, start + n, start, start + n))
+                if block is not None:
+                    grams[m][s] = block
+                start += n
+        return grams
+
+    @property
+    def cross_(self) -> dict[str, torch.Tensor]:
+        """{model: [units_m, units of later models]}: the default cross blocks (views of the state)."""
+        if not self.is_default:
+            raise UniversalityError("this moment state holds a subset of blocks (one pass of a memory-budgeted "
+                                    "plan); read its blocks with `blocks_`")
+        return {m: self.blocks_.get(Block(self.offsets[m], self.offsets[m] + self.sizes[m],
+                                          self.offsets[m] + self.sizes[m], self.total_units),
+                                    torch.zeros(self.sizes[m], 0)) for m in self.models}
 
     @classmethod
     def for_batch(cls, batch, **kwargs) -> "MomentAccumulator":
@@ -92,8 +166,13 @@ class MomentAccumulator:
             raise UniversalityError(f"cross-moment of {model_a!r} with itself is not stored; use gram_")
         if ia > ib:
             return self.cross(model_b, model_a).T
-        start = self.offsets[model_b] - self.offsets[model_a] - self.sizes[model_a]
-        return self.cross_[model_a][:, start:start + self.sizes[model_b]]
+        rows = self.offsets[model_a], self.offsets[model_a] + self.sizes[model_a]
+        columns = self.offsets[model_b], self.offsets[model_b] + self.sizes[model_b]
+        for block, value in self.blocks_.items():
+            if block[:2] == rows and block.column_start <= columns[0] and columns[1] <= block.column_stop:
+                return value[:, columns[0] - block.column_start:columns[1] - block.column_start]
+        raise UniversalityError(f"this moment state does not hold the whole cross-moment of {model_a!r} and "
+                                f"{model_b!r} in one block (a memory-budgeted plan splits it across passes)")
 
     def variance(self, model: str) -> torch.Tensor:
         """Sum of squared deviations per unit, float64 [units_m] (the Grams' diagonals)."""
@@ -113,15 +192,10 @@ class MomentAccumulator:
         unscale = None
         if outside is not None:  # some unit's deviations are too large or too small for float32 squares
             batch_mean, unscale = self._centre_scaled(models, tokens, centred, outside)
-        # 3) Add the batch's co-moments straight into the state: one GEMM per model against all
-        #    later models side by side, one per unit set for the Grams.
-        for m in self.models:
-            lo, hi = self.offsets[m], self.offsets[m] + self.sizes[m]
-            _add_product(self.cross_[m], centred[:, lo:hi], centred[:, hi:], unscale, (lo, hi), (hi, None))
-            for s, n in self.layout[m].items():
-                block = centred[:, lo:lo + n]  # [tokens + 1, units_s]
-                _add_product(self.gram_[m][s], block, block, unscale, (lo, lo + n), (lo, lo + n))
-                lo += n
+        # 3) Add the batch's co-moments straight into the state: one GEMM per block (by default one per
+        #    model against all later models side by side, and one per unit set for the Grams).
+        for (r0, r1, c0, c1), state in self.blocks_.items():
+            _add_product(state, centred[:, r0:r1], centred[:, c0:c1], unscale, (r0, r1), (c0, c1))
         self._move_means(tokens, batch_mean)
         self.batches_ += 1
         return self
@@ -219,22 +293,22 @@ class MomentAccumulator:
         """A new accumulator holding both streams (Chan's update); neither input changes."""
         if other.layout != self.layout:
             raise UniversalityError("cannot merge moment states of different layouts (models, unit sets or sizes differ)")
+        if set(other.blocks_) != set(self.blocks_):
+            raise UniversalityError("cannot merge moment states holding different blocks (passes of different plans)")
         merged = self.copy()
-        for m in self.models:
-            merged.cross_[m] += other.cross_[m].to(merged.cross_[m].dtype)
-            for s, g in other.gram_[m].items():
-                merged.gram_[m][s] += g.to(merged.gram_[m][s].dtype)
+        for block, value in other.blocks_.items():
+            merged.blocks_[block] += value.to(merged.blocks_[block].dtype)
         merged._correct_comoments(other.count_, other.mean_)
         merged._move_means(other.count_, other.mean_)
         merged.batches_ = self.batches_ + other.batches_
         return merged
 
     def copy(self) -> "MomentAccumulator":
-        twin = MomentAccumulator(self.layout, dtype=self.dtype, device=self.device)
-        twin.count_, twin.batches_ = self.count_, self.batches_
+        twin = MomentAccumulator(self.layout, dtype=self.dtype, device="meta",
+                                 blocks=None if self.is_default else list(self.blocks_))
+        twin.device, twin.count_, twin.batches_ = self.device, self.count_, self.batches_
         twin.mean_ = {m: v.clone() for m, v in self.mean_.items()}
-        twin.gram_ = {m: {s: g.clone() for s, g in sets.items()} for m, sets in self.gram_.items()}
-        twin.cross_ = {m: c.clone() for m, c in self.cross_.items()}
+        twin.blocks_ = {block: value.clone() for block, value in self.blocks_.items()}
         return twin
 
     def end_stream(self) -> "MomentAccumulator":
@@ -256,17 +330,9 @@ class MomentAccumulator:
         if not self.count_ or not count_b:
             return
         weight = self.count_ * count_b / (self.count_ + count_b)
-        delta = {m: mean_b[m] - self.mean_[m] for m in self.models}  # float64 [units_m]
-        for i, m in enumerate(self.models):
-            start = 0
-            for s, size in self.layout[m].items():
-                d = delta[m][start:start + size].to(self.gram_[m][s].dtype)
-                self.gram_[m][s].addr_(d, d, alpha=weight)
-                start += size
-            if self.cross_[m].numel():
-                later = torch.cat([delta[b] for b in self.models[i + 1:]])
-                dtype = self.cross_[m].dtype
-                self.cross_[m].addr_(delta[m].to(dtype), later.to(dtype), alpha=weight)
+        delta = torch.cat([mean_b[m] - self.mean_[m] for m in self.models])  # float64 [all units]
+        for (r0, r1, c0, c1), state in self.blocks_.items():
+            state.addr_(delta[r0:r1].to(state.dtype), delta[c0:c1].to(state.dtype), alpha=weight)
 
     def _move_means(self, count_b: int, mean_b: dict) -> None:
         """The last step of Chan's update: the mean moves towards B's by n_b / n."""

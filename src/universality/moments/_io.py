@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from .._rundir import replace_atomically, save_tensors
 from ..errors import UniversalityError
-from ._accumulator import MomentAccumulator
+from ._accumulator import Block, MomentAccumulator
 
 __all__ = ["save_moments", "load_moments", "read_manifest"]
 
@@ -38,6 +38,7 @@ def save_moments(acc: MomentAccumulator, directory: str | Path, *, extra: dict |
         **(extra or {}),
         "layout": [[m, list(sets.items())] for m, sets in acc.layout.items()],
         "dtype": acc.dtype, "count": acc.count_, "batches": acc.batches_,
+        "blocks": None if acc.is_default else [list(block) for block in acc.blocks_],
     }
     text = json.dumps(manifest, sort_keys=True)
     metadata = {_MANIFEST_KEY: text, _CHECKSUM_KEY: _checksum(text, sorted(tensors), tensors.__getitem__)}
@@ -71,7 +72,9 @@ def _read(directory: Path, *, device: str | None) -> tuple[MomentAccumulator | N
         metadata = file.metadata() or {}
         text = metadata[_MANIFEST_KEY]
         manifest = json.loads(text)
-        acc = MomentAccumulator(_layout(manifest), dtype=manifest["dtype"], device=device or "meta")  # meta: no memory
+        blocks = manifest["blocks"]
+        acc = MomentAccumulator(_layout(manifest), dtype=manifest["dtype"], device=device or "meta",  # meta: no memory
+                                blocks=None if blocks is None else [Block(*map(int, b)) for b in blocks])
         targets = _tensors(acc)  # where each saved tensor belongs, with its shape and dtype
         companions = {name: None for name in file.keys() if name.startswith(_COMPANION)}
         if sorted(set(file.keys()) - set(companions)) != sorted(targets):
@@ -95,10 +98,9 @@ def _read(directory: Path, *, device: str | None) -> tuple[MomentAccumulator | N
 
 
 def _tensors(acc: MomentAccumulator) -> dict[str, torch.Tensor]:
-    """The accumulator's state tensors by saved name: mean/<m>, cross/<m>, gram/<m>/<s>."""
+    """The accumulator's state tensors by saved name: mean/<m>, block/<rows>/<columns> (`Block.name`)."""
     tensors = {f"mean/{m}": v for m, v in acc.mean_.items()}
-    tensors |= {f"cross/{m}": c for m, c in acc.cross_.items()}
-    return tensors | {f"gram/{m}/{s}": g for m, sets in acc.gram_.items() for s, g in sets.items()}
+    return tensors | {f"block/{block.name}": value for block, value in acc.blocks_.items()}
 
 
 def _checksum(manifest_text: str, names: Iterable[str], get: Callable[[str], torch.Tensor]) -> str:

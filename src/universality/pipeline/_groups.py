@@ -32,7 +32,8 @@ from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
-from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step, train_or_load
+from ._planned import stream_and_compare
+from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 
 __all__ = ["run_groups"]
 
@@ -66,10 +67,9 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
             def batches(start_batch: int):
                 return stream_activations(adapters, pair_tokens, unit_sets=hidden, batch_rows=_PAIR_BATCH,
                                           start_batch=start_batch, token_index=True)
-            moments, top = stream_moments(config.name, moments_print, run_dir / "moments", batch_count(pairs, _PAIR_BATCH),
-                                     batches, accumulate=config.compare.accumulate, device="cpu",
-                                     top_k=config.compare.top_k, on_progress=on_progress)
-            comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
+            comparison, top = stream_and_compare(config.name, moments_print, run_dir, batch_count(pairs, _PAIR_BATCH),
+                                                 batches, compare=config.compare, scale=config.scale, device="cpu",
+                                                 on_progress=on_progress)
             if "group_units" in tables:
                 tables |= table_step(run_dir / "tables", "group_matches",
                                      fingerprint(models=prints, analysis=config.analysis.model_dump(),

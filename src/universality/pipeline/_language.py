@@ -21,7 +21,8 @@ from ..train import load_checkpoint, save_checkpoint, train_seed
 from ._neurons import neuron_step
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
-from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step, train_or_load
+from ._planned import stream_and_compare
+from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 
 __all__ = ["run_language"]
 
@@ -41,7 +42,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
         drop = [language.bos] if collect.drop_bos else []
         sample = language.sample(collect.rows, seed=collect.eval_seed)  # tokens [rows, seq_len] and labels
         adapters = {name: adapt(model, name=name, bos_token_id=language.bos) for name, model in models.items()}
-        with times("moments"):
+        with times("moments and compare"):
             moments_print = fingerprint(models=model_prints, collect=collect.model_dump(),
                                         language=config.language.model_dump(), accumulate=config.compare.accumulate,
                                         top_k=config.compare.top_k)
@@ -50,12 +51,11 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                 return stream_activations(adapters, sample.tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
                                           drop_tokens=drop, start_batch=start_batch, device=config.device,
                                           token_index=True)
-            moments, top = stream_moments(config.name, moments_print, run_dir / "moments",
-                                     batch_count(collect.rows, collect.batch_rows), batches,
-                                     accumulate=config.compare.accumulate, device=config.device,
-                                     top_k=config.compare.top_k, on_progress=on_progress)
-        with times("compare"):
-            comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
+            comparison, top = stream_and_compare(config.name, moments_print, run_dir,
+                                                 batch_count(collect.rows, collect.batch_rows), batches,
+                                                 compare=config.compare, scale=config.scale, device=config.device,
+                                                 on_progress=on_progress)
+            moments = comparison.moments
         with times("neurons"):
             vocab = language.token_names
             features = [unigram(vocab), previous_token(vocab),

@@ -26,7 +26,8 @@ from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset,
 from ._neurons import neuron_step
 from ._report import RunRecord, context_tables
 from ._run import execute
-from ._steps import Progress, RunResult, StepTimes, compare_step, quiet, stream_moments, table_step
+from ._planned import stream_and_compare
+from ._steps import Progress, RunResult, StepTimes, quiet, table_step
 
 __all__ = ["run_pretrained", "token_rows"]
 
@@ -55,11 +56,11 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                 return stream_activations(adapters, tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
                                           drop_tokens=drop, start_batch=start_batch, device=config.device,
                                           token_index=True)
-            moments, top = stream_moments(config.name, moments_print, run_dir / "moments",
-                                     batch_count(tokens.shape[0], collect.batch_rows), batches,
-                                     accumulate=config.compare.accumulate, device=config.device,
-                                     top_k=config.compare.top_k, on_progress=on_progress)
-            comparison = compare_step(moments, moments_print, config.compare, run_dir, on_progress)
+            comparison, top = stream_and_compare(config.name, moments_print, run_dir,
+                                                 batch_count(tokens.shape[0], collect.batch_rows), batches,
+                                                 compare=config.compare, scale=config.scale, device=config.device,
+                                                 on_progress=on_progress)
+            moments = comparison.moments
         # 3) neurons: moments, families, weights; heads
         with times("neurons"):
             neurons, notes = neuron_step(run_dir, adapters, tokens, inputs_print=moments_print, units=comparison.units,

@@ -1,15 +1,14 @@
-"""Steps every experiment kind shares: timing, training or loading seeds, streaming activations
-into moments (resumable), and steps whose outputs are tables (skipped when made from the same
-inputs and intact).
+"""Steps every experiment kind shares: timing, training or loading seeds, and steps whose outputs
+are tables (skipped when made from the same inputs and intact). Streaming and comparing is
+`_planned.stream_and_compare`.
 
 Every step's outputs carry a fingerprint of its inputs and the sha256 of each file; a step whose
 outputs exist with the same fingerprint and digests is skipped, a damaged or stale one is
-recomputed from its inputs. The moment stream saves its state as it goes.
+recomputed from its inputs.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,15 +25,10 @@ from ..config import CompareConfig
 from ..errors import UniversalityError
 from ..moments import MomentAccumulator, TopActivations, load_moments, read_manifest, save_moments
 
-__all__ = ["Progress", "quiet", "RunResult", "StepTimes", "CHECKPOINT_SECONDS", "train_or_load", "stream_moments",
-           "saved_tables", "table_step", "compare_step"]
+__all__ = ["Progress", "quiet", "RunResult", "StepTimes", "train_or_load", "saved_tables",
+           "table_step"]
 
 Progress = Callable[[str, int, int], None]  # (task description, done, total)
-
-# the moment stream saves its state at most this often (the environment variable lets the
-# kill-and-resume tests save after every batch)
-CHECKPOINT_SECONDS = float(os.environ.get("UNIVERSALITY_CHECKPOINT_SECONDS", "20"))
-
 
 def quiet(task: str, done: int, total: int) -> None:
     pass
@@ -93,45 +87,6 @@ def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callab
     return results, prints
 
 
-def stream_moments(run_name: str, step_print: str, directory: Path, total: int,
-                   batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, accumulate: str, device: str,
-                   top_k: int, on_progress: Progress) -> tuple[MomentAccumulator, TopActivations]:
-    """Accumulate `batches(start_batch)` (each `({model: {unit_set: Tensor[tokens, units]}}, global
-    token index [tokens])`) into a moment state and, beside it, each unit's `top_k` largest
-    activations and histogram (`TopActivations`), saved together in `directory`; resume a saved
-    partial stream with the same fingerprint."""
-    saved = read_manifest(directory)
-    acc = top = None
-    if saved and saved.get("fingerprint") == step_print:
-        acc, manifest = load_moments(directory, device=device)
-        top = TopActivations.from_state_dict(manifest["companions"], acc.layout)
-        if saved.get("complete"):
-            on_progress("stream activations", total, total)
-            return acc, top
-    start = acc.batches_ if acc else 0
-    on_progress("stream activations", start, total)
-    last_save = time.perf_counter()
-    for index, (batch, token_ids) in enumerate(batches(start), start=start):
-        if acc is None:
-            layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batch.items()}
-            acc, top = MomentAccumulator(layout, dtype=accumulate, device=device), TopActivations(layout, k=top_k)
-        try:
-            acc.update(batch)
-            top.update(batch, token_ids)
-        except UniversalityError as error:
-            raise UniversalityError(f"run {run_name}, evaluation batch {index}: {error}") from None
-        on_progress("stream activations", index + 1, total)
-        if time.perf_counter() - last_save > CHECKPOINT_SECONDS:
-            save_moments(acc, directory, extra={"fingerprint": step_print, "complete": False},
-                         companions=top.state_dict())
-            last_save = time.perf_counter()
-    if acc is None or acc.count_ < 2:
-        raise UniversalityError(f"run {run_name}: no tokens left to compare after filtering; "
-                                "stream more rows or filter fewer tokens")
-    save_moments(acc, directory, extra={"fingerprint": step_print, "complete": True}, companions=top.state_dict())
-    return acc.end_stream(), top
-
-
 def saved_tables(tables_dir: Path, step: str, step_print: str | None = None) -> dict[str, pd.DataFrame] | None:
     """The tables of `step` saved in `tables_dir` when its manifest `<step>.json` is there (with
     `step_print`, when given) and every listed file has its recorded sha256; else None."""
@@ -155,22 +110,3 @@ def table_step(tables_dir: Path, step: str, step_print: str,
              for name, frame in tables.items()}
     write_step_manifest(tables_dir, step_print, files, name=f"{step}.json", **extra)
     return tables
-
-
-def compare_step(moments: MomentAccumulator, moments_print: str, compare: CompareConfig, run_dir: Path,
-                 on_progress: Progress) -> Comparison:
-    """Universality tables from the moments (`compare_moments` with the config's threshold,
-    rotations and seed), or the saved ones when made from the same inputs; the settings are stored
-    in `tables/compare.json` beside the tables they made (`univ report` reads them from there)."""
-    on_progress("compare", 0, 1)
-
-    def compute() -> dict[str, pd.DataFrame]:
-        comparison = compare_moments(moments, threshold=compare.threshold, rotations=compare.rotations,
-                                     seed=compare.seed)
-        return {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers}
-    settings = compare.model_dump(exclude={"accumulate", "top_k"})  # threshold, rotations, seed
-    tables = table_step(run_dir / "tables", "compare", fingerprint(moments=moments_print, compare=settings), compute,
-                        settings=settings)
-    on_progress("compare", 1, 1)
-    return Comparison(moments, tables["units"], tables["pairs"], threshold=compare.threshold,
-                      rotations=compare.rotations, seed=compare.seed)

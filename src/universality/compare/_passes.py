@@ -1,0 +1,143 @@
+"""Running a plan: one stream per pass, each pass's cross blocks reduced into `PairMaxima` as
+soon as the pass ends, so memory never exceeds one pass (`moments.plan_passes`).
+
+Pass 0 holds every Gram; at its end the baseline scales are computed from them and kept. Every
+later pass must see the same tokens: its token count and means are checked against pass 0's.
+A `PassStore` (optional) saves the maxima after each reduced pass and checkpoints the running
+pass, so an interrupted run resumes at the pass (and batch) it had reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from ..errors import UniversalityError
+from ..moments import MomentAccumulator, Plan
+from ._comparison import Comparison, compare_moments
+from ._correlation import dead_units
+from ._maxima import PairMaxima, baseline_scales
+from ._universality import tables_from_maxima
+
+__all__ = ["PassStore", "run_plan", "rerunnable", "skip"]
+
+Source = Callable[[int], Iterable]  # start batch -> the batches from there on
+
+
+class PassStore(Protocol):
+    """Where a planned run keeps its progress (the pipeline's run directory; None: in memory only)."""
+
+    def load(self, index: int) -> tuple[MomentAccumulator | None, bool]:
+        """The saved state of pass `index` and whether its stream was complete; (None, False): none."""
+
+    def save(self, index: int, acc: MomentAccumulator) -> None:
+        """Checkpoint the running state of pass `index`."""
+
+    def completed(self) -> tuple[int, dict | None]:
+        """(passes reduced so far, the `PairMaxima.state_dict()` after them or None)."""
+
+    def finish(self, index: int, first: MomentAccumulator, maxima: PairMaxima | None) -> None:
+        """Pass `index` is reduced into `maxima` (None: a one-pass plan, `first` holds everything)."""
+
+
+def run_plan(plan: Plan, source: Source, *, threshold: float, rotations: int, seed: int, device: str = "cpu",
+             rotation_kind: str = "haar", store: PassStore | None = None,
+             on_batch: Callable[[int, int, MomentAccumulator], None] | None = None,
+             on_pass: Callable[[int, int], None] | None = None) -> Comparison:
+    """Stream `source(start_batch)` once per pass of `plan` and return the `Comparison`.
+
+    A one-pass plan keeps the whole state (`Comparison.moments` as from `compare_moments`); a
+    multi-pass one keeps pass 0's means and Grams as `moments`; `Comparison.plan` is `plan`.
+    `on_pass(pass index, start batch)` runs before a pass streams, `on_batch(pass index, batch index,
+    accumulator)` after every batch (progress, checkpoints)."""
+    done, saved = store.completed() if store is not None else (0, None)
+    first = _stream_pass(plan, 0, source, device, store, on_batch, on_pass)
+    if len(plan.passes) == 1:
+        if store is not None and not done:
+            store.finish(0, first, None)
+        comparison = compare_moments(first, threshold=threshold, rotations=rotations, seed=seed,
+                                     rotation_kind=rotation_kind)
+        comparison.plan = plan
+        return comparison
+    scales = baseline_scales(first, rotations=rotations, seed=seed, kind=rotation_kind)
+    maxima = PairMaxima(first.layout, rotations)
+    if saved is not None:  # the passes before `done` are folded into the saved maxima
+        maxima.load_state_dict(saved)
+    for index in range(done, len(plan.passes)):
+        acc = first if index == 0 else _stream_pass(plan, index, source, device, store, on_batch, on_pass)
+        if index:
+            _check_same_stream(first, acc, index)
+        for block, values in acc.blocks_.items():
+            if not block.is_gram:
+                maxima.add_block(block, values, scales)
+        _keep_grams(first)
+        if store is not None:
+            store.finish(index, first, maxima)
+        del acc
+    dead = {m: dead_units(first, m).numpy() for m in first.models}
+    units, pairs = tables_from_maxima(maxima, dead, threshold=threshold)
+    return Comparison(first, units, pairs, threshold=threshold, rotations=rotations, seed=seed, plan=plan)
+
+
+def _stream_pass(plan: Plan, index: int, source: Source, device: str, store: PassStore | None,
+                 on_batch, on_pass) -> MomentAccumulator:
+    """The state of pass `index` after the whole stream (resumed from `store` when saved)."""
+    acc, complete = store.load(index) if store is not None else (None, False)
+    if acc is not None and complete:
+        return acc
+    blocks = None if len(plan.passes) == 1 else plan.passes[index]
+    acc = acc or MomentAccumulator(plan.layout, dtype=plan.dtype, device=device, blocks=blocks)
+    start = acc.batches_
+    if on_pass is not None:
+        on_pass(index, start)
+    for number, batch in enumerate(source(start), start=start):
+        try:
+            acc.update(batch)
+        except UniversalityError as error:
+            where = f"pass {index + 1} of {len(plan.passes)}, " if len(plan.passes) > 1 else ""
+            raise UniversalityError(f"{where}batch {number}: {error}") from None
+        if on_batch is not None:
+            on_batch(index, number, acc)
+    if acc.count_ < 2:
+        raise UniversalityError(f"need at least 2 tokens to correlate, the stream had {acc.count_}")
+    return acc.end_stream()
+
+
+def _keep_grams(acc: MomentAccumulator) -> None:
+    """Drop `acc`'s cross blocks once reduced: pass 0 keeps only its Grams and means."""
+    acc.blocks_ = {block: values for block, values in acc.blocks_.items() if block.is_gram}
+
+
+def _check_same_stream(first: MomentAccumulator, other: MomentAccumulator, index: int) -> None:
+    """Pass `index` saw the tokens of pass 0: same count and the same means (to float32 rounding of
+    the batch means relative to each unit's spread)."""
+    if other.count_ != first.count_:
+        raise UniversalityError(f"pass {index + 1} saw {other.count_} tokens but pass 1 saw {first.count_}; the "
+                                "batches must be the same in every pass (pass a callable that yields them again)")
+    for m in first.models:
+        spread = (first.variance(m) / first.count_).sqrt()
+        gap = (other.mean_[m] - first.mean_[m]).abs()
+        if bool((gap > 1e-5 * spread + 1e-6 * first.mean_[m].abs() + 1e-30).any()):
+            unit = int((gap - 1e-5 * spread).argmax())
+            raise UniversalityError(f"pass {index + 1} saw different activations than pass 1 (model {m!r}, unit {unit}: "
+                                    f"mean {float(other.mean_[m][unit]):.6g} vs {float(first.mean_[m][unit]):.6g}); "
+                                    "the batches must be the same in every pass")
+
+
+def rerunnable(batches) -> tuple[Callable[[], Iterable], bool]:
+    """(a function returning the batches afresh, whether it can be called more than once)."""
+    if callable(batches):
+        return batches, True
+    if isinstance(batches, (list, tuple)):
+        return lambda: batches, True
+    return (lambda: batches), False
+
+
+def skip(make: Callable[[], Iterable], start: int) -> Iterable:
+    """The batches of `make()` from batch `start` on."""
+    iterator = iter(make())
+    for _ in range(start):
+        if next(iterator, None) is None:
+            return iter(())
+    return iterator
+

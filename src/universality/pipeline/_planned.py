@@ -1,0 +1,160 @@
+"""The moments-and-compare step of every experiment kind: a plan of passes within the memory budget
+(`moments.plan_passes`), streamed with checkpoints, resumed at the pass and batch it had reached,
+reduced into the universality tables (skipped when made from the same inputs and intact).
+
+Run directory (`moments/`):
+    state.safetensors           pass 1: means, Grams (and, in a one-pass plan, every cross block),
+                                the top activations and, after pass k, the maxima of passes 1..k
+    pass-<k>/state.safetensors  the running state of pass k > 1 (removed when the pass is reduced)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from .._rundir import fingerprint
+from ..compare import Comparison
+from ..compare._maxima import PairMaxima
+from ..compare._passes import run_plan
+from ..config import CompareConfig, ScaleConfig
+from ..errors import UniversalityError
+from ..moments import (DEFAULT_BUDGET_FRACTION, MomentAccumulator, Plan, TopActivations, available_memory,
+                       load_moments, parse_bytes, plan_passes, read_manifest, save_moments)
+from ._steps import Progress, saved_tables, table_step
+
+__all__ = ["stream_and_compare", "resolve_budget", "plan_for"]
+
+# the stream saves its state at most this often, and at least 10 times as long apart as a save takes
+# (a large state costs seconds to write); the environment variable lets the kill-and-resume tests
+# save after every batch (0)
+CHECKPOINT_SECONDS = float(os.environ.get("UNIVERSALITY_CHECKPOINT_SECONDS", "20"))
+_MAXIMA = "maxima/"  # prefix of the maxima tensors among pass 1's companions
+
+
+def resolve_budget(budget, device: str) -> int | None:
+    """Bytes from `[scale] memory_budget`: "auto" = DEFAULT_BUDGET_FRACTION of the device's available
+    memory, "none" = no budget (one pass), else a size ("12GiB") or a number of bytes."""
+    if budget == "none":
+        return None
+    if budget == "auto":
+        return int(DEFAULT_BUDGET_FRACTION * available_memory(device))
+    return parse_bytes(budget)
+
+
+def plan_for(layout: dict, batch_tokens: int, compare: CompareConfig, scale: ScaleConfig, device: str) -> Plan:
+    """The plan of passes a run of this layout follows (what `univ plan` prints)."""
+    return plan_passes(layout, budget=resolve_budget(scale.memory_budget, device), dtype=compare.accumulate,
+                       batch_tokens=batch_tokens, rotations=compare.rotations,
+                       dense_rotations=compare.rotation == "haar")
+
+
+def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int,
+                       batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, compare: CompareConfig,
+                       scale: ScaleConfig, device: str, on_progress: Progress
+                       ) -> tuple[Comparison, TopActivations]:
+    """Universality of the activations `batches(start_batch)` yields (each `({model: {unit_set:
+    Tensor[tokens, units]}}, global token index [tokens])`), with each unit's top activations from
+    the first pass; `total` batches per pass. Tables are saved in `run_dir/tables` (step "compare")."""
+    first_batch, _ = next(iter(batches(0)), (None, None))
+    if first_batch is None:
+        raise UniversalityError(f"run {run_name}: no tokens left to compare after filtering; "
+                                "stream more rows or filter fewer tokens")
+    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in first_batch.items()}
+    tokens = next(iter(next(iter(first_batch.values())).values())).shape[0]
+    plan = plan_for(layout, tokens, compare, scale, device)
+    settings = compare.model_dump(exclude={"accumulate", "top_k"})  # threshold, rotations, seed, rotation
+    tables_print = fingerprint(moments=moments_print, compare=settings)
+    store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, plan=plan.to_dict()["passes"]),
+                         TopActivations(layout, k=compare.top_k))
+    saved = saved_tables(run_dir / "tables", "compare", tables_print)
+    if saved is not None and store.completed()[0] == len(plan.passes):
+        first, _ = store.load(0)
+        on_progress("stream activations", total, total)
+        return (Comparison(first, saved["units"], saved["pairs"], threshold=compare.threshold,
+                           rotations=compare.rotations, seed=compare.seed, plan=plan), store.top)
+    passes, last_save = len(plan.passes), [time.perf_counter(), 0.0]  # when, and how long it took
+
+    def source(start: int):
+        for batch, token_ids in batches(start):
+            if source.pass_index == 0:
+                store.top.update(batch, token_ids)
+            yield batch
+    source.pass_index = 0
+
+    def label(index: int) -> str:
+        return "stream activations" + (f" (pass {index + 1} of {passes})" if passes > 1 else "")
+
+    def on_batch(index: int, number: int, acc: MomentAccumulator) -> None:
+        on_progress(label(index), number + 1, total)
+        interval = CHECKPOINT_SECONDS and max(CHECKPOINT_SECONDS, 10 * last_save[1])  # 0: after every batch
+        if time.perf_counter() - last_save[0] >= interval:
+            started = time.perf_counter()
+            store.save(index, acc)
+            last_save[:] = [time.perf_counter(), time.perf_counter() - started]
+
+    def on_pass(index: int, start: int) -> None:
+        source.pass_index = index
+        on_progress(label(index), start, total)
+    try:
+        comparison = run_plan(plan, source, threshold=compare.threshold, rotations=compare.rotations,
+                              seed=compare.seed, device=device, rotation_kind=compare.rotation, store=store,
+                              on_batch=on_batch, on_pass=on_pass)
+    except UniversalityError as error:
+        raise UniversalityError(f"run {run_name}, evaluation {error}") from None
+    tables = table_step(run_dir / "tables", "compare", tables_print,
+                        lambda: {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers},
+                        settings=settings)
+    comparison.units, comparison.pairs = tables["units"], tables["pairs"]
+    return comparison, store.top
+
+
+class _RunDirStore:
+    """`compare._passes.PassStore` in a run directory (module docstring), every save atomic."""
+
+    def __init__(self, directory: Path, plan_print: str, top: TopActivations):
+        self.directory, self.plan_print, self.top = directory, plan_print, top
+
+    def _path(self, index: int) -> Path:
+        return self.directory if index == 0 else self.directory / f"pass-{index}"
+
+    def _manifest(self, index: int) -> dict | None:
+        manifest = read_manifest(self._path(index))
+        return manifest if manifest and manifest.get("fingerprint") == self.plan_print else None
+
+    def load(self, index: int) -> tuple[MomentAccumulator | None, bool]:
+        manifest = self._manifest(index)
+        if manifest is None:
+            return None, False
+        acc, manifest = load_moments(self._path(index), device="cpu")
+        if index == 0:
+            self.top = TopActivations.from_state_dict(manifest["companions"], acc.layout)
+        return acc, bool(manifest.get("complete"))
+
+    def save(self, index: int, acc: MomentAccumulator, complete: bool = False) -> None:
+        save_moments(acc, self._path(index), extra={"fingerprint": self.plan_print, "complete": complete},
+                     companions=self.top.state_dict() if index == 0 else None)
+
+    def completed(self) -> tuple[int, dict | None]:
+        """(passes reduced so far, the maxima after them) from pass 1's saved state."""
+        manifest = self._manifest(0)
+        if manifest is None or not manifest.get("passes_done"):
+            return 0, None
+        _, manifest = load_moments(self.directory)
+        maxima = {k[len(_MAXIMA):]: v for k, v in manifest["companions"].items() if k.startswith(_MAXIMA)}
+        return int(manifest["passes_done"]), maxima or None
+
+    def finish(self, index: int, first: MomentAccumulator, maxima: PairMaxima | None) -> None:
+        """Pass `index` is reduced: save pass 1's state with the maxima so far; drop pass `index`'s."""
+        companions = self.top.state_dict()
+        if maxima is not None:
+            companions |= {f"{_MAXIMA}{k}": v for k, v in maxima.state_dict().items()}
+        save_moments(first, self.directory, companions=companions,
+                     extra={"fingerprint": self.plan_print, "complete": True, "passes_done": index + 1})
+        if index:
+            shutil.rmtree(self._path(index), ignore_errors=True)

@@ -1,0 +1,195 @@
+"""Memory-budgeted plans (issue 9): the co-moments cut into unit-set blocks and passes give the same
+tables as one pass, resume per pass, and refuse bad budgets and streams in one line; each test is
+named for the invariant it checks."""
+
+import tomllib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from universality import UniversalityError
+from universality.api import run_experiment
+from universality.compare import compare_activations
+from universality.config import parse_config
+from universality.moments import parse_bytes, plan_passes
+
+torch.set_num_threads(1)
+
+
+def _activations(seed=0, tokens=3000, sets=(40, 24, 32), models="abc"):
+    g = torch.Generator().manual_seed(seed)
+    latent = torch.randn(tokens, 6, generator=g)
+    return {m: {f"s{k}": latent @ torch.randn(6, n, generator=g) + torch.randn(tokens, n, generator=g) + 5
+                for k, n in enumerate(sets)} for m in models}
+
+
+def _batches(acts, rows=500):
+    tokens = next(iter(next(iter(acts.values())).values())).shape[0]
+    return [{m: {s: x[i:i + rows] for s, x in sets.items()} for m, sets in acts.items()} for i in range(0, tokens, rows)]
+
+
+def _budget_for(layout, passes, *, dtype="float64", batch_tokens=500, rotations=2):
+    """A budget that needs about `passes` passes: the resident memory plus 1/passes of the cross blocks."""
+    one = plan_passes(layout, budget=None, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations)
+    resident = sum(one.resident.values())
+    cross = one.pass_bytes[0] - resident
+    return resident + cross // passes + 1
+
+
+def _assert_same_tables(a, b, atol=1e-6):
+    for name in ("units", "pairs"):
+        x, y = getattr(a, name), getattr(b, name)
+        numbers = x.select_dtypes("number").columns
+        np.testing.assert_allclose(x[numbers].to_numpy(float), y[numbers].to_numpy(float), atol=atol, rtol=0)
+        pd.testing.assert_frame_equal(x.drop(columns=numbers), y.drop(columns=numbers))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_tables_are_the_same_under_one_two_and_many_passes(dtype):
+    batches = _batches(_activations())
+    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
+    whole = compare_activations(batches, rotations=2, dtype=dtype)
+    assert len(whole.plan.passes) == 1
+    seen = set()
+    for passes in (2, 4, 12):
+        budget = _budget_for(layout, passes, dtype=dtype)
+        planned = compare_activations(lambda: iter(batches), rotations=2, dtype=dtype, memory_budget=budget)
+        assert len(planned.plan.passes) >= min(passes, 4)
+        assert max(planned.plan.pass_bytes) <= budget
+        seen.add(len(planned.plan.passes))
+        _assert_same_tables(whole, planned)
+    assert len(seen) == 3
+
+
+def test_plan_blocks_cover_every_cross_entry_once_and_grams_come_first():
+    layout = {"a": {"x": 30, "y": 20}, "b": {"x": 30, "y": 20}, "c": {"z": 50}}
+    one = plan_passes(layout, budget=None, batch_tokens=64)
+    budget = sum(one.resident.values()) + 4 * 30 * 20 + 10
+    plan = plan_passes(layout, budget=budget, batch_tokens=64)
+    covered = np.zeros((150, 150), dtype=int)
+    for k, blocks in enumerate(plan.passes):
+        for block in blocks:
+            assert k == 0 or not block.is_gram
+            covered[block.row_start:block.row_stop, block.column_start:block.column_stop] += 1
+    expected = np.zeros((150, 150), dtype=int)
+    for start, stop in ((0, 30), (30, 50), (50, 80), (80, 100), (100, 150)):
+        expected[start:stop, start:stop] = 1  # Grams
+    expected[0:50, 50:150] = expected[50:100, 100:150] = 1  # every later model
+    np.testing.assert_array_equal(covered, expected)
+    assert len(plan.passes) > 2 and max(plan.pass_bytes) <= budget
+
+
+def test_a_budget_below_one_block_is_one_line_naming_the_need():
+    batches = _batches(_activations())
+    with pytest.raises(UniversalityError, match=r"memory_budget .* below one pass's smallest need") as error:
+        compare_activations(batches, memory_budget="10kB")
+    assert "\n" not in str(error.value)
+
+
+def test_a_one_shot_iterator_is_refused_when_the_plan_needs_several_passes():
+    batches = _batches(_activations())
+    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
+    budget = _budget_for(layout, 3, rotations=1)
+    with pytest.raises(UniversalityError, match="one-shot iterator; pass a callable"):
+        compare_activations(iter(batches), memory_budget=budget)
+    assert compare_activations(iter(batches), memory_budget=10**9).plan is not None  # one pass: fine
+
+
+def test_a_stream_that_changes_between_passes_is_refused():
+    batches = _batches(_activations())
+    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
+    calls = []
+
+    def changing():
+        calls.append(1)
+        return iter(batches if len(calls) == 1 else batches[:-1])
+    with pytest.raises(UniversalityError, match="pass 2 saw .* tokens but pass 1 saw"):
+        compare_activations(changing, memory_budget=_budget_for(layout, 3, rotations=1))
+
+
+@pytest.mark.parametrize("text, expected", [("12GiB", 12 * 2**30), ("500 MB", 500 * 10**6), ("2e3", 2000),
+                                            (4096, 4096), ("1.5kib", 1536)])
+def test_sizes_parse_in_si_and_binary_units(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "12 parsecs", "-3GB", 0, True, "GiB"])
+def test_bad_sizes_are_one_line(bad):
+    with pytest.raises(UniversalityError, match="memory_budget must be"):
+        parse_bytes(bad)
+
+
+SMALL = """
+name = "budgeted"
+seeds = [0, 1, 2]
+[language]
+seq_len = 32
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_mlp = 64
+activation = "relu"
+[train]
+steps = 30
+batch_size = 16
+log_every = 10
+threads = 1
+[collect]
+rows = 64
+batch_rows = 16
+[compare]
+rotations = 2
+threshold = 0.2
+[scale]
+memory_budget = BUDGET
+"""
+
+
+def _config(budget, name="budgeted"):
+    return parse_config(tomllib.loads(SMALL.replace("BUDGET", repr(budget)).replace('"budgeted"', repr(name))))
+
+
+def _tables(run_dir):
+    return {t: pd.read_parquet(run_dir / "tables" / f"{t}.parquet") for t in ("units", "pairs", "layers")}
+
+
+def test_a_run_under_three_budgets_gives_the_same_tables(tmp_path):
+    whole = run_experiment(_config("none"), runs_dir=tmp_path)
+    layout = whole.comparison.moments.layout
+    batch_tokens = whole.comparison.plan.batch_tokens
+    expected = _tables(whole.run_dir)
+    for passes in (2, 5):
+        budget = _budget_for(layout, passes, dtype="float32", batch_tokens=batch_tokens)
+        result = run_experiment(_config(budget, name=f"p{passes}"), runs_dir=tmp_path)
+        assert len(result.comparison.plan.passes) >= passes and max(result.comparison.plan.pass_bytes) <= budget
+        for name, table in _tables(result.run_dir).items():
+            pd.testing.assert_frame_equal(table, expected[name], check_exact=False, rtol=0, atol=1e-6)
+        assert not list((result.run_dir / "moments").glob("pass-*"))  # reduced passes leave only pass 1's state
+
+
+def test_an_interrupted_multi_pass_run_resumes_at_the_pass_it_reached(tmp_path, monkeypatch):
+    import universality.pipeline._planned as planned
+    whole = run_experiment(_config("none", name="whole"), runs_dir=tmp_path)
+    budget = _budget_for(whole.comparison.moments.layout, 4, dtype="float32",
+                         batch_tokens=whole.comparison.plan.batch_tokens)
+
+    class Interrupt(Exception):
+        pass
+
+    def kill(task, done, total):
+        if task.startswith("stream activations (pass 3") and done == 3:  # after batch 2 was saved
+            raise Interrupt
+    monkeypatch.setattr(planned, "CHECKPOINT_SECONDS", 0.0)
+    with pytest.raises(Interrupt):
+        run_experiment(_config(budget), runs_dir=tmp_path, on_progress=kill)
+    seen = []
+    result = run_experiment(_config(budget), runs_dir=tmp_path, on_progress=lambda t, d, n: seen.append((t, d)))
+    streamed = {t for t, _ in seen if t.startswith("stream activations")}
+    assert not any(t.startswith("stream activations (pass 1") or t.startswith("stream activations (pass 2")
+                   for t in streamed), streamed  # passes 1 and 2 were not streamed again
+    assert ("stream activations (pass 3 of %d)" % len(result.comparison.plan.passes), 2) in seen  # resumed mid-pass
+    for name, table in _tables(result.run_dir).items():
+        pd.testing.assert_frame_equal(table, _tables(whole.run_dir)[name], check_exact=False, rtol=0, atol=1e-6)

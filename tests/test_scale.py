@@ -66,7 +66,7 @@ def test_tables_are_the_same_under_one_two_and_many_passes(dtype):
 def test_plan_blocks_cover_every_cross_entry_once_and_grams_come_first():
     layout = {"a": {"x": 30, "y": 20}, "b": {"x": 30, "y": 20}, "c": {"z": 50}}
     one = plan_passes(layout, budget=None, batch_tokens=64)
-    budget = sum(one.resident.values()) + 4 * 30 * 20 + 10
+    budget = sum(one.resident.values()) + 4 * 50 * 30 + 10  # room for the largest unit-set pair, c.z x a.x
     plan = plan_passes(layout, budget=budget, batch_tokens=64)
     covered = np.zeros((150, 150), dtype=int)
     for k, blocks in enumerate(plan.passes):

@@ -5,6 +5,7 @@ config file itself (UTF-8, size, TOML), and one-line messages from pydantic's er
 
 from __future__ import annotations
 
+import contextvars
 import re
 import tomllib
 import typing
@@ -12,12 +13,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ._rundir import check_run_name
 from .errors import UniversalityError, short_repr
 
-__all__ = ["Seed", "Threads", "RunName", "Device", "Pattern", "MEMORY_GIB", "MAX_CONFIG_BYTES", "describe",
+__all__ = ["StrictSection", "VALIDATING", "MemoryBudget", "Seed", "Threads", "RunName", "Device", "Pattern", "MEMORY_GIB", "MAX_CONFIG_BYTES", "describe",
            "language_run_gib", "read_toml", "one_line",
            "check_plain_values"]
 
@@ -38,9 +39,13 @@ _DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,3})?|mps")
 
 
 def _check_device(value: str) -> str:
-    """A torch device that exists on this machine: cpu, cuda, cuda:N (N < GPUs here) or mps."""
+    """A torch device that exists on this machine: cpu, cuda, cuda:N (N < GPUs here) or mps; "auto" is
+    resolved here (CUDA when present, else cpu), so the saved config names the device the run used."""
+    if value == "auto":
+        from ._inputs import resolve_device
+        return resolve_device(value)
     if not _DEVICE.fullmatch(value):
-        raise ValueError(f"device {short_repr(value)} is not one of 'cpu', 'cuda', 'cuda:N', 'mps'")
+        raise ValueError(f"device {short_repr(value)} is not one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
     if value == "cpu":
         return value
     import torch  # only for a non-CPU device: keeps config checks fast
@@ -55,11 +60,44 @@ def _check_device(value: str) -> str:
     return value
 
 
+def _check_budget(value):
+    """`memory_budget`: "auto", "none", a size string ("12GiB") or a number of bytes (checked here)."""
+    if value not in ("auto", "none"):
+        from .moments import parse_bytes
+        try:
+            parse_bytes(value)
+        except UniversalityError as error:
+            raise ValueError(str(error)) from None
+    return value
+
+
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy and torch both take seeds in [0, 2^32)
 Threads = Annotated[int | Literal["auto"], BeforeValidator(_check_threads)]
 RunName = Annotated[str, AfterValidator(check_run_name)]  # a plain directory name, 1-100 characters
 Device = Annotated[str, AfterValidator(_check_device)]
 Pattern = Annotated[str, Field(min_length=1, max_length=200)]  # a unit-set name or shell pattern
+MemoryBudget = Annotated[str | int, AfterValidator(_check_budget)]
+
+
+VALIDATING = contextvars.ContextVar("validating", default=False)  # pydantic calls each section's __init__
+
+
+class StrictSection(BaseModel):
+    """Frozen, unknown keys forbidden; built directly in Python, a bad value raises one line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def __init__(self, **data):
+        if VALIDATING.get():  # a section of a config being validated: the outermost call reports
+            super().__init__(**data)
+            return
+        token = VALIDATING.set(True)
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as error:
+            raise UniversalityError(describe(error, type(self).__name__, type(self))) from None
+        finally:
+            VALIDATING.reset(token)
 
 
 def language_run_gib(config) -> float:

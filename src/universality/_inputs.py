@@ -22,7 +22,7 @@ import torch
 
 from .errors import UniversalityError
 
-__all__ = ["Layout", "as_activations", "as_float64", "as_float64_tensor", "check_batch", "check_device", "layout_of"]
+__all__ = ["resolve_device", "Layout", "as_activations", "as_float64", "as_float64_tensor", "check_batch", "check_device", "layout_of"]
 
 Layout = dict[str, dict[str, int]]  # {model: {unit_set: number of units}}, ordered
 _RESHAPE = "reshape [batch, pos, units] activations with x.reshape(-1, x.shape[-1])"
@@ -117,10 +117,18 @@ def layout_of(models: Mapping[str, Mapping[str, torch.Tensor]]) -> Layout:
     return {m: {n: x.shape[1] for n, x in sets.items()} for m, sets in models.items()}
 
 
+def resolve_device(device) -> str:
+    """"auto" -> "cuda" when a CUDA device is present, else "cpu"; any other value as it is."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def check_device(device) -> torch.device:
-    """`device` as a `torch.device` that can hold tensors here; one line naming it otherwise."""
+    """`device` ("auto": `resolve_device`) as a `torch.device` that can hold tensors here; one line
+    naming it otherwise."""
     try:
-        parsed = torch.device(device)
+        parsed = torch.device(resolve_device(device))
         if parsed.type == "meta":
             raise RuntimeError
         torch.empty(0, device=parsed)

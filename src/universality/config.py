@@ -28,8 +28,10 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, THRESHOLD, UNIT_THRESHOLD
-from ._config_checks import (MEMORY_GIB, Device, Pattern, RunName, Seed, Threads, check_plain_values, describe,
-                             language_run_gib, read_toml)
+from ._config_checks import (MEMORY_GIB, VALIDATING, Device, MemoryBudget, Pattern, RunName, Seed, StrictSection,
+                             Threads, check_plain_values, describe, language_run_gib, read_toml)
+from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConfig, GroupModelConfig, GroupTaskConfig,
+                            GroupTrainConfig, GroupTransformerConfig)
 from .errors import UniversalityError, short_repr
 
 __all__ = [
@@ -41,28 +43,7 @@ __all__ = [
 ]
 
 
-_VALIDATING = contextvars.ContextVar("validating", default=False)  # pydantic calls each section's __init__
-
-
-class _Strict(BaseModel):
-    """Frozen, unknown keys forbidden; built directly in Python, a bad value raises one line."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    def __init__(self, **data):
-        if _VALIDATING.get():  # a section of a config being validated: the outermost call reports
-            super().__init__(**data)
-            return
-        token = _VALIDATING.set(True)
-        try:
-            super().__init__(**data)
-        except pydantic.ValidationError as error:
-            raise UniversalityError(describe(error, type(self).__name__, type(self))) from None
-        finally:
-            _VALIDATING.reset(token)
-
-
-class LanguageConfig(_Strict):
+class LanguageConfig(StrictSection):
     """A synthetic language with known latent structure (see `universality.tasks`)."""
 
     seq_len: int = Field(64, ge=8, le=4096)  # tokens per row, BOS included
@@ -77,7 +58,7 @@ class LanguageConfig(_Strict):
     grammar_seed: Seed = 0  # the language itself (transitions, emissions): shared by every model seed
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictSection):
     """A tiny pre-LayerNorm decoder transformer (see `universality.models`)."""
 
     d_model: int = Field(64, ge=4, le=8192)
@@ -93,7 +74,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictSection):
     """Next-token training of each seed; the seed sets the initialisation and, by `data`, the sample."""
 
     steps: int = Field(600, ge=1, le=10_000_000)
@@ -111,7 +92,7 @@ class TrainConfig(_Strict):
     threads: Threads = "auto"
 
 
-class CollectConfig(_Strict):
+class CollectConfig(StrictSection):
     """Which activations are streamed, over which evaluation rows."""
 
     rows: int = Field(1024, ge=1, le=1 << 22)  # evaluation rows of `language.seq_len` tokens
@@ -121,7 +102,7 @@ class CollectConfig(_Strict):
     eval_seed: Seed = 123_456  # the evaluation sample, shared by every model
 
 
-class CompareConfig(_Strict):
+class CompareConfig(StrictSection):
     """Gurnee et al. 2024 universality: excess correlation over a random-rotation baseline."""
 
     threshold: float = Field(THRESHOLD, gt=0, le=1)
@@ -136,27 +117,19 @@ class CompareConfig(_Strict):
     top_k: int = Field(20, ge=1, le=1000)
 
 
-def _budget(value):
-    """`memory_budget`: "auto", "none", a size string ("12GiB") or a number of bytes (checked here)."""
-    if value not in ("auto", "none"):
-        from .moments import parse_bytes
-        try:
-            parse_bytes(value)
-        except UniversalityError as error:
-            raise ValueError(str(error)) from None
-    return value
-
-
-class ScaleConfig(_Strict):
+class ScaleConfig(StrictSection):
     """How the comparison fits the machine: a memory budget that cuts the co-moments into passes over
     the data (`moments.plan_passes`). The tables are the same under any budget."""
 
     # "auto": half of the device's available memory when the run starts; "none": one pass holding
     # everything; or a size such as "12GiB" (the resident Grams, one batch and the blocks of one pass)
-    memory_budget: Annotated[str | int, AfterValidator(_budget)] = "auto"
+    memory_budget: MemoryBudget = "auto"
+    # CUDA only: let the cross-moment GEMMs use TF32 tensor cores (about 7x an fp32 GPU's rate; inputs
+    # rounded to 10 mantissa bits, so correlations move by about 1e-3: off unless you accept that)
+    tf32: bool = False
 
 
-class _Seeds(_Strict):
+class _Seeds(StrictSection):
     """An experiment over models trained here, one per seed."""
 
     seeds: list[Seed] = Field([0, 1, 2, 3], min_length=2, max_length=64)
@@ -192,111 +165,6 @@ class ExperimentConfig(_Seeds):
         return self
 
 
-class _GroupConfig(_Strict):
-    """Strict as well in types: no coercion of "1" to 1."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class GroupMLPConfig(_GroupConfig):
-    """`GroupMLP` sizes (the paper's defaults)."""
-
-    arch: Literal["mlp"] = "mlp"
-    embed_dim: int = Field(256, ge=1, le=8192)
-    hidden: int = Field(128, ge=1, le=8192)
-    # "paper": the authors' randn / sqrt(fan) (embeddings std 1/sqrt(embed_dim)); "torch": PyTorch's
-    # layer defaults (embeddings std 1), this package's init before issue 8. See `GroupMLP`.
-    init: Literal["paper", "torch"] = "paper"
-
-
-class GroupTransformerConfig(_GroupConfig):
-    """`GroupTransformer` sizes (the paper's defaults)."""
-
-    arch: Literal["transformer"] = "transformer"
-    d_model: int = Field(128, ge=1, le=8192)
-    n_heads: int = Field(4, ge=1, le=8192)
-    d_head: int = Field(32, ge=1, le=8192)
-    d_mlp: int = Field(512, ge=1, le=8192)
-    # "paper": TransformerLens 0.2.0's N(0, (0.8/sqrt(d_model))^2) on every matrix, as the authors' code;
-    # "nanda": N(0, 1/d_model), unembedding N(0, 1/order), this package's init before issue 8
-    init: Literal["paper", "nanda"] = "paper"
-    mlp_biases: Literal["frozen", "trained"] = "frozen"  # the paper freezes every bias at 0
-
-
-GroupModelConfig = Annotated[GroupMLPConfig | GroupTransformerConfig, Field(discriminator="arch")]
-
-
-class GroupTrainConfig(_GroupConfig):
-    """Full-batch AdamW on one group task; the paper's optimiser settings are the defaults."""
-
-    epochs: int = Field(20_000, ge=1, le=10_000_000)  # one full-batch step per epoch
-    lr: float = Field(1e-3, gt=0, le=10)
-    weight_decay: float = Field(1.0, ge=0, le=1000)  # large decay drives grokking (paper: 1)
-    betas: tuple[float, float] = (0.9, 0.98)
-    train_fraction: float = Field(0.6, gt=0, lt=1)  # the task must be split with this fraction
-    checkpoints: int = Field(30, ge=0)  # log-spaced epochs with a saved state dict (fewer if they collide)
-    log_every: int = Field(100, ge=1)  # epochs between curve points
-    stop_at_test_accuracy: float | None = Field(None, gt=0, le=1)  # checked at logged epochs only
-    extra_epochs: int = Field(0, ge=0)  # epochs run after `stop_at_test_accuracy` is reached
-    grokfast: bool = False  # Grokfast-EMA gradient filter
-    grokfast_alpha: float = Field(0.98, ge=0, lt=1)  # EMA decay
-    grokfast_lambda: float = Field(2.0, ge=0)  # amplification of the EMA added to the gradient
-    threads: Threads = "auto"  # torch threads: "auto" = the idle cores; not part of the model's fingerprint
-
-    @field_validator("betas", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value):
-        return tuple(value) if isinstance(value, list) else value  # JSON and TOML give lists
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_unit_interval(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= beta < 1 for beta in value):
-            raise ValueError(f"both betas must be in [0, 1), got {value}")
-        return value
-
-
-class GroupTaskConfig(_Strict):
-    """Which group and word: every pair (a, b) maps to word(a, b); "a b" is composition."""
-
-    group: str = Field("S5", min_length=1, max_length=100)  # C12, D6 (order 12), S5, A5, C6xC2 ... see `universality.groups.make_group`
-    word: str = Field("a b", min_length=1, max_length=100)  # letters a and b with optional ^k, e.g. "a b a^-1"; irreps are analysed for "a b"
-    split_seed: Seed = 0  # the train/test split, shared by every seed
-
-
-class GroupAnalysisConfig(_Strict):
-    """Irrep analysis settings (Chughtai, Chan, Nanda 2023)."""
-
-    key_threshold: float = Field(KEY_THRESHOLD, gt=0, lt=1)  # a key irrep's logit similarity (the paper's)
-    unit_threshold: float = Field(UNIT_THRESHOLD, gt=0, le=1)  # share of a unit's variance that names its irrep
-    # which element-indexed matrices the fve_* columns measure: "paper" = as the hidden layer sees them
-    # (MLP: E_L W_L^T, E_R W_R^T and U; transformer: W_E and W_out-composed W_U, as the authors' code);
-    # "raw" = the parameters as stored (E_L, E_R, U; W_E, W_U)
-    fve_matrices: Literal["paper", "raw"] = "paper"
-    # the restricted loss keeps only the key irreps' rho(ab) part of the hidden layer: "dropped" (the
-    # paper) leaves out the hidden layer's mean over pairs, "kept" adds it back (this package before issue 8)
-    restricted_hidden_mean: Literal["dropped", "kept"] = "dropped"
-    # how the restricted / excluded hidden layers become logits: "direct" (the paper) = hidden @ W_out @ W_U,
-    # leaving out the transformer's residual stream and attention; "forward" = patched into the whole forward
-    # pass (before issue 8). Equal for the MLP.
-    loss_readout: Literal["direct", "forward"] = "direct"
-    # emergence epoch of each key irrep: "first_crossing" = the first checkpoint whose logit similarity
-    # exceeds emergence_threshold, as the authors' determine_key_rep_order.py (0.05; the key cut 0.005 is
-    # below what random S4 logits score, so every irrep would emerge at epoch 0-1); "stays_above" = the first
-    # checkpoint from which it stays above emergence_threshold to the end (before issue 8, with 0.005)
-    emergence_rule: Literal["first_crossing", "stays_above"] = "first_crossing"
-    emergence_threshold: float = Field(EMERGENCE_THRESHOLD, gt=0, lt=1)
-
-
-class GroupClaimsConfig(_Strict):
-    """Which seeds the irrep and universality claims of a group run rest on."""
-
-    # a seed whose final test accuracy is below this never generalised: flagged in the terminal and the
-    # report, and left out of the irrep and universality claims unless include_ungeneralised
-    generalised_accuracy: float = Field(0.99, gt=0, le=1)
-    include_ungeneralised: bool = False
-
-
 class GroupExperimentConfig(_Seeds):
     """A group-composition run: `seeds` models (of each architecture) trained on one group task, their
     irreps, their neurons compared."""
@@ -325,7 +193,7 @@ class GroupExperimentConfig(_Seeds):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictSection):
     """The token stream pretrained models are compared on: rows [rows, seq_len], each starting with BOS."""
 
     source: str = Field(min_length=1, max_length=4096)  # a text file (.txt), a token array (.npy) or a `datasets` directory saved with save_to_disk
@@ -334,7 +202,7 @@ class DataConfig(_Strict):
     rows: int = Field(512, ge=1, le=1 << 22)
 
 
-class PretrainedCollectConfig(_Strict):
+class PretrainedCollectConfig(StrictSection):
     """Which activations of the loaded models are streamed, and which tokens are left out."""
 
     unit_sets: list[Pattern] = Field(["blocks.*.mlp.hook_post"], min_length=1, max_length=256)  # names or patterns
@@ -344,7 +212,7 @@ class PretrainedCollectConfig(_Strict):
     drop_newline: bool = False
 
 
-class PretrainedExperimentConfig(_Strict):
+class PretrainedExperimentConfig(StrictSection):
     """Existing models (local directories or hub names in the local cache), compared on one token stream."""
 
     kind: Literal["pretrained"] = "pretrained"
@@ -380,7 +248,7 @@ def parse_config(data: dict, source: str = "config") -> AnyExperimentConfig:
     kind = data.get("kind", "language")
     if not isinstance(kind, str) or kind not in kinds:
         raise UniversalityError(f"{source}: unknown kind {short_repr(kind)}; choose one of: {', '.join(kinds)}")
-    token = _VALIDATING.set(True)
+    token = VALIDATING.set(True)
     try:
         config = kinds[kind].model_validate(data)
         check_plain_values(data, source)  # after the fields: a typo'd key is named as unknown first
@@ -388,7 +256,7 @@ def parse_config(data: dict, source: str = "config") -> AnyExperimentConfig:
     except pydantic.ValidationError as error:
         raise UniversalityError(describe(error, source, kinds[kind])) from None
     finally:
-        _VALIDATING.reset(token)
+        VALIDATING.reset(token)
 
 
 def default_config_text() -> str:

@@ -36,6 +36,7 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     seed : int >= 0, default=0
         Seeds the rotations.
     device : str, default='cpu'
+        Where the moments and GEMMs live: 'cpu', 'cuda[:N]', or 'auto' (CUDA when present).
     dtype : {'float32', 'float64'}, default='float64'
         Moment state precision (`MomentAccumulator`). float64 takes activations of any finite scale
         (1e-30 or 1e30 alike; the GEMMs stay float32); float32 halves the memory and refuses, in one
@@ -62,7 +63,7 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         raise UniversalityError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if rotation not in ROTATION_KINDS:
         raise UniversalityError(f"rotation must be one of {', '.join(map(repr, ROTATION_KINDS))}, got {rotation!r}")
-    check_device(device)
+    device = str(check_device(device))
     budget = None if memory_budget is None else parse_bytes(memory_budget)
     if isinstance(batches, Mapping) or not (isinstance(batches, Iterable) or callable(batches)):
         raise UniversalityError(f"batches must be an iterable of {{model: {{unit_set: Tensor}}}} dicts (or a callable "

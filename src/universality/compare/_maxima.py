@@ -100,10 +100,10 @@ class PairMaxima:
             q_b, rotated_b = scales.rotated[b, set_b][r]
             q_a, rotated_a = scales.rotated[a, set_a][r]
             forward = q_b.rotate_columns(cross).mul_(scale_a).mul_(rotated_b.to(dtype)[None, :])  # C Q_b^T
-            peak = torch.nan_to_num(forward, nan=-torch.inf).amax(dim=1).double()
+            peak = torch.nan_to_num(forward, nan=-torch.inf).amax(dim=1).double().cpu()
             torch.maximum(self.baseline[a, b][r, rows], peak, out=self.baseline[a, b][r, rows])
             backward = q_a.rotate_rows(cross).mul_(rotated_a.to(dtype)[:, None]).mul_(scale_b)  # Q_a C
-            peak = torch.nan_to_num(backward, nan=-torch.inf).amax(dim=0).double()
+            peak = torch.nan_to_num(backward, nan=-torch.inf).amax(dim=0).double().cpu()
             torch.maximum(self.baseline[b, a][r, columns], peak, out=self.baseline[b, a][r, columns])
 
     def update(self, other: "PairMaxima") -> "PairMaxima":
@@ -160,8 +160,8 @@ def _keep_max(best: torch.Tensor, partner: torch.Tensor, where: slice, values: t
               indices: torch.Tensor, offset: int) -> None:
     """best[where] = max(best[where], values), partner[where] = indices + offset where values win
     (strictly greater, or equal with a lower index: the first max of the whole row wins)."""
-    values = values.double()
-    indices = indices.to(torch.int64) + offset
+    values = values.double().cpu()  # the maxima live on the host; blocks may be on a GPU
+    indices = indices.to(torch.int64).cpu() + offset
     current, current_partner = best[where], partner[where]
     wins = (values > current) | ((values == current) & (indices < current_partner) & (current_partner >= 0)
                                  & ~torch.isneginf(values))

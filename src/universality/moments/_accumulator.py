@@ -113,7 +113,7 @@ class MomentAccumulator:
         if dtype not in _DTYPES:
             raise UniversalityError(f"unknown accumulator dtype {dtype!r}; choose one of: {', '.join(_DTYPES)}")
         if device != "meta":  # "meta": shapes only, no memory (checking a saved state without loading it)
-            check_device(device)
+            device = str(check_device(device))
         self.layout = {m: dict(sets) for m, sets in layout.items()}
         self.dtype = dtype
         self.device = device

@@ -49,6 +49,22 @@ class Plan:
     budget: int | None
     dtype: str
     batch_tokens: int
+    rotations: int = 1
+    dense_rotations: bool = True
+
+    @property
+    def reduction_flop(self) -> float:
+        """FLOP of the rotation baseline once the stream is done: per pair of unit sets of different
+        models, R x (C Q_b^T and Q_a C) = R x 2 x n_a n_b (n_a + n_b) with dense Q (structured fast
+        rotations: counted as 2 x 3 rounds of 256-wide blocks, R x 2 x n_a n_b x 2 x 768). Independent of
+        the number of tokens, so it dominates short streams of wide unit sets."""
+        sets = [(m, n) for m, unit_sets in self.layout.items() for n in unit_sets.values()]
+        total = 0.0
+        for i, (ma, na) in enumerate(sets):
+            for mb, nb in sets[i + 1:]:
+                if ma != mb:
+                    total += 2.0 * na * nb * ((na + nb) if self.dense_rotations else 2 * 768)
+        return self.rotations * total
 
     @property
     def pass_bytes(self) -> list[int]:
@@ -116,7 +132,7 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
     """Group the blocks of `layout` into passes that each fit `budget` bytes (module docstring).
 
     budget=None, or a budget that holds everything: one pass of `default_blocks` (one GEMM per model).
-    A budget below the resident memory plus the smallest block raises one line naming both.
+    A budget below the resident memory plus the largest unit-set pair's block raises one line naming both.
     """
     element = _ELEMENT[dtype]
     sets = [(m, s, n) for m, unit_sets in layout.items() for s, n in unit_sets.items()]
@@ -135,16 +151,16 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
     full = [b for b in default_blocks(layout) if not b.is_gram]
     fixed = sum(resident.values())
     if budget is None or fixed + element * sum(b.entries for b in full) <= budget:
-        return Plan(dict(layout), [default_blocks(layout)], resident, budget, dtype, batch_tokens)
+        return Plan(dict(layout), [default_blocks(layout)], resident, budget, dtype, batch_tokens, rotations,
+                    dense_rotations)
     room = budget - fixed
     blocks = _cross_blocks(layout, room // element)
     if blocks is None or room <= 0:
-        smallest = min(na * nb for (ma, _, na) in sets for (mb, _, nb) in sets if ma != mb)
         raise UniversalityError(
             f"memory_budget {_size(budget)} is below one pass's smallest need: {_size(fixed)} resident ("
             + ", ".join(f"{k} {_size(v)}" for k, v in resident.items())
-            + f") plus one unit-set block of {_size(element * smallest)}; raise memory_budget or stream fewer tokens "
-            "per batch")
+            + f") plus the largest unit-set pair's block, {_size(element * largest_pair)}; raise memory_budget to at "
+            f"least {_size(fixed + element * largest_pair)} or stream fewer tokens per batch")
     passes, loads = [list(grams)], [0]
     for block in blocks:  # first fit, in order: neighbouring blocks share a pass
         size = element * block.entries
@@ -155,7 +171,8 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
             k = len(passes) - 1
         passes[k].append(block)
         loads[k] += size
-    return Plan(dict(layout), [_merge_rows(p) for p in passes], resident, budget, dtype, batch_tokens)
+    return Plan(dict(layout), [_merge_rows(p) for p in passes], resident, budget, dtype, batch_tokens, rotations,
+                dense_rotations)
 
 
 def _cross_blocks(layout: Layout, room: int) -> list[Block] | None:

@@ -3,7 +3,8 @@ model is trained or any activation streamed.
 
 The layout comes from the config (language and group models: their shapes; pretrained models:
 loaded, not run). The time here is projected from a short calibration of this machine's float32
-GEMM at the run's block shape; the GPU times are projections from the FLOP count alone, at the
+GEMM at the run's block shape, for the streamed co-moments plus the rotation baseline (whose cost
+does not grow with the tokens, so it dominates short streams of wide unit sets); the GPU times are projections from the FLOP count alone, at the
 rates the issue measured for an H100-class GPU (57 TFLOP/s fp32, 390 TFLOP/s TF32). Neither counts
 the models' forward passes (at GPT-2-small widths about 1/160 of the cross-moments per token).
 """
@@ -28,7 +29,7 @@ def experiment_plan(config: AnyExperimentConfig) -> tuple[Plan, dict[str, str]]:
     """(the plan, the facts `univ plan` prints) for `config`, without training or streaming."""
     layout, batch_tokens, tokens, device = _layout(config)
     plan = plan_for(layout, batch_tokens, config.compare, config.scale, device)
-    flop = plan.flop_per_token * tokens
+    flop = plan.flop_per_token * tokens + plan.reduction_flop
     widest = max(n for sets in layout.values() for n in sets.values())
     rate = gemm_rate(batch_tokens, min(widest, 4096))
     facts = {
@@ -39,7 +40,8 @@ def experiment_plan(config: AnyExperimentConfig) -> tuple[Plan, dict[str, str]]:
         "resident memory": ", ".join(f"{k} {_gib(v)}" for k, v in plan.resident.items()),
         "passes": str(len(plan.passes)),
         "GFLOP per token (all passes)": f"{plan.flop_per_token / 1e9:.3g}",
-        "total TFLOP": f"{flop / 1e12:.3g}",
+        "total TFLOP": f"{flop / 1e12:.3g} (streaming {plan.flop_per_token * tokens / 1e12:.3g}, rotation baseline "
+                       f"{plan.reduction_flop / 1e12:.3g})",
         "this machine": f"{rate / 1e9:.0f} GFLOP/s measured now -> about {_duration(flop / rate)} of GEMMs",
         "GPU (projection from FLOPs)": (f"{_duration(flop / GPU_FP32_FLOPS)} at fp32, {_duration(flop / GPU_TF32_FLOPS)}"
                                         " with TF32 (H100-class)"),

@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -102,9 +103,10 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         source.pass_index = index
         on_progress(label(index), start, total)
     try:
-        comparison = run_plan(plan, source, threshold=compare.threshold, rotations=compare.rotations,
-                              seed=compare.seed, device=device, rotation_kind=compare.rotation, store=store,
-                              on_batch=on_batch, on_pass=on_pass)
+        with _tf32(scale.tf32 and str(device).startswith("cuda")):
+            comparison = run_plan(plan, source, threshold=compare.threshold, rotations=compare.rotations,
+                                  seed=compare.seed, device=device, rotation_kind=compare.rotation, store=store,
+                                  on_batch=on_batch, on_pass=on_pass)
     except UniversalityError as error:
         raise UniversalityError(f"run {run_name}, evaluation {error}") from None
     tables = table_step(run_dir / "tables", "compare", tables_print,
@@ -112,6 +114,17 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
                         settings=settings)
     comparison.units, comparison.pairs = tables["units"], tables["pairs"]
     return comparison, store.top
+
+
+@contextmanager
+def _tf32(allow: bool):
+    """CUDA matmuls in TF32 inside the block when `allow`; the previous setting restored after."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 class _RunDirStore:

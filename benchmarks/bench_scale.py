@@ -1,0 +1,129 @@
+"""Scale benchmark (issue 9): exact streaming rate, the cost of a memory budget, Ray, sketch and
+refine, and the rotation baseline at large widths. Not a test; prints a table and, last, one JSON line.
+
+    .venv/bin/python benchmarks/bench_scale.py [--quick]
+
+Workload: 4 models x 8 unit sets x 1024 units, synthetic activations generated per batch from a
+seeded low-rank latent (shared structure, some ReLU-sparse units), so the source costs little next
+to the GEMMs. Each configuration runs in a fresh subprocess so its peak RSS (ru_maxrss) is its own;
+`peak_rss_over_budget` is (peak RSS - RSS before streaming) / budget, the largest over the budgeted
+runs: the interpreter and torch (about 0.3 GiB here) are left out, as are model weights (none here).
+Rates are medians over `--repeats` runs; the GEMM peak is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+MODELS, SETS, WIDTH = 4, 8, 1024
+
+
+def synthetic_batches(*, tokens: int, batch_tokens: int, models: int = MODELS, sets: int = SETS,
+                      width: int = WIDTH, seed: int = 0):
+    """A callable returning a fresh iterator of batches {model: {unit_set: [tokens, width]}}: each unit
+    mixes a 64-dim latent shared by all models (fixed seeded weights) with its own noise; odd unit
+    sets are ReLU'd (sparse). The same batches every call."""
+    g = torch.Generator().manual_seed(seed)
+    mixing = {f"m{i}": {f"s{j}": torch.randn(64, width, generator=g) / 8 for j in range(sets)} for i in range(models)}
+
+    def make():
+        for start in range(0, tokens, batch_tokens):
+            n = min(batch_tokens, tokens - start)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+            latent = torch.randn(n, 64, generator=gen)
+            batch = {}
+            for m, per_set in mixing.items():
+                batch[m] = {}
+                for j, (s, w) in enumerate(per_set.items()):
+                    x = latent @ w + torch.randn(n, width, generator=gen)
+                    batch[m][s] = torch.relu(x) if j % 2 else x
+            yield batch
+    return make
+
+
+def run_one(tokens: int, batch_tokens: int, budget: int | None, threads: int) -> dict:
+    """Stream and compare once in this process: seconds, tokens/s, passes, peak RSS growth."""
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(ROOT.parent / "src"))
+    from universality.compare import compare_activations
+    before = _rss()
+    source = synthetic_batches(tokens=tokens, batch_tokens=batch_tokens)
+    start = time.perf_counter()
+    result = compare_activations(source, dtype="float32", memory_budget=budget)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens_per_s": tokens / seconds, "passes": len(result.plan.passes),
+            "flop_per_token": result.plan.flop_per_token, "rss_growth": _rss() - before,
+            "pass_bytes": max(result.plan.pass_bytes), "resident": sum(result.plan.resident.values())}
+
+
+def _rss() -> int:
+    """Peak resident set size of this process so far, bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def in_subprocess(tokens: int, batch_tokens: int, budget: int | None, threads: int) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); import bench_scale as b; "
+            f"print(json.dumps(b.run_one({tokens}, {batch_tokens}, {budget!r}, {threads})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def budget_for_passes(passes: int, batch_tokens: int) -> int:
+    """A budget whose plan needs about `passes` passes over this workload (float32 state)."""
+    sys.path.insert(0, str(ROOT.parent / "src"))
+    from universality.moments import plan_passes
+    layout = {f"m{i}": {f"s{j}": WIDTH for j in range(SETS)} for i in range(MODELS)}
+    one = plan_passes(layout, budget=None, dtype="float32", batch_tokens=batch_tokens)
+    resident = sum(one.resident.values())
+    return resident + (one.pass_bytes[0] - resident) // passes + 1
+
+
+def gemm_peak(threads: int, tokens: int = 1024, width: int = 4096, repeats: int = 5) -> float:
+    """Best float32 GFLOP/s of a.T @ b, a and b [tokens, width], in this process."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(tokens, width), torch.randn(tokens, width)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a.T @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * tokens * width * width / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    tokens, batch_tokens = (1024, 512) if args.quick else (4096, 1024)
+    repeats = 1 if args.quick else args.repeats
+    figures: dict[str, float] = {}
+    peak = gemm_peak(args.threads)
+    exact = [in_subprocess(tokens, batch_tokens, None, args.threads) for _ in range(repeats)]
+    rate = statistics.median(r["tokens_per_s"] for r in exact)
+    figures["exact_tokens_per_s"] = rate
+    figures["exact_gflops"] = rate * exact[0]["flop_per_token"] / 1e9
+    figures["gemm_peak_gflops"] = peak
+    budget = budget_for_passes(4, batch_tokens)
+    planned = [in_subprocess(tokens, batch_tokens, budget, args.threads) for _ in range(repeats)]
+    figures["budget_4pass_passes"] = planned[0]["passes"]
+    figures["budget_4pass_ratio"] = statistics.median(r["tokens_per_s"] for r in planned) / rate
+    figures["peak_rss_over_budget"] = max(r["rss_growth"] / budget for r in planned)
+    for name, value in figures.items():
+        print(f"{name:>28}: {value:.4g}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

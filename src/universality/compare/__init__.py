@@ -4,7 +4,9 @@ from ._activations import compare_activations
 from ._baseline import haar_rotation, rotation_for
 from ._comparison import Comparison, compare_moments
 from ._correlation import dead_units, pearson
+from ._rotations import ROTATION_KINDS, FastRotation, HaarRotation, Rotation, rotation
 from ._universality import layer_summary, universality_null
 
 __all__ = ["compare_activations", "compare_moments", "Comparison", "pearson", "dead_units", "haar_rotation",
-           "rotation_for", "layer_summary", "universality_null"]
+           "rotation_for", "layer_summary", "universality_null", "rotation", "Rotation", "HaarRotation",
+           "FastRotation", "ROTATION_KINDS"]

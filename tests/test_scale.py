@@ -193,3 +193,15 @@ def test_an_interrupted_multi_pass_run_resumes_at_the_pass_it_reached(tmp_path, 
     assert ("stream activations (pass 3 of %d)" % len(result.comparison.plan.passes), 2) in seen  # resumed mid-pass
     for name, table in _tables(result.run_dir).items():
         pd.testing.assert_frame_equal(table, _tables(whole.run_dir)[name], check_exact=False, rtol=0, atol=1e-6)
+
+
+def test_fast_rotations_give_the_haar_baseline_within_tolerance_and_the_same_max_corr():
+    batches = _batches(_activations(sets=(300, 200)), rows=1000)
+    haar, other_haar = (compare_activations(batches, rotations=4, seed=seed) for seed in (0, 1))
+    fast = compare_activations(batches, rotations=4, rotation="fast")
+    np.testing.assert_array_equal(haar.pairs.max_corr.to_numpy(), fast.pairs.max_corr.to_numpy())
+    baseline = {name: c.pairs.baseline_max_corr.to_numpy() for name, c in
+                (("haar", haar), ("other", other_haar), ("fast", fast))}
+    noise = np.abs(baseline["haar"] - baseline["other"]).mean()  # two Haar draws differ per unit by this much
+    assert np.abs(baseline["haar"] - baseline["fast"]).mean() < 1.3 * noise
+    assert abs(baseline["haar"].mean() - baseline["fast"].mean()) < 0.005

@@ -2,10 +2,10 @@
 
 from ._activations import compare_activations
 from ._baseline import haar_rotation
-from ._rotations import rotation
 from ._comparison import Comparison, compare_moments
 from ._correlation import dead_units, pearson
+from ._rotations import ROTATION_KINDS, FastRotation, rotation
 from ._universality import layer_summary, universality_null
 
 __all__ = ["compare_activations", "compare_moments", "Comparison", "pearson", "dead_units", "haar_rotation",
-           "rotation", "layer_summary", "universality_null"]
+           "rotation", "FastRotation", "ROTATION_KINDS", "layer_summary", "universality_null"]

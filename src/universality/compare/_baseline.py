@@ -12,10 +12,9 @@ row-normalised Gaussian matrix, which is not a rotation, unseeded, in a second p
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-__all__ = ["haar_rotation", "rotation_for"]
+__all__ = ["haar_rotation"]
 
 
 def haar_rotation(size: int, seed: int) -> torch.Tensor:
@@ -35,13 +34,3 @@ def haar_rotation(size: int, seed: int) -> torch.Tensor:
     signs = torch.sign(r.diagonal())
     signs[signs == 0] = 1.0
     return q * signs[None, :]
-
-
-def rotation_for(seed: int, model_index: int, unit_set_index: int, rotation: int, size: int) -> torch.Tensor:
-    """The rotation applied to one unit set of one model: float64 [size, size].
-
-    Rotations depend on (seed, model, unit set, rotation index) only, so every other model is
-    compared against the same rotated copy of a model, and results are reproducible.
-    """
-    state = np.random.SeedSequence([seed, model_index, unit_set_index, rotation]).generate_state(2)
-    return haar_rotation(size, int(state[0]) << 31 | int(state[1]) >> 1)

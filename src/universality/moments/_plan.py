@@ -17,6 +17,7 @@ Memory of one pass (bytes), the terms `Plan.table` prints:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -55,15 +56,16 @@ class Plan:
     @property
     def reduction_flop(self) -> float:
         """FLOP of the rotation baseline once the stream is done: per pair of unit sets of different
-        models, R x (C Q_b^T and Q_a C) = R x 2 x n_a n_b (n_a + n_b) with dense Q (structured fast
-        rotations: counted as 2 x 3 rounds of 256-wide blocks, R x 2 x n_a n_b x 2 x 768). Independent of
-        the number of tokens, so it dominates short streams of wide unit sets."""
+        models, R x (C Q_b^T and Q_a C) = R x 2 x n_a n_b (n_a + n_b) with dense Q; with the fast kind
+        (compare/_rotations.py: rounds of 128-wide Haar blocks, ceil(log n / log 128) + 2 of them)
+        R x 2 x n_a n_b x 128 x (rounds_a + rounds_b). Independent of the number of tokens, so it
+        dominates short streams of wide unit sets."""
         sets = [(m, n) for m, unit_sets in self.layout.items() for n in unit_sets.values()]
         total = 0.0
         for i, (ma, na) in enumerate(sets):
             for mb, nb in sets[i + 1:]:
                 if ma != mb:
-                    total += 2.0 * na * nb * ((na + nb) if self.dense_rotations else 2 * 768)
+                    total += 2.0 * na * nb * ((na + nb) if self.dense_rotations else 128 * (_rounds(na) + _rounds(nb)))
         return self.rotations * total
 
     @property
@@ -207,6 +209,11 @@ def _merge_rows(blocks: list[Block]) -> list[Block]:
         else:
             merged.append(block)
     return merged
+
+
+def _rounds(size: int) -> int:
+    """Rounds of the fast rotation of width `size` (compare/_rotations.py): one Haar block up to 128."""
+    return 1 if size <= 128 else math.ceil(math.log(size) / math.log(128)) + 2
 
 
 def _size(value: int) -> str:

@@ -84,12 +84,12 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         raise UniversalityError(f"memory_budget={memory_budget!r} needs {len(plan.passes)} passes over the data, but "
                                 "batches is a one-shot iterator; pass a callable returning a fresh iterable "
                                 "(e.g. lambda: make_batches()) or a list")
-    opened = [False]
+    opened = [[first]]  # the peeked first batch, handed over once: not held through later passes
+    del first
 
     def source(start: int):
-        if not opened[0] and start == 0:  # the first pass continues the stream already opened
-            opened[0] = True
-            return itertools.chain([first], stream)
+        if opened and start == 0:  # the first pass continues the stream already opened
+            return itertools.chain(opened.pop(), stream)
         return skip(make, start)
     return run_plan(plan, source, threshold=threshold, rotations=rotations, seed=seed, device=device,
                     rotation_kind=rotation)

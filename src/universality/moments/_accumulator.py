@@ -29,13 +29,13 @@ from .._inputs import check_device
 from ..errors import UniversalityError
 from ._batches import Layout, layout_of, normalize_batch
 
-__all__ = ["MomentAccumulator", "Block", "default_blocks"]
+__all__ = ["MomentAccumulator", "Block", "default_blocks", "PRODUCT_TILE"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Range of |x - mean| whose squares a state can sum: a float32 Gram overflows at 2^128 and its squares
 # lose digits below 2^-126 (subnormal); float64 ones at 2^1024 and 2^-1022. Margins keep products exact.
 _FLOAT32_SQUARE_MAX = 2.0**62  # divided by sqrt(tokens in the state)
-_PRODUCT_TILE = 2**24  # entries of one batch product held at a time (64 MB in float32)
+PRODUCT_TILE = 2**24  # entries of one batch product held at a time (64 MB in float32)
 _FLOAT32_DEVIATION_MIN = 2.0**-60
 _FLOAT64_SQUARE_MAX = 2.0**500
 
@@ -357,10 +357,10 @@ def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, 
         target.add_(product)
         return
     # Each batch's product goes into a fresh buffer, then one add into the state, column tile by
-    # column tile (at most _PRODUCT_TILE entries at a time). Not addmm_ into the state: a GEMM with
+    # column tile (at most PRODUCT_TILE entries at a time). Not addmm_ into the state: a GEMM with
     # beta = 1 adds its partial sums straight into the running total and rounds each at the total's
     # magnitude (a float32 Gram was 1.6% off after 153 batches of 65536 tokens, against 8e-6 here).
-    step = max(1, _PRODUCT_TILE // max(left.shape[1], 1))
+    step = max(1, PRODUCT_TILE // max(left.shape[1], 1))
     for start in range(0, right.shape[1], step):
         target[:, start:start + step].add_(left.T @ right[:, start:start + step])  # float32 GEMM
 

@@ -10,7 +10,9 @@ widths their forward is far cheaper than the cross-moment GEMMs).
 Memory of one pass (bytes), the terms `Plan.table` prints:
     resident   = Grams + means (kept through every pass: the baseline needs them)
                  + rotations (dense Haar: float64 Q and a cast per distinct unit-set width and index)
-                 + batch (the batch as collected and its centred copy: 2 x 4 x (tokens + 1) x all units)
+                 + batch (float32 [tokens + 1, all units] three times: the batch being accumulated, the
+                   next one its source builds meanwhile, and the centred copy)
+                 + product (one float32 tile of a batch's co-moments before it is added to the state)
                  + reduction (3 x one unit-set pair [n_a, n_b] in the state's dtype)
     pass k     = resident + its cross blocks.
 """
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UniversalityError
-from ._accumulator import Block, default_blocks, unit_offsets
+from ._accumulator import PRODUCT_TILE, Block, default_blocks, unit_offsets
 from ._batches import Layout
 
 __all__ = ["Plan", "plan_passes", "parse_bytes", "available_memory", "DEFAULT_BUDGET_FRACTION"]
@@ -146,7 +148,8 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
         "means": 8 * total_units,
         "rotations": (rotations * sum((8 + element) * n * n for _, n in widths) if dense_rotations
                       else rotations * 16 * total_units),
-        "batch": 2 * 4 * (batch_tokens + 1) * total_units,
+        "batch": 3 * 4 * (batch_tokens + 1) * total_units,
+        "product": 4 * min(PRODUCT_TILE, (batch_tokens + 1) * total_units, max(total_units * total_units, 1)),
         "reduction": 3 * element * largest_pair,
     }
     grams = [b for b in default_blocks(layout) if b.is_gram]

@@ -145,11 +145,13 @@ rotations = 2
 threshold = 0.2
 [scale]
 memory_budget = BUDGET
+activation_cache = CACHE
 """
 
 
-def _config(budget, name="budgeted"):
-    return parse_config(tomllib.loads(SMALL.replace("BUDGET", repr(budget)).replace('"budgeted"', repr(name))))
+def _config(budget, name="budgeted", cache="auto"):
+    text = SMALL.replace("BUDGET", repr(budget)).replace("CACHE", repr(cache)).replace('"budgeted"', repr(name))
+    return parse_config(tomllib.loads(text))
 
 
 def _tables(run_dir):
@@ -161,13 +163,14 @@ def test_a_run_under_three_budgets_gives_the_same_tables(tmp_path):
     layout = whole.comparison.moments.layout
     batch_tokens = whole.comparison.plan.batch_tokens
     expected = _tables(whole.run_dir)
-    for passes in (2, 5):
+    for passes, cache in ((2, "none"), (5, "auto")):  # models re-run in every pass, or activations read back
         budget = _budget_for(layout, passes, dtype="float32", batch_tokens=batch_tokens)
-        result = run_experiment(_config(budget, name=f"p{passes}"), runs_dir=tmp_path)
+        result = run_experiment(_config(budget, name=f"p{passes}", cache=cache), runs_dir=tmp_path)
         assert len(result.comparison.plan.passes) >= passes and max(result.comparison.plan.pass_bytes) <= budget
         for name, table in _tables(result.run_dir).items():
             pd.testing.assert_frame_equal(table, expected[name], check_exact=False, rtol=0, atol=1e-6)
         assert not list((result.run_dir / "moments").glob("pass-*"))  # reduced passes leave only pass 1's state
+        assert not (result.run_dir / "activation_cache").exists()  # removed once the comparison is done
 
 
 def test_an_interrupted_multi_pass_run_resumes_at_the_pass_it_reached(tmp_path, monkeypatch):
@@ -205,3 +208,15 @@ def test_fast_rotations_give_the_haar_baseline_within_tolerance_and_the_same_max
     noise = np.abs(baseline["haar"] - baseline["other"]).mean()  # two Haar draws differ per unit by this much
     assert np.abs(baseline["haar"] - baseline["fast"]).mean() < 1.3 * noise
     assert abs(baseline["haar"].mean() - baseline["fast"].mean()) < 0.005
+
+
+def test_an_unwritable_cache_directory_is_one_line_and_nothing_is_written(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    whole = run_experiment(_config("none", name="whole"), runs_dir=tmp_path)
+    budget = _budget_for(whole.comparison.moments.layout, 3, dtype="float32",
+                         batch_tokens=whole.comparison.plan.batch_tokens)
+    with pytest.raises(UniversalityError, match="activation_cache directory .* is not writable") as error:
+        run_experiment(_config(budget, name="whole", cache=str(blocked / "cache")), runs_dir=tmp_path)
+    assert "\n" not in str(error.value)
+    pd.testing.assert_frame_equal(_tables(tmp_path / "whole")["units"], _tables(whole.run_dir)["units"])

@@ -124,6 +124,9 @@ class ScaleConfig(StrictSection):
     # "auto": half of the device's available memory when the run starts; "none": one pass holding
     # everything; or a size such as "12GiB" (the resident Grams, one batch and the blocks of one pass)
     memory_budget: MemoryBudget = "auto"
+    # passes after the first read the activations from disk instead of re-running the models: "auto"
+    # (when the stream takes at most half the free disk), "none", or a directory (pipeline/_activation_cache.py)
+    activation_cache: str = Field("auto", min_length=1, max_length=4096)
     # CUDA only: let the cross-moment GEMMs use TF32 tensor cores (about 7x an fp32 GPU's rate; inputs
     # rounded to 10 mantissa bits, so correlations move by about 1e-3: off unless you accept that)
     tf32: bool = False

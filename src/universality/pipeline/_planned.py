@@ -2,6 +2,8 @@
 (`moments.plan_passes`), streamed with checkpoints, resumed at the pass and batch it had reached,
 reduced into the universality tables (skipped when made from the same inputs and intact).
 
+Later passes read the activations back from an on-disk cache when it fits (`_activation_cache`).
+
 Run directory (`moments/`):
     state.safetensors           pass 1: means, Grams (and, in a one-pass plan, every cross block),
                                 the top activations and, after pass k, the maxima of passes 1..k
@@ -27,6 +29,7 @@ from ..config import CompareConfig, ScaleConfig
 from ..errors import UniversalityError
 from ..moments import (DEFAULT_BUDGET_FRACTION, MomentAccumulator, Plan, TopActivations, available_memory,
                        load_moments, parse_bytes, plan_passes, read_manifest, save_moments)
+from ._activation_cache import choose_cache
 from ._steps import Progress, saved_tables, table_step
 
 __all__ = ["stream_and_compare", "resolve_budget", "plan_for"]
@@ -80,11 +83,18 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         return (Comparison(first, saved["units"], saved["pairs"], threshold=compare.threshold,
                            rotations=compare.rotations, seed=compare.seed, plan=plan), store.top)
     passes, last_save = len(plan.passes), [time.perf_counter(), 0.0]  # when, and how long it took
+    batch_bytes = 4 * tokens * sum(sum(sets.values()) for sets in layout.values())
+    cache = choose_cache(scale.activation_cache, run_dir, passes, total, batch_bytes)
 
     def source(start: int):
-        for batch, token_ids in batches(start):
+        if source.pass_index > 0 and cache is not None and cache.complete():
+            yield from cache.read(start)
+            return
+        for number, (batch, token_ids) in enumerate(batches(start), start=start):
             if source.pass_index == 0:
                 store.top.update(batch, token_ids)
+                if cache is not None:
+                    cache.write(number, batch)
             yield batch
     source.pass_index = 0
 
@@ -109,6 +119,8 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
                                   on_batch=on_batch, on_pass=on_pass)
     except UniversalityError as error:
         raise UniversalityError(f"run {run_name}, evaluation {error}") from None
+    if cache is not None:
+        cache.remove()
     tables = table_step(run_dir / "tables", "compare", tables_print,
                         lambda: {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers},
                         settings=settings)

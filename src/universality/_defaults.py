@@ -11,6 +11,20 @@ def is_dead(variance, mean):
     return variance <= (DEAD_STD_PER_MEAN * abs(mean)) ** 2
 
 
+# The rotation baseline's kind "auto": dense Haar for unit sets up to this width (its QR and products
+# cost O(n^3): about 2 s at 3072 on this machine), the fast structured rotation above it (projected
+# 760 s for dense Haar at 16384 against 28-39 s for the fast kind; compare/_rotations.py).
+HAAR_MAX_WIDTH = 4096
+
+
+def rotation_kind_for(kind: str, size: int) -> str:
+    """The rotation kind used for a unit set of `size` units: "auto" -> "haar" up to HAAR_MAX_WIDTH, else
+    "fast"; "haar" and "fast" as they are."""
+    if kind == "auto":
+        return "haar" if size <= HAAR_MAX_WIDTH else "fast"
+    return kind
+
+
 # Gurnee et al. 2024: a unit is universal when its excess correlation (mean max correlation with the
 # other models minus the same against the rotation baseline) exceeds 0.5.
 THRESHOLD = 0.5

@@ -111,7 +111,7 @@ class CompareConfig(StrictSection):
     accumulate: Literal["float32", "float64"] = "float32"  # co-moment accumulators
     # the baseline's rotations: dense Haar (exact distribution; O(n^3) per unit set of width n) or a
     # structured fast rotation for wide unit sets (compare/_rotations.py states its agreement with Haar)
-    rotation: Literal["haar", "fast"] = "haar"
+    rotation: Literal["auto", "haar", "fast"] = "auto"  # auto: haar up to 4096 units per unit set, fast above
     # largest activations (with their token contexts) kept per unit during the same pass, for the
     # report's unit pages; memory top_k x units per unit set
     top_k: int = Field(20, ge=1, le=1000)

@@ -18,7 +18,7 @@ __all__ = ["compare_activations"]
 
 def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int = 1, seed: int = 0,
                         device: str = "cpu", dtype: str = "float64", memory_budget=None,
-                        rotation: str = "haar") -> Comparison:
+                        rotation: str = "auto") -> Comparison:
     """Stream activation batches and find the universal units.
 
     Parameters
@@ -45,8 +45,9 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         Bytes (or "12GiB", "500MB") the comparison may hold at once (`moments.plan_passes`): the
         co-moments are cut into unit-set blocks and grouped into passes over the data that fit.
         None: one pass holding everything. The tables are the same under any budget.
-    rotation : {'haar', 'fast'}, default='haar'
-        The baseline's rotations: dense Haar, or a structured fast rotation for wide unit sets.
+    rotation : {'auto', 'haar', 'fast'}, default='auto'
+        The baseline's rotations: dense Haar, a structured fast rotation (its baseline matches Haar's
+        distribution: compare/_rotations.py), or 'auto': Haar for unit sets up to 4096 units, fast above.
 
     Every bad input raises one `UniversalityError` line naming the batch, model and unit set.
     The returned `Comparison.plan` holds the passes used.
@@ -79,7 +80,7 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         raise UniversalityError(f"batch 0: {error}") from None
     tokens = next(iter(next(iter(models.values())).values())).shape[0]
     plan = plan_passes(layout_of(models), budget=budget, dtype=dtype, batch_tokens=tokens, rotations=rotations,
-                       dense_rotations=rotation == "haar")
+                       rotation=rotation)
     if len(plan.passes) > 1 and not reusable:
         raise UniversalityError(f"memory_budget={memory_budget!r} needs {len(plan.passes)} passes over the data, but "
                                 "batches is a one-shot iterator; pass a callable returning a fresh iterable "

@@ -109,7 +109,7 @@ def check_settings(threshold: float, rotations: int, seed: int = 0) -> None:
 
 
 def compare_moments(moments: MomentAccumulator, *, threshold: float = THRESHOLD, rotations: int = 1,
-                    seed: int = 0, rotation_kind: str = "haar") -> Comparison:
+                    seed: int = 0, rotation_kind: str = "auto") -> Comparison:
     """Universality tables from streamed moments (no further pass over data)."""
     check_settings(threshold, rotations, seed)
     if moments.count_ < 2:

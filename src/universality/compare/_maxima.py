@@ -37,7 +37,7 @@ class BaselineScales:
     rotated: dict
 
 
-def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: str = "haar") -> BaselineScales:
+def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: str = "auto") -> BaselineScales:
     """Scales of every unit and rotated unit from `acc`'s means and Grams (it must hold every Gram).
     One rotation per (unit set position, rotation index, width) is drawn and shared by all models."""
     inverse_std = {m: _inverse_std(acc, m) for m in acc.models}

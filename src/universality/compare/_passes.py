@@ -41,7 +41,7 @@ class PassStore(Protocol):
 
 
 def run_plan(plan: Plan, source: Source, *, threshold: float, rotations: int, seed: int, device: str = "cpu",
-             rotation_kind: str = "haar", store: PassStore | None = None,
+             rotation_kind: str = "auto", store: PassStore | None = None,
              on_batch: Callable[[int, int, MomentAccumulator], None] | None = None,
              on_pass: Callable[[int, int], None] | None = None) -> Comparison:
     """Stream `source(start_batch)` once per pass of `plan` and return the `Comparison`.

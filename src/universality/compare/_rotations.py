@@ -52,12 +52,13 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
+from .._defaults import rotation_kind_for
 from ..errors import UniversalityError
 from ._baseline import haar_rotation
 
 __all__ = ["Rotation", "HaarRotation", "FastRotation", "rotation", "ROTATION_KINDS", "BLOCK"]
 
-ROTATION_KINDS = ("haar", "fast")
+ROTATION_KINDS = ("auto", "haar", "fast")  # auto: haar up to _defaults.HAAR_MAX_WIDTH units, else fast
 BLOCK = 128  # largest Haar block of the fast kind
 # Threads for every QR (the dense one and the fast kind's blocks). Measured on the shared 2-core
 # machine, QR of 3072 x 3072: idle, 1 thread 1.9 s and 2 threads 1.0 s; at load 3.4, 3.0 s and
@@ -193,7 +194,7 @@ def rotation(kind: str, seed: int, unit_set_index: int, rotation_index: int, siz
 
     Parameters
     ----------
-    kind : {'haar', 'fast'}
+    kind : {'auto', 'haar', 'fast'}  ('auto': `_defaults.rotation_kind_for`)
     seed, unit_set_index, rotation_index : int >= 0
     size : int >= 1, the unit set's width n
 
@@ -203,6 +204,7 @@ def rotation(kind: str, seed: int, unit_set_index: int, rotation_index: int, siz
     """
     if kind not in ROTATION_KINDS:
         raise UniversalityError(f"unknown rotation kind {kind!r}; choose one of: {', '.join(ROTATION_KINDS)}")
+    kind = rotation_kind_for(kind, size)
     seeds = np.random.SeedSequence([seed, unit_set_index, rotation_index, size])
     with _torch_threads(_QR_THREADS):
         if kind == "fast":

@@ -28,7 +28,7 @@ from ._maxima import PairMaxima, baseline_scales
 __all__ = ["universality_tables", "tables_from_maxima", "layer_summary", "universality_null"]
 
 def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int,
-                        kind: str = "haar"):
+                        kind: str = "auto"):
     """The `units` and `pairs` tables of a `Comparison` (see its docstring for the columns), reduced
     block by block from `acc`'s cross blocks (`PairMaxima`)."""
     scales = baseline_scales(acc, rotations=rotations, seed=seed, kind=kind)

@@ -9,7 +9,7 @@ widths their forward is far cheaper than the cross-moment GEMMs).
 
 Memory of one pass (bytes), the terms `Plan.table` prints:
     resident   = Grams + means (kept through every pass: the baseline needs them)
-                 + rotations (dense Haar: float64 Q and a cast per distinct unit-set width and index)
+                 + rotations (dense Haar: float64 Q and a cast per distinct unit-set width and index; fast: O(n))
                  + batch (float32 [tokens + 1, all units] three times: the batch being accumulated, the
                    next one its source builds meanwhile, and the centred copy)
                  + product (one float32 tile of a batch's co-moments before it is added to the state)
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .._defaults import rotation_kind_for
 from ..errors import UniversalityError
 from ._accumulator import PRODUCT_TILE, Block, default_blocks, unit_offsets
 from ._batches import Layout
@@ -53,7 +54,7 @@ class Plan:
     dtype: str
     batch_tokens: int
     rotations: int = 1
-    dense_rotations: bool = True
+    rotation: str = "auto"
 
     @property
     def reduction_flop(self) -> float:
@@ -67,7 +68,7 @@ class Plan:
         for i, (ma, na) in enumerate(sets):
             for mb, nb in sets[i + 1:]:
                 if ma != mb:
-                    total += 2.0 * na * nb * ((na + nb) if self.dense_rotations else 128 * (_rounds(na) + _rounds(nb)))
+                    total += 2.0 * na * nb * (_rotation_cost(self.rotation, na) + _rotation_cost(self.rotation, nb))
         return self.rotations * total
 
     @property
@@ -132,7 +133,7 @@ def available_memory(device: str = "cpu") -> int:
 
 
 def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", batch_tokens: int,
-                rotations: int = 1, dense_rotations: bool = True) -> Plan:
+                rotations: int = 1, rotation: str = "auto") -> Plan:
     """Group the blocks of `layout` into passes that each fit `budget` bytes (module docstring).
 
     budget=None, or a budget that holds everything: one pass of `default_blocks` (one GEMM per model).
@@ -146,8 +147,8 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
     resident = {
         "grams": element * sum(n * n for _, _, n in sets),
         "means": 8 * total_units,
-        "rotations": (rotations * sum((8 + element) * n * n for _, n in widths) if dense_rotations
-                      else rotations * 16 * total_units),
+        "rotations": rotations * sum((8 + element) * n * n if rotation_kind_for(rotation, n) == "haar"
+                                     else 16 * n for _, n in widths),
         "batch": 3 * 4 * (batch_tokens + 1) * total_units,
         "product": 4 * min(PRODUCT_TILE, (batch_tokens + 1) * total_units, max(total_units * total_units, 1)),
         "reduction": 3 * element * largest_pair,
@@ -157,7 +158,7 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
     fixed = sum(resident.values())
     if budget is None or fixed + element * sum(b.entries for b in full) <= budget:
         return Plan(dict(layout), [default_blocks(layout)], resident, budget, dtype, batch_tokens, rotations,
-                    dense_rotations)
+                    rotation)
     room = budget - fixed
     blocks = _cross_blocks(layout, room // element)
     if blocks is None or room <= 0:
@@ -177,7 +178,7 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
         passes[k].append(block)
         loads[k] += size
     return Plan(dict(layout), [_merge_rows(p) for p in passes], resident, budget, dtype, batch_tokens, rotations,
-                dense_rotations)
+                rotation)
 
 
 def _cross_blocks(layout: Layout, room: int) -> list[Block] | None:
@@ -214,9 +215,12 @@ def _merge_rows(blocks: list[Block]) -> list[Block]:
     return merged
 
 
-def _rounds(size: int) -> int:
-    """Rounds of the fast rotation of width `size` (compare/_rotations.py): one Haar block up to 128."""
-    return 1 if size <= 128 else math.ceil(math.log(size) / math.log(128)) + 2
+def _rotation_cost(kind: str, size: int) -> float:
+    """Multiply-adds per entry of applying a rotation of width `size`: n for dense Haar, 128 per round for
+    the fast kind (compare/_rotations.py: one Haar block up to 128, else ceil(log n / log 128) + 2 rounds)."""
+    if rotation_kind_for(kind, size) == "haar":
+        return float(size)
+    return 128.0 * (1 if size <= 128 else math.ceil(math.log(size) / math.log(128)) + 2)
 
 
 def _size(value: int) -> str:

@@ -55,7 +55,7 @@ def plan_for(layout: dict, batch_tokens: int, compare: CompareConfig, scale: Sca
     """The plan of passes a run of this layout follows (what `univ plan` prints)."""
     return plan_passes(layout, budget=resolve_budget(scale.memory_budget, device), dtype=compare.accumulate,
                        batch_tokens=batch_tokens, rotations=compare.rotations,
-                       dense_rotations=compare.rotation == "haar")
+                       rotation=compare.rotation)
 
 
 def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int,

@@ -227,6 +227,9 @@ class PretrainedExperimentConfig(StrictSection):
     collect: PretrainedCollectConfig = PretrainedCollectConfig()
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
+    # the neurons table (statistics, families, roles: one more forward pass); its family sums hold
+    # feature values x neurons (GPT-2: 50,257 token ids x 36,864 neurons per model), so wide families leave it out
+    neurons: bool = True
 
     @model_validator(mode="after")
     def _distinct_models(self) -> "PretrainedExperimentConfig":

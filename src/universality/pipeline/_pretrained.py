@@ -62,10 +62,12 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                                                  on_progress=on_progress)
             moments = comparison.moments
         # 3) neurons: moments, families, weights; heads
-        with times("neurons"):
-            neurons, notes = neuron_step(run_dir, adapters, tokens, inputs_print=moments_print, units=comparison.units,
-                                         feature_sets=_features(first, tokens.shape[1]), drop=drop,
-                                         batch_rows=collect.batch_rows, on_progress=on_progress)
+        neurons, notes = None, ["neuron statistics, families and roles left out (neurons = false in the config)"]
+        if config.neurons:
+            with times("neurons"):
+                neurons, notes = neuron_step(run_dir, adapters, tokens, inputs_print=moments_print,
+                                             units=comparison.units, feature_sets=_features(first, tokens.shape[1]),
+                                             drop=drop, batch_rows=collect.batch_rows, on_progress=on_progress)
         with times("heads"):
             heads = table_step(run_dir / "tables", "heads", moments_print,
                                lambda: {"heads": _heads(adapters, tokens[:collect.batch_rows])})["heads"]

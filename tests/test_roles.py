@@ -143,6 +143,23 @@ def test_null_space_neuron_has_null_share_one_and_ranks_first():
     assert table.null_share.drop(top.name).max() < 0.9
 
 
+@pytest.mark.parametrize("vocab", [5, 12, 400])  # below, at and above d_model 12
+def test_null_share_matches_the_eigenvectors_of_w_u_w_u_t_for_every_vocabulary_size(vocab):
+    # the SVD leaves out the [vocab, vocab] right singular vectors (GPT-2: 20 GB); U must still be complete
+    g = torch.Generator().manual_seed(vocab)
+    d_model = 12
+    w_u = torch.randn(d_model, vocab, generator=g, dtype=torch.float64)
+    w_u[:4] *= 1e-3  # 4 directions of the residual stream W_U barely reads
+    w_out = torch.randn(7, d_model, generator=g, dtype=torch.float64)
+    table = entropy_neuron_scores({"W_U": w_u, "blocks.0.mlp.W_out": w_out})
+    values, vectors = torch.linalg.eigh(w_u @ w_u.T)  # ascending; W_U W_U^T = U S^2 U^T
+    singular = values.clamp_min(0).sqrt()
+    null = vectors[:, singular <= 0.1 * singular.max()]
+    expected = ((w_out @ null) ** 2).sum(dim=1) / (w_out**2).sum(dim=1)
+    assert table.null_dims.iloc[0] == null.shape[1] >= 4
+    np.testing.assert_allclose(table.null_share.to_numpy(), expected.numpy(), atol=1e-9)
+
+
 def test_fixing_the_entropy_neuron_raises_entropy_and_ln_scale_more_than_random_neurons():
     adapter = adapt(_entropy_model())
     table = entropy_intervention(adapter, _tokens(16), POST1, 3, [0.0, 10.0], random_baseline=4, seed=0)

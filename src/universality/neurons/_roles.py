@@ -101,8 +101,10 @@ def entropy_neuron_scores(weights: Mapping, *, null_dims: int | None = None, rel
     """
     unembed = named_weight(weights, "W_U", {"d_model": None, "vocab": None})
     d_model = unembed.shape[0]
-    # 1) all left singular vectors, singular values padded to d_model
-    u, s, _ = torch.linalg.svd(unembed, full_matrices=True)  # u [d_model, d_model], s [min(d_model, vocab)]
+    # 1) all left singular vectors, singular values padded to d_model. The right singular vectors are
+    # not needed: the full V would be [vocab, vocab] (GPT-2: 50,257^2 float64 = 20 GB), so it is asked
+    # for only when d_model > vocab (V is then smaller than U); otherwise the reduced U is already square
+    u, s, _ = torch.linalg.svd(unembed, full_matrices=d_model > unembed.shape[1])  # u [d_model, d_model]
     s = torch.cat([s, s.new_zeros(d_model - s.numel())])  # [d_model], descending
     # 2) the effective null space
     if null_dims is not None:

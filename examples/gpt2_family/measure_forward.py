@@ -15,7 +15,9 @@ In one process, on the models `make_family.py` wrote:
    seconds per token; cross moments = 2 x pairs x (12 x 3072)^2 FLOP per token (27.2 GFLOP for 5
    models, 10 pairs) at the GEMM rate. Above 1, streaming dominates; below 1, the comparison does.
 
-The machine is shared: the 1-minute load average before and after is in the output. The last line
+The machine is shared: the 1-minute load average before and after is in the output, and each
+figure also per CPU second of this process (`time.process_time`), which other jobs inflate less than
+wall time: at 1 thread it approximates the rate on an idle core. The last line
 printed is one JSON object of the figures.
 
     PYTHONPATH=src .venv/bin/python examples/gpt2_family/measure_forward.py [MODELS_DIR] [--runs 3]
@@ -48,15 +50,17 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: KiB
 
 
-def median_seconds(call, runs: int, warmup: int = 1) -> tuple[float, list[float]]:
+def median_seconds(call, runs: int, warmup: int = 1) -> tuple[float, list[float], float]:
+    """(median wall seconds, every run's wall seconds, median CPU seconds of this process) of `call()`."""
     for _ in range(warmup):
         call()
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(times), times, statistics.median(cpu)
 
 
 def main(argv=None) -> None:
@@ -100,13 +104,14 @@ def main(argv=None) -> None:
         rows = tokens_from_text_files(data, adapter, seq_len=seq_len, max_rows=max(1, args.tokens // seq_len))
         for threads in args.threads:
             torch.set_num_threads(threads)
-            median, times = median_seconds(lambda: adapter.run(rows, names), args.runs)
+            median, times, cpu = median_seconds(lambda: adapter.run(rows, names), args.runs)
             rate = rows.numel() / median
             forward[f"{threads}t_{seq_len}"] = {"threads": threads, "rows": rows.shape[0], "seq_len": seq_len,
-                                                "seconds": [round(t, 3) for t in times], "tokens_per_s": round(rate, 1)}
+                                                "seconds": [round(t, 3) for t in times], "tokens_per_s": round(rate, 1),
+                                                "tokens_per_cpu_s": round(rows.numel() / cpu, 1)}
             print(f"forward {rows.shape[0]} x {seq_len} tokens, {len(names)} unit sets ({units} units), {threads} "
-                  f"thread(s): median {median:.3f} s of {[round(t, 3) for t in times]} -> {rate:.0f} tokens/s",
-                  flush=True)
+                  f"thread(s): median {median:.3f} s of {[round(t, 3) for t in times]} -> {rate:.0f} tokens/s "
+                  f"({rows.numel() / cpu:.0f} per CPU second)", flush=True)
 
     # 3) GEMM at the shape of one cross-moment block
     g = torch.Generator().manual_seed(0)
@@ -115,9 +120,10 @@ def main(argv=None) -> None:
     gemm = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        median, times = median_seconds(lambda: a.T @ b, args.gemm_runs, warmup=2)
+        median, times, cpu = median_seconds(lambda: a.T @ b, args.gemm_runs, warmup=2)
         gemm[f"{threads}t"] = {"threads": threads, "seconds": [round(t, 4) for t in times],
-                               "gflop_per_s": round(flop / median / 1e9, 1)}
+                               "gflop_per_s": round(flop / median / 1e9, 1),
+                               "gflop_per_cpu_s": round(flop / cpu / 1e9, 1)}
         print(f"GEMM a.T @ b, a, b {list(GEMM_SHAPE)} ({flop / 1e9:.1f} GFLOP), {threads} thread(s): "
               f"median {median:.3f} s -> {flop / median / 1e9:.1f} GFLOP/s", flush=True)
 

@@ -5,10 +5,9 @@ The rule (`[scale] activation_cache`): "auto" caches when the plan has more than
 whole stream (tokens x all units x 4 bytes, float32) takes at most half the free space of the cache
 directory; "none" never caches (every pass re-runs the models); a directory path caches there
 (checked writable before the first batch). Reading a batch back costs its bytes at disk speed; the
-forward passes it replaces cost about as much as the pass's GEMMs on this CPU at GPT-2-small shapes
-(README, "Scale"), so on a CPU the cache nearly halves a multi-pass run. At the reference study's
-size (100M tokens x 184k units, 74 TB) no cache fits: the models are re-run, as on a GPU, where the
-forward is about 1/160 of the GEMMs. One safetensors file per batch, written atomically; the cache
+forward passes it replaces cost 4-5% of the cross-moment GEMMs per token on this CPU at GPT-2-small
+shapes, paid once per pass (README, "Scale"): a 7-pass plan saves about a quarter of its time. At the
+reference study's size (100M tokens x 184k units, 74 TB) no cache fits and the models are re-run. One safetensors file per batch, written atomically; the cache
 is removed when the comparison is done.
 """
 

@@ -15,6 +15,8 @@ from universality.compare import compare_activations
 from universality.config import parse_config
 from universality.moments import parse_bytes, plan_passes
 
+from test_pipeline import SMALL as PIPELINE_SMALL
+
 torch.set_num_threads(1)
 
 
@@ -121,28 +123,8 @@ def test_bad_sizes_are_one_line(bad):
         parse_bytes(bad)
 
 
-SMALL = """
-name = "budgeted"
-seeds = [0, 1, 2]
-[language]
-seq_len = 32
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_mlp = 64
-activation = "relu"
-[train]
-steps = 30
-batch_size = 16
-log_every = 10
-threads = 1
-[collect]
-rows = 64
-batch_rows = 16
-[compare]
-rotations = 2
-threshold = 0.2
+# threads pinned: each run trains its own seeds, and a different thread count rounds differently
+SMALL = PIPELINE_SMALL.replace('name = "small"', 'name = "budgeted"').replace("[train]\n", "[train]\nthreads = 1\n") + """
 [scale]
 memory_budget = BUDGET
 activation_cache = CACHE

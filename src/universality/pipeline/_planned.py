@@ -104,7 +104,7 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
     def on_batch(index: int, number: int, acc: MomentAccumulator) -> None:
         on_progress(label(index), number + 1, total)
         interval = CHECKPOINT_SECONDS and max(CHECKPOINT_SECONDS, 10 * last_save[1])  # 0: after every batch
-        if time.perf_counter() - last_save[0] >= interval:
+        if number + 1 < total and time.perf_counter() - last_save[0] >= interval:  # the last is saved reduced
             started = time.perf_counter()
             store.save(index, acc)
             last_save[:] = [time.perf_counter(), time.perf_counter() - started]

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
 MODELS, SETS, WIDTH = 4, 8, 1024
 
 
@@ -100,6 +101,18 @@ def gemm_peak(threads: int, tokens: int = 1024, width: int = 4096, repeats: int 
     return 2 * tokens * width * width / best / 1e9
 
 
+def _ray_figures(args) -> dict:
+    """`ray_2workers_ratio` from benchmarks/bench_ray.py (Ray with 2 workers over in-process)."""
+    from bench_ray import ray_ratio
+    return {"ray_2workers_ratio": ray_ratio(quick=args.quick)}
+
+
+def _sketch_figures(args) -> dict:
+    """Sketch-and-refine speedup and agreement from benchmarks/bench_sketch.py."""
+    from bench_sketch import sketch_figures
+    return sketch_figures(quick=args.quick)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
@@ -120,6 +133,15 @@ def main() -> None:
     figures["budget_4pass_passes"] = planned[0]["passes"]
     figures["budget_4pass_ratio"] = statistics.median(r["tokens_per_s"] for r in planned) / rate
     figures["peak_rss_over_budget"] = max(r["rss_growth"] / budget for r in planned)
+    # the rotation baseline of one unit set (build Q, C Q^T on [4096, n], diag(Q G Q^T)) with the kind
+    # "auto" picks at each width (Haar at 3072, fast at 16384), and the other kind beside it
+    from bench_rotations import rotation_seconds
+    figures["rotation_s_3072"] = rotation_seconds(3072, "haar", threads=args.threads, repeats=repeats)
+    figures["rotation_fast_s_3072"] = rotation_seconds(3072, "fast", threads=args.threads, repeats=repeats)
+    figures["rotation_s_16384"] = rotation_seconds(16384, "fast", threads=args.threads, repeats=1)
+    figures["rotation_haar_s_16384_projected"] = figures["rotation_s_3072"] * (16384 / 3072) ** 3  # O(n^3)
+    for extra in (_ray_figures(args), _sketch_figures(args)):
+        figures |= extra
     for name, value in figures.items():
         print(f"{name:>28}: {value:.4g}")
     print(json.dumps(figures))

@@ -119,7 +119,7 @@ class CompareConfig(StrictSection):
 
 class ScaleConfig(StrictSection):
     """How the comparison fits the machine: a memory budget that cuts the co-moments into passes over
-    the data (`moments.plan_passes`). The tables are the same under any budget."""
+    the data (`moments.plan_passes`), and where they stream. The tables are the same under any budget."""
 
     # "auto": half of the device's available memory when the run starts; "none": one pass holding
     # everything; or a size such as "12GiB" (the resident Grams, one batch and the blocks of one pass)
@@ -130,6 +130,18 @@ class ScaleConfig(StrictSection):
     # CUDA only: let the cross-moment GEMMs use TF32 tensor cores (about 7x an fp32 GPU's rate; inputs
     # rounded to 10 mantissa bits, so correlations move by about 1e-3: off unless you accept that)
     tf32: bool = False
+    # "local": this process; "ray": `workers` Ray actors each stream a token shard of every pass (pip install
+    # 'universality[ray]'; the budget applies per worker); `address`: an existing cluster ("host:port",
+    # "ray://host:port", "auto"), unset: an embedded Ray on this machine
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, min_length=1, max_length=4096)
+    workers: int = Field(2, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> "ScaleConfig":
+        if self.address is not None and self.backend != "ray":
+            raise ValueError('address is used only with backend = "ray"')
+        return self
 
 
 class _Seeds(StrictSection):

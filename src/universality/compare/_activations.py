@@ -18,7 +18,8 @@ __all__ = ["compare_activations"]
 
 def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int = 1, seed: int = 0,
                         device: str = "cpu", dtype: str = "float64", memory_budget=None,
-                        rotation: str = "auto") -> Comparison:
+                        rotation: str = "auto", backend: str = "local", workers: int = 2,
+                        address: str | None = None, batch_count: int | None = None) -> Comparison:
     """Stream activation batches and find the universal units.
 
     Parameters
@@ -48,6 +49,19 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     rotation : {'auto', 'haar', 'fast'}, default='auto'
         The baseline's rotations: dense Haar, a structured fast rotation (its baseline matches Haar's
         distribution: compare/_rotations.py), or 'auto': Haar for unit sets up to 4096 units, fast above.
+    backend : {'local', 'ray'}, default='local'
+        'ray': `workers` Ray actors each stream a token shard of every pass (`universality.distributed`;
+        needs `pip install 'universality[ray]'`). `batches` must then be a picklable (cloudpickle)
+        callable: batches(start, stop) returning the batches [start, stop), or batches() returning all
+        of them (each worker skips to its shard with itertools.islice).
+    workers : int >= 1, default=2
+        Ray actors (backend='ray'), one CPU each.
+    address : str or None, default=None
+        An existing Ray cluster ('host:port', 'ray://host:port', 'auto'); None starts an embedded Ray
+        with `workers` CPUs (or uses the Ray already initialised in this process).
+    batch_count : int or None, default=None
+        Batches in the stream (backend='ray'); None counts them once here by iterating batches()
+        (a batches(start, stop) callable needs it).
 
     Every bad input raises one `UniversalityError` line naming the batch, model and unit set.
     The returned `Comparison.plan` holds the passes used.
@@ -66,6 +80,11 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         raise UniversalityError(f"rotation must be one of {', '.join(map(repr, ROTATION_KINDS))}, got {rotation!r}")
     device = str(check_device(device))
     budget = None if memory_budget is None else parse_bytes(memory_budget)
+    if backend != "local":  # token shards on Ray workers
+        from ..distributed import compare_on_ray
+        return compare_on_ray(batches, backend=backend, workers=workers, address=address, batch_count=batch_count,
+                              threshold=threshold, rotations=rotations, seed=seed, device=device, dtype=dtype,
+                              budget=budget, rotation=rotation)
     if isinstance(batches, Mapping) or not (isinstance(batches, Iterable) or callable(batches)):
         raise UniversalityError(f"batches must be an iterable of {{model: {{unit_set: Tensor}}}} dicts (or a callable "
                                 f"returning one), got a {type(batches).__name__}; wrap a single batch in a list: [batch]")

@@ -4,7 +4,9 @@ soon as the pass ends, so memory never exceeds one pass (`moments.plan_passes`).
 Pass 0 holds every Gram; at its end the baseline scales are computed from them and kept. Every
 later pass must see the same tokens: its token count and means are checked against pass 0's.
 A `PassStore` (optional) saves the maxima after each reduced pass and checkpoints the running
-pass, so an interrupted run resumes at the pass (and batch) it had reached.
+pass, so an interrupted run resumes at the pass (and batch) it had reached. A pass's state comes
+from one stream here or, with `stream_pass`, from elsewhere (the Ray backend, `universality.distributed`:
+token shards streamed by workers and merged); the reduction is the same.
 """
 
 from __future__ import annotations
@@ -40,20 +42,29 @@ class PassStore(Protocol):
         """Pass `index` is reduced into `maxima` (None: a one-pass plan, `first` holds everything)."""
 
 
-def run_plan(plan: Plan, source: Source, *, threshold: float, rotations: int, seed: int, device: str = "cpu",
+def run_plan(plan: Plan, source: Source | None, *, threshold: float, rotations: int, seed: int, device: str = "cpu",
              rotation_kind: str = "auto", store: PassStore | None = None,
              on_batch: Callable[[int, int, MomentAccumulator], None] | None = None,
-             on_pass: Callable[[int, int], None] | None = None) -> Comparison:
+             on_pass: Callable[[int, int], None] | None = None,
+             stream_pass: Callable[[int], MomentAccumulator] | None = None) -> Comparison:
     """Stream `source(start_batch)` once per pass of `plan` and return the `Comparison`.
 
     A one-pass plan keeps the whole state (`Comparison.moments` as from `compare_moments`); a
     multi-pass one keeps pass 0's means and Grams as `moments`; `Comparison.plan` is `plan`.
     `on_pass(pass index, start batch)` runs before a pass streams, `on_batch(pass index, batch index,
-    accumulator)` after every batch (progress, checkpoints)."""
+    accumulator)` after every batch (progress, checkpoints). `stream_pass(pass index)`, when given,
+    returns the complete state of a pass in place of streaming `source` here (`source`, `on_batch`
+    and `on_pass` are then unused); a pass saved complete in `store` is still read from it."""
     done, saved = store.completed() if store is not None else (0, None)
     if len(plan.passes) > 1:
         return_freed_memory()
-    first = _stream_pass(plan, 0, source, device, store, on_batch, on_pass)
+
+    def stream(index: int) -> MomentAccumulator:
+        if stream_pass is None:
+            return _stream_pass(plan, index, source, device, store, on_batch, on_pass)
+        acc, complete = store.load(index) if store is not None else (None, False)
+        return acc if acc is not None and complete else _enough_tokens(stream_pass(index))
+    first = stream(0)
     if len(plan.passes) == 1:
         if store is not None and not done:
             store.finish(0, first, None)
@@ -66,7 +77,7 @@ def run_plan(plan: Plan, source: Source, *, threshold: float, rotations: int, se
     if saved is not None:  # the passes before `done` are folded into the saved maxima
         maxima.load_state_dict(saved)
     for index in range(done, len(plan.passes)):
-        acc = first if index == 0 else _stream_pass(plan, index, source, device, store, on_batch, on_pass)
+        acc = first if index == 0 else stream(index)
         if index:
             _check_same_stream(first, acc, index)
         for block in [b for b in acc.blocks_ if not b.is_gram]:
@@ -100,9 +111,14 @@ def _stream_pass(plan: Plan, index: int, source: Source, device: str, store: Pas
         if on_batch is not None:
             on_batch(index, number, acc)
         del batch  # not held while the source builds the next one
+    return _enough_tokens(acc).end_stream()
+
+
+def _enough_tokens(acc: MomentAccumulator) -> MomentAccumulator:
+    """`acc`, after checking it saw the 2 tokens a correlation needs."""
     if acc.count_ < 2:
         raise UniversalityError(f"need at least 2 tokens to correlate, the stream had {acc.count_}")
-    return acc.end_stream()
+    return acc
 
 
 def return_freed_memory() -> None:

@@ -17,6 +17,7 @@ Tables written besides the universality ones (`tables/`):
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,7 @@ import torch
 from .._rundir import fingerprint
 from ..collect import batch_count, stream_activations
 from ..config import GroupExperimentConfig
+from ..distributed import ActivationSource, trained_models
 from ..groups import make_group
 from ..irreps import analyze_group_seed
 from ..models import adapt
@@ -69,7 +71,9 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                                           start_batch=start_batch, token_index=True)
             comparison, top = stream_and_compare(config.name, moments_print, run_dir, batch_count(pairs, _PAIR_BATCH),
                                                  batches, compare=config.compare, scale=config.scale, device="cpu",
-                                                 on_progress=on_progress)
+                                                 on_progress=on_progress, factory=ActivationSource(
+                                                     partial(trained_models, {n: t.model for n, t in trained.items()}),
+                                                     pair_tokens, hidden, _PAIR_BATCH))
             if "group_units" in tables:
                 tables |= table_step(run_dir / "tables", "group_matches",
                                      fingerprint(models=prints, analysis=config.analysis.model_dump(),

@@ -7,6 +7,7 @@ families against the tokens, positions and the language's ground-truth labels, w
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from .._rundir import fingerprint
 from ..collect import batch_count, select_unit_sets, stream_activations
 from ..neurons import label_features, position_buckets, previous_token, unigram
 from ..config import ExperimentConfig
+from ..distributed import ActivationSource, trained_models
 from ..models import TinyTransformer, adapt
 from ..tasks import SyntheticLanguage
 from ..train import load_checkpoint, save_checkpoint, train_seed
@@ -54,7 +56,9 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             comparison, top = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(collect.rows, collect.batch_rows), batches,
                                                  compare=config.compare, scale=config.scale, device=config.device,
-                                                 on_progress=on_progress)
+                                                 on_progress=on_progress, factory=ActivationSource(
+                                                     partial(trained_models, models, bos_token_id=language.bos),
+                                                     sample.tokens, unit_sets, collect.batch_rows, drop))
             moments = comparison.moments
         with times("neurons"):
             vocab = language.token_names

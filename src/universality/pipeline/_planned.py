@@ -26,6 +26,7 @@ from ..compare import Comparison
 from ..compare._maxima import PairMaxima
 from ..compare._passes import run_plan
 from ..config import CompareConfig, ScaleConfig
+from ..distributed import SourceFactory, pass_streamer
 from ..errors import UniversalityError
 from ..moments import (DEFAULT_BUDGET_FRACTION, MomentAccumulator, Plan, TopActivations, available_memory,
                        load_moments, parse_bytes, plan_passes, read_manifest, save_moments)
@@ -60,11 +61,13 @@ def plan_for(layout: dict, batch_tokens: int, compare: CompareConfig, scale: Sca
 
 def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int,
                        batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, compare: CompareConfig,
-                       scale: ScaleConfig, device: str, on_progress: Progress
+                       scale: ScaleConfig, device: str, on_progress: Progress, factory: SourceFactory
                        ) -> tuple[Comparison, TopActivations]:
     """Universality of the activations `batches(start_batch)` yields (each `({model: {unit_set:
     Tensor[tokens, units]}}, global token index [tokens])`), with each unit's top activations from
-    the first pass; `total` batches per pass. Tables are saved in `run_dir/tables` (step "compare")."""
+    the first pass; `total` batches per pass. Tables are saved in `run_dir/tables` (step "compare").
+    With `scale.backend = "ray"` Ray workers stream the same batches from `factory` (a picklable
+    `distributed.SourceFactory`), a token shard each, resuming only at whole passes."""
     first_batch, _ = next(iter(batches(0)), (None, None))
     if first_batch is None:
         raise UniversalityError(f"run {run_name}: no tokens left to compare after filtering; "
@@ -84,7 +87,8 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
                            rotations=compare.rotations, seed=compare.seed, plan=plan), store.top)
     passes, last_save = len(plan.passes), [time.perf_counter(), 0.0]  # when, and how long it took
     batch_bytes = 4 * tokens * sum(sum(sets.values()) for sets in layout.values())
-    cache = choose_cache(scale.activation_cache, run_dir, passes, total, batch_bytes)
+    cache = None if scale.backend != "local" else choose_cache(scale.activation_cache, run_dir, passes, total,
+                                                               batch_bytes)  # Ray workers stream their own shards
 
     def source(start: int):
         if source.pass_index > 0 and cache is not None and cache.complete():
@@ -113,10 +117,13 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         source.pass_index = index
         on_progress(label(index), start, total)
     try:
-        with _tf32(scale.tf32 and str(device).startswith("cuda")):
+        with _tf32(scale.tf32 and str(device).startswith("cuda")), \
+                pass_streamer(scale.backend, plan, factory, total, address=scale.address, workers=scale.workers,
+                              device=device, top_k=compare.top_k, on_top=lambda top: setattr(store, "top", top),
+                              on_job=lambda index, done: on_progress(label(index), done, total)) as stream_pass:
             comparison = run_plan(plan, source, threshold=compare.threshold, rotations=compare.rotations,
                                   seed=compare.seed, device=device, rotation_kind=compare.rotation, store=store,
-                                  on_batch=on_batch, on_pass=on_pass)
+                                  on_batch=on_batch, on_pass=on_pass, stream_pass=stream_pass)
     except UniversalityError as error:
         raise UniversalityError(f"run {run_name}, evaluation {error}") from None
     if cache is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from .._rundir import fingerprint
 from ..collect import batch_count, select_unit_sets, stream_activations
 from ..config import DataConfig, PretrainedExperimentConfig
+from ..distributed import ActivationSource, pretrained_models
 from ..errors import UniversalityError
 from ..models import load_model
 from ..neurons import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
@@ -59,7 +61,9 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
             comparison, top = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(tokens.shape[0], collect.batch_rows), batches,
                                                  compare=config.compare, scale=config.scale, device=config.device,
-                                                 on_progress=on_progress)
+                                                 on_progress=on_progress, factory=ActivationSource(
+                                                     partial(pretrained_models, dict(zip(adapters, config.models))),
+                                                     tokens, unit_sets, collect.batch_rows, drop))
             moments = comparison.moments
         # 3) neurons: moments, families, weights; heads
         neurons, notes = None, ["neuron statistics, families and roles left out (neurons = false in the config)"]

@@ -4,15 +4,19 @@
    writing anything (so a read-only finished run can be run again), when its files are intact.
 2. Otherwise the run stages (`open_run`), writes the resolved config, runs the kind's steps
    (`body(run_dir, times) -> RunRecord`) in the staging directory, writes the report, and commits.
+   With `[scale] backend = "ray"` Ray is connected first, so an address that does not answer is one
+   line and nothing is written; the session lasts the run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from .._rundir import fingerprint, resolved_config_text, write_text_atomic
 from .._threads import resolve_threads
+from ..distributed import ray_session
 from ..errors import UniversalityError
 from ._report import RunRecord, load_run, report_step
 from ._run_directory import finished_run_print, open_run
@@ -34,10 +38,12 @@ def trained_inputs(train_config) -> dict:
 
 
 def run_fingerprint(config) -> str:
-    """A fingerprint of everything that defines a run's results (the config without `threads`)."""
+    """A fingerprint of everything that defines a run's results (the config without `threads`, nor where
+    the passes stream: `[scale]` backend, address and workers change only the float rounding)."""
     settings = config.model_dump(mode="json")
     if "train" in settings:
         settings["train"] = trained_inputs(config.train)
+    settings["scale"] = config.scale.model_dump(mode="json", exclude={"backend", "address", "workers"})
     return fingerprint(run=settings)
 
 
@@ -58,15 +64,17 @@ def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunR
     finished = finished_result(config, runs_dir)
     if finished is not None:
         return finished
-    run = open_run(runs_dir, config.name)
-    times = StepTimes()
-    try:
-        write_text_atomic(run.work / "config.toml", resolved_config_text(config.model_dump()))
-        record = body(run.work, times)
-        with times("report"):
-            record.facts["step times (s)"] = times.text()
-            report_step(run.work, record, run_name=run.final.name)
-        run.commit(run_fingerprint(config))
-    finally:
-        run.release()
+    scale = config.scale
+    with ray_session(scale.address, scale.workers) if scale.backend == "ray" else nullcontext():
+        run = open_run(runs_dir, config.name)
+        times = StepTimes()
+        try:
+            write_text_atomic(run.work / "config.toml", resolved_config_text(config.model_dump()))
+            record = body(run.work, times)
+            with times("report"):
+                record.facts["step times (s)"] = times.text()
+                report_step(run.work, record, run_name=run.final.name)
+            run.commit(run_fingerprint(config))
+        finally:
+            run.release()
     return RunResult(run.final, record.comparison, run.final / "report.html", times.seconds, record.facts, record.notes)

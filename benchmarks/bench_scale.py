@@ -104,7 +104,8 @@ def gemm_peak(threads: int, tokens: int = 1024, width: int = 4096, repeats: int 
 def _ray_figures(args) -> dict:
     """`ray_2workers_ratio` from benchmarks/bench_ray.py (Ray with 2 workers over in-process)."""
     from bench_ray import ray_ratio
-    return {"ray_2workers_ratio": ray_ratio(quick=args.quick)}
+    figures = ray_ratio(batches=8 if args.quick else 64, repeats=1 if args.quick else args.repeats)
+    return {"ray_2workers_ratio": figures["ratio"]}
 
 
 def _sketch_figures(args) -> dict:

@@ -34,7 +34,7 @@ from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
-from ._planned import stream_and_compare
+from ._planned import plan_fact, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 
 __all__ = ["run_groups"]
@@ -89,6 +89,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                                 for m in config.architectures),
             "unit sets compared": ", ".join(sorted({s for names in hidden.values() for s in names})),
             "rotations in the baseline": str(comparison.rotations),
+            "passes": plan_fact(comparison),
         }
         tables |= table_step(run_dir / "tables", "contexts", moments_print,
                              lambda: context_tables(pair_tokens, _pair_texts(group)))

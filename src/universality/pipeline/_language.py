@@ -23,7 +23,7 @@ from ..train import load_checkpoint, save_checkpoint, train_seed
 from ._neurons import neuron_step
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
-from ._planned import stream_and_compare
+from ._planned import plan_fact, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 
 __all__ = ["run_language"]
@@ -77,6 +77,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                                f"{'dropped' if collect.drop_bos else 'kept'})",
             "unit sets": ", ".join(unit_sets),
             "rotations in the baseline": str(comparison.rotations),
+            "passes": plan_fact(comparison),
         }
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(sample.tokens, [f" {name}" for name in language.token_names]))

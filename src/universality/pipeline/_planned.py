@@ -33,7 +33,7 @@ from ..moments import (DEFAULT_BUDGET_FRACTION, MomentAccumulator, Plan, TopActi
 from ._activation_cache import choose_cache
 from ._steps import Progress, saved_tables, table_step
 
-__all__ = ["stream_and_compare", "resolve_budget", "plan_for"]
+__all__ = ["stream_and_compare", "resolve_budget", "plan_for", "plan_fact"]
 
 # the stream saves its state at most this often, and at least 10 times as long apart as a save takes
 # (a large state costs seconds to write); the environment variable lets the kill-and-resume tests
@@ -144,6 +144,15 @@ def _tf32(allow: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def plan_fact(comparison: Comparison) -> str:
+    """The report's header fact on how the comparison fit the machine: passes and memory budget."""
+    plan = comparison.plan
+    if plan is None:
+        return "one pass"
+    budget = "no memory budget" if plan.budget is None else f"memory budget {plan.budget / 2**30:.2f} GiB"
+    return f"{len(plan.passes)} pass{'es' if len(plan.passes) > 1 else ''} over the data ({budget})"
 
 
 class _RunDirStore:

@@ -28,7 +28,7 @@ from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset,
 from ._neurons import neuron_step
 from ._report import RunRecord, context_tables
 from ._run import execute
-from ._planned import stream_and_compare
+from ._planned import plan_fact, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step
 
 __all__ = ["run_pretrained", "token_rows"]
@@ -82,6 +82,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                                f"{config.data.source}; dropped ids {drop})",
             "unit sets": ", ".join(unit_sets),
             "rotations in the baseline": str(comparison.rotations),
+            "passes": plan_fact(comparison),
         }
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(tokens, _display_texts(first)))

@@ -45,7 +45,7 @@ def test_a_tiled_batch_product_equals_the_whole_one(monkeypatch):
     batches = [{m: {"s": torch.randn(300, 5, generator=g), "t": torch.randn(300, 3, generator=g)} for m in "xyz"}
                for _ in range(4)]
     whole = MomentAccumulator({m: {"s": 5, "t": 3} for m in "xyz"}, dtype="float64")
-    monkeypatch.setattr(accumulator, "_PRODUCT_TILE", 7)  # one or two columns at a time
+    monkeypatch.setattr(accumulator, "PRODUCT_TILE", 7)  # one or two columns at a time
     tiled = MomentAccumulator({m: {"s": 5, "t": 3} for m in "xyz"}, dtype="float64")
     for batch in batches:
         tiled.update(batch)

@@ -12,6 +12,7 @@ from ..moments import layout_of, normalize_batch, parse_bytes, plan_passes
 from ._comparison import Comparison, check_settings
 from ._passes import rerunnable, run_plan, skip
 from ._rotations import ROTATION_KINDS
+from ._sketch import check_sketch_settings, compare_sketch
 
 __all__ = ["compare_activations"]
 
@@ -19,7 +20,8 @@ __all__ = ["compare_activations"]
 def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int = 1, seed: int = 0,
                         device: str = "cpu", dtype: str = "float64", memory_budget=None,
                         rotation: str = "auto", backend: str = "local", workers: int = 2,
-                        address: str | None = None, batch_count: int | None = None) -> Comparison:
+                        address: str | None = None, batch_count: int | None = None, mode: str = "exact",
+                        subsample: float | None = None, candidates: int | None = None) -> Comparison:
     """Stream activation batches and find the universal units.
 
     Parameters
@@ -35,7 +37,7 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     rotations : int >= 1, default=1
         Haar rotations per unit set averaged in the baseline (exact, from the moments).
     seed : int >= 0, default=0
-        Seeds the rotations.
+        Seeds the rotations (and the sketch's subsample).
     device : str, default='cpu'
         Where the moments and GEMMs live: 'cpu', 'cuda[:N]', or 'auto' (CUDA when present).
     dtype : {'float32', 'float64'}, default='float64'
@@ -62,6 +64,22 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     batch_count : int or None, default=None
         Batches in the stream (backend='ray'); None counts them once here by iterating batches()
         (a batches(start, stop) callable needs it).
+    mode : {'exact', 'sketch'}, default='exact'
+        'sketch': sketch and refine (`compare._sketch`), for widths where an exact pass is too slow.
+        Pass 1 is the exact comparison on a seeded subsample of the tokens, keeping each unit's
+        top `candidates` partners in every other model and the rotation baseline; pass 2 streams
+        every token for the candidate pairs only. max_corr and partner are exact over all tokens
+        among the candidates; the baseline is the subsample's. `units` gains a column
+        `barely_seen`: live units the subsample saw move on fewer than 32 tokens (NaN if never).
+        Streams the batches twice or more: pass a callable or a list. Local backend only.
+    subsample : float in (0, 1], default=0.02 (mode='sketch' only)
+        Fraction of every batch's tokens pass 1 keeps, drawn from (seed, batch index): a fraction,
+        not a count, since a stream's length is unknown until it ends. Pass 1 costs about this
+        fraction of an exact pass plus the rotation baseline (which does not grow with tokens); the
+        baseline is the subsample's, close to the exact one once the subsample is much longer than
+        the unit sets are wide (`compare._sketch.compare_sketch`).
+    candidates : int >= 1, default=8 (mode='sketch' only)
+        Candidate partners kept per unit and other model (at most the other model's units).
 
     Every bad input raises one `UniversalityError` line naming the batch, model and unit set.
     The returned `Comparison.plan` holds the passes used.
@@ -74,6 +92,10 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     [3, 2, 1, 0]
     """
     check_settings(threshold, rotations, seed)
+    subsample, candidates = check_sketch_settings(mode, subsample, candidates)
+    if mode == "sketch" and backend != "local":
+        raise UniversalityError(f"mode='sketch' runs on the local backend only, got backend={backend!r}; pass "
+                                "backend='local'")
     if dtype not in ("float32", "float64"):
         raise UniversalityError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if rotation not in ROTATION_KINDS:
@@ -98,6 +120,13 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     except UniversalityError as error:
         raise UniversalityError(f"batch 0: {error}") from None
     tokens = next(iter(next(iter(models.values())).values())).shape[0]
+    if mode == "sketch":
+        if not reusable:
+            raise UniversalityError("mode='sketch' streams the batches twice (subsample, then candidates), but batches "
+                                    "is a one-shot iterator; pass a callable returning a fresh iterable or a list")
+        return compare_sketch(make, layout_of(models), tokens, subsample=subsample, candidates=candidates,
+                              threshold=threshold, rotations=rotations, seed=seed, device=device, dtype=dtype,
+                              budget=budget, rotation=rotation)
     plan = plan_passes(layout_of(models), budget=budget, dtype=dtype, batch_tokens=tokens, rotations=rotations,
                        rotation=rotation)
     if len(plan.passes) > 1 and not reusable:

@@ -46,7 +46,8 @@ def run_plan(plan: Plan, source: Source | None, *, threshold: float, rotations: 
              rotation_kind: str = "auto", store: PassStore | None = None,
              on_batch: Callable[[int, int, MomentAccumulator], None] | None = None,
              on_pass: Callable[[int, int], None] | None = None,
-             stream_pass: Callable[[int], MomentAccumulator] | None = None) -> Comparison:
+             stream_pass: Callable[[int], MomentAccumulator] | None = None,
+             on_state: Callable[[MomentAccumulator, MomentAccumulator], None] | None = None) -> Comparison:
     """Stream `source(start_batch)` once per pass of `plan` and return the `Comparison`.
 
     A one-pass plan keeps the whole state (`Comparison.moments` as from `compare_moments`); a
@@ -54,7 +55,9 @@ def run_plan(plan: Plan, source: Source | None, *, threshold: float, rotations: 
     `on_pass(pass index, start batch)` runs before a pass streams, `on_batch(pass index, batch index,
     accumulator)` after every batch (progress, checkpoints). `stream_pass(pass index)`, when given,
     returns the complete state of a pass in place of streaming `source` here (`source`, `on_batch`
-    and `on_pass` are then unused); a pass saved complete in `store` is still read from it."""
+    and `on_pass` are then unused); a pass saved complete in `store` is still read from it.
+    `on_state(state, first)` runs on every pass's finished state, before its cross blocks are reduced
+    (`first`: pass 0's, holding every Gram)."""
     done, saved = store.completed() if store is not None else (0, None)
     if len(plan.passes) > 1:
         return_freed_memory()
@@ -66,6 +69,8 @@ def run_plan(plan: Plan, source: Source | None, *, threshold: float, rotations: 
         return acc if acc is not None and complete else _enough_tokens(stream_pass(index))
     first = stream(0)
     if len(plan.passes) == 1:
+        if on_state is not None:
+            on_state(first, first)
         if store is not None and not done:
             store.finish(0, first, None)
         comparison = compare_moments(first, threshold=threshold, rotations=rotations, seed=seed,
@@ -80,6 +85,8 @@ def run_plan(plan: Plan, source: Source | None, *, threshold: float, rotations: 
         acc = first if index == 0 else stream(index)
         if index:
             _check_same_stream(first, acc, index)
+        if on_state is not None:
+            on_state(acc, first)
         for block in [b for b in acc.blocks_ if not b.is_gram]:
             maxima.add_block(block, acc.blocks_[block], scales)
         _keep_grams(first)

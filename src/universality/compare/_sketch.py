@@ -1,0 +1,261 @@
+"""Sketch and refine (DESIGN.md, "Scale"): universality for widths where even a memory-budgeted
+exact pass is too slow.
+
+1) Sketch: the exact comparison (`run_plan`, same plans and blocks) on a seeded subsample of the
+   tokens: a fraction `subsample` of every batch, drawn by a generator seeded by (seed, batch index),
+   so every pass sees the same rows. Beside the max, every cross block is reduced to each unit's
+   top-m candidate partners in every other model (`TopCandidates`). The rotation baseline is kept
+   from this pass (see `compare_sketch`).
+2) Refine: every token once more, accumulating only the candidate pairs' co-moments (about
+   M (M - 1) U m of them) plus every unit's mean and variance (`CandidateMoments`). Max correlation
+   and partner are then exact over all tokens, the max taken over a unit's candidate pairs.
+
+`subsample` is a fraction, not a token count: a stream's length is unknown until it ends (an
+iterator, a callable re-running models), so only a fraction can be applied to each batch on its own,
+from (seed, batch index) alone; it also states pass 1's cost directly (that fraction of an exact pass).
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+import warnings
+
+import numpy as np
+import torch
+
+from .._defaults import is_dead
+from ..errors import UniversalityError, short_repr
+from ..moments import normalize_batch, plan_passes
+from ._candidates import TopCandidates
+from ._comparison import Comparison
+from ._maxima import PairMaxima
+from ._passes import run_plan
+from ._refine import CandidateMoments
+from ._universality import tables_from_maxima
+
+__all__ = ["compare_sketch", "check_sketch_settings", "subsample_rows", "DEFAULT_SUBSAMPLE", "DEFAULT_CANDIDATES",
+           "MIN_SEEN_TOKENS"]
+
+DEFAULT_SUBSAMPLE = 0.02  # pass 1 costs 2% of an exact pass
+DEFAULT_CANDIDATES = 8
+# A unit is barely seen when fewer subsample tokens than this sit off its floor and ceiling: its
+# subsample correlations rest on so few tokens (standard error >= 1/sqrt(32) = 0.18) that they
+# cannot rank its partners.
+MIN_SEEN_TOKENS = 32
+# Threads for the refine pass (CPU). Its work is many small memory-bound ops (per 128-token tile a
+# transpose, a sampled product, sums), each of which waits for every thread to be scheduled: on this
+# shared 2-core machine, 1 thread ran it at 0.17 ms per token (4 x 8192 units, 786k pairs) and 2
+# threads at 1.04 ms.
+_REFINE_THREADS = 1
+_SUBSAMPLE_KEY = 0x5B5A  # keeps subsample seeds apart from rotation seeds (both SeedSequence words)
+
+
+def check_sketch_settings(mode: str, subsample, candidates) -> tuple[float | None, int | None]:
+    """(subsample, candidates) checked, with the defaults filled in for mode='sketch' (None, None for
+    'exact'); one line naming a bad setting."""
+    if mode not in ("exact", "sketch"):
+        raise UniversalityError(f"mode must be 'exact' or 'sketch', got {short_repr(mode)}")
+    if mode == "exact":
+        if subsample is not None or candidates is not None:
+            raise UniversalityError("subsample and candidates apply to mode='sketch' only; drop them or pass "
+                                    "mode='sketch'")
+        return None, None
+    subsample = DEFAULT_SUBSAMPLE if subsample is None else subsample
+    candidates = DEFAULT_CANDIDATES if candidates is None else candidates
+    if (isinstance(subsample, bool) or not isinstance(subsample, numbers.Real) or not 0 < subsample <= 1
+            or subsample != subsample):
+        raise UniversalityError(f"subsample must be the fraction of tokens pass 1 keeps, in (0, 1], got "
+                                f"{short_repr(subsample)}; e.g. subsample=0.02")
+    if isinstance(candidates, bool) or not isinstance(candidates, numbers.Integral) or candidates < 1:
+        raise UniversalityError(f"candidates must be an integer >= 1 (partners kept per unit and other model), "
+                                f"got {short_repr(candidates)}; e.g. candidates=8")
+    return float(subsample), int(candidates)
+
+
+def subsample_rows(fraction: float, seed: int, index: int, tokens: int) -> torch.Tensor:
+    """The rows of batch `index` (of `tokens` rows) in the subsample: int64 [kept], sorted. Their
+    number is floor(fraction * tokens + u), u uniform in [0, 1) (fraction * tokens on average);
+    everything is drawn from a generator seeded by (seed, index) only."""
+    state = np.random.SeedSequence([seed, _SUBSAMPLE_KEY, index]).generate_state(2)
+    generator = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    kept = int(fraction * tokens + float(torch.rand((), generator=generator, dtype=torch.float64)))
+    return torch.randperm(tokens, generator=generator)[:min(kept, tokens)].sort().values
+
+
+def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, candidates: int, threshold: float,
+                   rotations: int, seed: int, device: str, dtype: str, budget: int | None,
+                   rotation: str) -> Comparison:
+    """Sketch and refine over the batches of `make()` (module docstring); the same `units` and
+    `pairs` tables as the exact comparison, plus a `units` column `barely_seen`.
+
+    The rotation baseline comes from the subsample alone. It is a null max: the correlations of a
+    unit of a with the rotated units of b have no structure, their population values are
+    O(r / sqrt(n)) (r: how well b's unit set predicts the unit, n: the set's width) and the subsample
+    adds sampling noise of O(1 / sqrt(T_sub)) to each, so the max over n rotated units is about
+    sqrt(2 ln n) sqrt(r^2 / n + 1 / T_sub) against sqrt(2 ln n) sqrt(r^2 / n + 1 / T) over all T
+    tokens. Once T_sub >> n / r^2 (a subsample several times wider than the unit sets) the two agree
+    to a small fraction of the baseline; a shorter subsample raises the baseline and lowers the excess
+    (benchmarks/bench_sketch.py, mean over units: unit sets of 256-768, +0.028 at T_sub = 820 and
+    +0.008 at T_sub = 3277; unit sets of 128-384, +0.002 at T_sub = 13100, on baselines of 0.1-0.3).
+
+    `Comparison.moments` holds the subsample's means and Grams (pass 1; its cross blocks are dropped),
+    `Comparison.plan` pass 1's plan. A unit is `barely_seen` when it is live over all tokens but fewer
+    than `MIN_SEEN_TOKENS` subsample tokens sit off the atoms at its floor and ceiling (a ReLU's zeros):
+    its candidates, max correlation and baseline rest on too few tokens (NaN if it never moved); a
+    warning counts them.
+    """
+    for model, size in ((m, sum(sets.values())) for m, sets in layout.items()):
+        if candidates > size:
+            smallest = min(sum(sets.values()) for sets in layout.values())
+            raise UniversalityError(f"candidates={candidates} is more than the {size} units of model {model!r}; "
+                                    f"choose candidates <= {smallest}")
+    plan = plan_passes(layout, budget=budget, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations,
+                       rotation=rotation)
+
+    def gathered():
+        """The kept rows of consecutive batches, gathered into batches of `batch_tokens` rows (a GEMM
+        over a few rows runs far below peak, and every update adds into the whole state)."""
+        held, count = [], 0
+        for index, batch in enumerate(make()):
+            models = _normalized(batch, layout, index)
+            rows = subsample_rows(subsample, seed, index, _tokens(models))
+            held.append({m: {s: x[rows.to(x.device)] for s, x in sets.items()} for m, sets in models.items()})
+            count += len(rows)
+            if count >= batch_tokens:
+                yield _concatenated(held)
+                held, count = [], 0
+        if count:
+            yield _concatenated(held)
+    top = TopCandidates(layout, candidates)
+    try:
+        sketch = run_plan(plan, lambda start: itertools.islice(gathered(), start, None), threshold=threshold,
+                          rotations=rotations, seed=seed, device=device, rotation_kind=rotation, on_state=top.add_state)
+    except UniversalityError as error:
+        raise UniversalityError(f"pass 1 (subsample={subsample:g}): {error}") from None
+    moments = sketch.moments
+    moments.blocks_ = {block: value for block, value in moments.blocks_.items() if block.is_gram}
+    moments.is_default = False  # the cross blocks were reduced (and were the subsample's only)
+    refine, seen = _refine(make, layout, top.pairs(), moments, subsample=subsample, seed=seed, device=device)
+    maxima = PairMaxima(layout, rotations).load_state_dict(_state(refine, sketch.pairs, layout, rotations))
+    dead = {m: part.cpu().numpy() for m, part in _split(is_dead(refine.variance_ / refine.count_, refine.mean_),
+                                                        layout).items()}
+    units, pairs = tables_from_maxima(maxima, dead, threshold=threshold)
+    units["barely_seen"] = ~units["dead"].to_numpy() & (seen < MIN_SEEN_TOKENS)
+    if units["barely_seen"].any():
+        warnings.warn(f"{int(units['barely_seen'].sum())} of {int((~units['dead']).sum())} live units moved on fewer "
+                      f"than {MIN_SEEN_TOKENS} of the {moments.count_} subsample tokens (units.barely_seen): their "
+                      "partners and baselines rest on too few tokens; raise subsample to see them", stacklevel=3)
+    return Comparison(moments, units, pairs, threshold=threshold, rotations=rotations, seed=seed, plan=plan)
+
+
+def _refine(make, layout: dict, pairs: torch.Tensor, moments, *, subsample: float, seed: int, device: str
+            ) -> tuple[CandidateMoments, np.ndarray]:
+    """Pass 2 over every batch: the candidates' moments, and per unit the subsample tokens off its
+    floor and ceiling atoms (int64 [all units]); checks that the subsample is pass 1's."""
+    variance = torch.cat([moments.variance(m) for m in layout]) / moments.count_
+    spread = variance.sqrt()
+    exponent = torch.frexp(spread).exponent  # spread = f 2^e, f in [1/2, 1)
+    scale = torch.where((spread > 0) & torch.isfinite(spread), torch.ldexp(torch.ones_like(spread), -exponent), 1.0)
+    refine = CandidateMoments(layout, pairs, scale, device=device)
+    atoms = _Atoms(sum(sum(sets.values()) for sets in layout.values()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_REFINE_THREADS)
+    try:
+        for index, batch in enumerate(make()):
+            models = _normalized(batch, layout, index, "pass 2 (refine), ")
+            try:
+                refine.update(models)
+            except UniversalityError as error:
+                raise UniversalityError(f"pass 2 (refine), batch {index}: {error}") from None
+            rows = subsample_rows(subsample, seed, index, _tokens(models))
+            atoms.update(torch.cat([x[rows.to(x.device)].to("cpu", torch.float64) for sets in models.values()
+                                    for x in sets.values()], dim=1))
+    finally:
+        torch.set_num_threads(threads)
+    mean = torch.cat([moments.mean_[m].cpu() for m in layout])
+    gap = (atoms.total / max(atoms.count, 1) - mean).abs()
+    if atoms.count != moments.count_ or bool((gap > 1e-5 * spread.cpu() + 1e-6 * mean.abs() + 1e-30).any()):
+        raise UniversalityError(f"pass 2 (refine) saw other batches than pass 1 ({atoms.count} subsample tokens, "
+                                f"pass 1 had {moments.count_}); the batches must be the same in every pass")
+    return refine.end_stream(), atoms.seen().numpy()
+
+
+class _Atoms:
+    """Per unit over the subsample: floor and ceiling, how many tokens sit exactly on each, and the sum."""
+
+    def __init__(self, units: int):
+        self.count = 0
+        self.low = torch.full((units,), torch.inf, dtype=torch.float64)
+        self.high = -self.low
+        self.at_low = torch.zeros(units, dtype=torch.int64)
+        self.at_high = torch.zeros(units, dtype=torch.int64)
+        self.total = torch.zeros(units, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add the subsample rows x float64 [rows, all units]."""
+        if x.shape[0] == 0:
+            return
+        for bound, at, pick in ((self.low, self.at_low, torch.amin), (self.high, self.at_high, torch.amax)):
+            value = pick(x, dim=0)
+            hits = (x == value).sum(dim=0)
+            same, new = value == bound, pick(torch.stack([value, bound]), dim=0) != bound
+            at.copy_(torch.where(new, hits, torch.where(same, at + hits, at)))
+            bound.copy_(torch.where(new, value, bound))
+        self.total += x.sum(dim=0)
+        self.count += x.shape[0]
+
+    def seen(self) -> torch.Tensor:
+        """Subsample tokens off the floor and ceiling atoms, int64 [units] (0: never moved)."""
+        return self.count - torch.maximum(self.at_low, self.at_high)
+
+
+def _state(refine: CandidateMoments, pairs_table, layout: dict, rotations: int) -> dict[str, torch.Tensor]:
+    """A `PairMaxima.state_dict`: max correlation and partner over each unit's candidate pairs (ties:
+    the lower partner index, as the exact max), baselines from the subsample's `pairs` table."""
+    corr = torch.nan_to_num(refine.correlation(), nan=-torch.inf).cpu().numpy()
+    rows, columns = (refine.pairs[:, k].cpu().numpy() for k in (0, 1))
+    offsets = np.cumsum([0] + [sum(sets.values()) for sets in layout.values()])
+    model_of = np.searchsorted(offsets, np.arange(offsets[-1]), side="right") - 1
+    names, state = list(layout), {}
+    columns_of = [f"baseline_max_corr_r{r}" for r in range(rotations)] if rotations > 1 else ["baseline_max_corr"]
+    for ia, a in enumerate(names):
+        for ib, b in enumerate(names):
+            if a == b:
+                continue
+            units, partners = (rows, columns) if ia < ib else (columns, rows)
+            where = (model_of[units] == ia) & (model_of[partners] == ib)
+            unit, partner, value = units[where] - offsets[ia], partners[where] - offsets[ib], corr[where]
+            order = np.lexsort((partner, -value, unit))  # per unit: largest value first, then lowest partner
+            unit, partner, value = unit[order], partner[order], value[order]
+            first = np.unique(unit, return_index=True)[1]
+            best = np.full(offsets[ia + 1] - offsets[ia], -np.inf)
+            found = np.full(best.shape, -1, dtype=np.int64)
+            best[unit[first]], found[unit[first]] = value[first], partner[first]
+            found[np.isneginf(best)] = -1
+            table = pairs_table[(pairs_table["model"] == a) & (pairs_table["other_model"] == b)]
+            state[f"max_corr/{a}/{b}"] = torch.from_numpy(best)
+            state[f"partner/{a}/{b}"] = torch.from_numpy(found)
+            state[f"baseline/{a}/{b}"] = torch.from_numpy(table[columns_of].to_numpy(np.float64).T.copy())
+    return state
+
+
+def _normalized(batch, layout: dict, index: int, where: str = "") -> dict:
+    try:
+        return normalize_batch(batch, layout)
+    except UniversalityError as error:
+        raise UniversalityError(f"{where}batch {index}: {error}") from None
+
+
+def _concatenated(batches: list[dict]) -> dict:
+    """One batch of the rows of `batches`, in order."""
+    return {m: {s: torch.cat([b[m][s] for b in batches]) for s in sets} for m, sets in batches[0].items()}
+
+
+def _tokens(models: dict) -> int:
+    return next(iter(next(iter(models.values())).values())).shape[0]
+
+
+def _split(values: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
+    """{model: its part of `values` [all units]}."""
+    return dict(zip(layout, torch.split(values, [sum(sets.values()) for sets in layout.values()])))

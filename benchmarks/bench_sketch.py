@@ -35,7 +35,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from universality.compare import _sketch, compare_activations
+from universality.compare import compare_activations
 from universality.compare._candidates import TopCandidates
 from universality.compare._refine import CandidateMoments
 from universality.moments import MomentAccumulator

@@ -130,6 +130,7 @@ def test_sketch_is_reproducible_and_the_same_under_a_multi_pass_subsample_plan(r
     ({"mode": "sketch", "subsample": True}, "subsample must be the fraction of tokens"),
     ({"mode": "sketch", "subsample": "5%"}, "subsample must be the fraction of tokens"),
     ({"mode": "fast"}, "mode must be 'exact' or 'sketch'"),
+    ({"mode": "sketch", "backend": "ray"}, "mode='sketch' runs on the local backend only"),
     ({"subsample": 0.1}, "apply to mode='sketch' only"),
 ])
 def test_bad_sketch_settings_are_refused_in_one_line(kwargs, message):

@@ -172,7 +172,7 @@ class MomentAccumulator:
             if block[:2] == rows and block.column_start <= columns[0] and columns[1] <= block.column_stop:
                 return value[:, columns[0] - block.column_start:columns[1] - block.column_start]
         raise UniversalityError(f"this moment state does not hold the whole cross-moment of {model_a!r} and "
-                                f"{model_b!r} in one block (a memory-budgeted plan splits it across passes)")
+                                f"{model_b!r} in one block (a memory-budgeted plan splits it across passes; a sketch keeps only the subsample's Grams)")
 
     def variance(self, model: str) -> torch.Tensor:
         """Sum of squared deviations per unit, float64 [units_m] (the Grams' diagonals)."""

@@ -1,5 +1,5 @@
-"""Scale benchmark (issue 9): exact streaming rate, the cost of a memory budget, Ray, sketch and
-refine, and the rotation baseline at large widths. Not a test; prints a table and, last, one JSON line.
+"""Scale benchmark (issue 9): exact streaming rate, the cost of a memory budget, Ray, and the
+rotation baseline at large widths. Not a test; prints a table and, last, one JSON line.
 
     .venv/bin/python benchmarks/bench_scale.py [--quick]
 
@@ -108,12 +108,6 @@ def _ray_figures(args) -> dict:
     return {"ray_2workers_ratio": figures["ratio"]}
 
 
-def _sketch_figures(args) -> dict:
-    """Sketch-and-refine speedup and agreement from benchmarks/bench_sketch.py."""
-    from bench_sketch import sketch_figures
-    return sketch_figures(quick=args.quick)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke run)")
@@ -141,8 +135,7 @@ def main() -> None:
     figures["rotation_fast_s_3072"] = rotation_seconds(3072, "fast", threads=args.threads, repeats=repeats)
     figures["rotation_s_16384"] = rotation_seconds(16384, "fast", threads=args.threads, repeats=1)
     figures["rotation_haar_s_16384_projected"] = figures["rotation_s_3072"] * (16384 / 3072) ** 3  # O(n^3)
-    for extra in (_ray_figures(args), _sketch_figures(args)):
-        figures |= extra
+    figures |= _ray_figures(args)
     for name, value in figures.items():
         print(f"{name:>28}: {value:.4g}")
     print(json.dumps(figures))

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from .._defaults import THRESHOLD
 from .._inputs import check_device
 from ..errors import UniversalityError
-from ..moments import layout_of, normalize_batch, parse_bytes, plan_passes
+from ..moments import layout_of, parse_bytes, plan_passes
 from ._comparison import Comparison, check_settings
-from ._passes import rerunnable, run_plan, skip
+from ._passes import first_batch, rerunnable, run_plan, skip
 from ._rotations import ROTATION_KINDS
 from ._sketch import check_sketch_settings, compare_sketch
 
@@ -113,13 +113,7 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     make, reusable = rerunnable(batches)
     stream = iter(make())
     first = next(stream, None)
-    if first is None:
-        raise UniversalityError("the activation stream is empty: pass at least one batch")
-    try:
-        models = normalize_batch(first)
-    except UniversalityError as error:
-        raise UniversalityError(f"batch 0: {error}") from None
-    tokens = next(iter(next(iter(models.values())).values())).shape[0]
+    models, tokens = first_batch(first)
     if mode == "sketch":
         if not reusable:
             raise UniversalityError("mode='sketch' streams the batches twice (subsample, then candidates), but batches "

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..errors import UniversalityError
-from ..moments import MomentAccumulator, Plan
+from ..moments import MomentAccumulator, Plan, normalize_batch
 from ._comparison import Comparison, compare_moments
 from ._correlation import dead_units
 from ._maxima import PairMaxima, baseline_scales
 from ._universality import tables_from_maxima
 
-__all__ = ["PassStore", "run_plan", "rerunnable", "skip", "return_freed_memory"]
+__all__ = ["PassStore", "run_plan", "rerunnable", "skip", "return_freed_memory", "first_batch"]
 
 Source = Callable[[int], Iterable]  # start batch -> the batches from there on
 
@@ -159,6 +159,18 @@ def _check_same_stream(first: MomentAccumulator, other: MomentAccumulator, index
             raise UniversalityError(f"pass {index + 1} saw different activations than pass 1 (model {m!r}, unit {unit}: "
                                     f"mean {float(other.mean_[m][unit]):.6g} vs {float(first.mean_[m][unit]):.6g}); "
                                     "the batches must be the same in every pass")
+
+
+def first_batch(batch) -> tuple[dict, int]:
+    """The checked first batch of a stream ({model: {unit_set: Tensor[tokens, units]}}) and its token
+    count; one line if the stream is empty (None) or the batch is bad."""
+    if batch is None:
+        raise UniversalityError("the activation stream is empty: pass at least one batch")
+    try:
+        models = normalize_batch(batch)
+    except UniversalityError as error:
+        raise UniversalityError(f"batch 0: {error}") from None
+    return models, next(iter(next(iter(models.values())).values())).shape[0]
 
 
 def rerunnable(batches) -> tuple[Callable[[], Iterable], bool]:

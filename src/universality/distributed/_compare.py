@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..compare._comparison import Comparison
-from ..compare._passes import run_plan
+from ..compare._passes import first_batch, run_plan
 from ..errors import UniversalityError
-from ..moments import layout_of, normalize_batch, plan_passes
+from ..moments import layout_of, plan_passes
 from ._ray_passes import pass_streamer
 from ._sources import BatchSource, takes_range
 
@@ -34,20 +34,13 @@ def compare_on_ray(batches: Callable, *, backend: str, workers: int, address: st
         raise UniversalityError(f"with backend='ray', batches must be a picklable callable (batches(start, stop) or "
                                 f"batches()), got a {type(batches).__name__}")
     source = BatchSource(batches, takes_range(batches))
-    first = next(iter(source.shard(0, 1)), (None, None))[0]
-    if first is None:
-        raise UniversalityError("the activation stream is empty: pass at least one batch")
-    try:
-        models = normalize_batch(first)
-    except UniversalityError as error:
-        raise UniversalityError(f"batch 0: {error}") from None
+    models, tokens = first_batch(next(iter(source.shard(0, 1)), (None, None))[0])
     if batch_count is None:
         if source.ranged:
             raise UniversalityError("with batches(start, stop), pass batch_count= (the number of batches)")
         batch_count = sum(1 for _ in batches())
     elif isinstance(batch_count, bool) or not isinstance(batch_count, int) or batch_count < 1:
         raise UniversalityError(f"batch_count must be an integer >= 1, got {batch_count!r}")
-    tokens = next(iter(next(iter(models.values())).values())).shape[0]
     plan = plan_passes(layout_of(models), budget=budget, dtype=dtype, batch_tokens=tokens, rotations=rotations,
                        rotation=rotation)
     with pass_streamer(backend, plan, source, batch_count, address=address, workers=workers,

@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -23,6 +21,8 @@ from universality import UniversalityError  # noqa: E402
 from universality.compare import compare_activations  # noqa: E402
 from universality.distributed import Job, JobBoard, check_address  # noqa: E402
 from universality.moments import plan_passes  # noqa: E402
+
+from _planned import assert_same_tables, budget_for  # noqa: E402
 
 SETS = (40, 24)
 
@@ -67,20 +67,9 @@ class Batches:
             yield batch
 
 
-def _assert_same_tables(a, b, atol=1e-6):
-    for name in ("units", "pairs"):
-        x, y = getattr(a, name), getattr(b, name)
-        numbers = x.select_dtypes("number").columns
-        np.testing.assert_allclose(x[numbers].to_numpy(float), y[numbers].to_numpy(float), atol=atol, rtol=0)
-        pd.testing.assert_frame_equal(x.drop(columns=numbers), y.drop(columns=numbers))
-
-
 def _budget_for(passes, batch_tokens=300):
     """A budget that needs about `passes` passes (float64, 2 rotations)."""
-    one = plan_passes({m: {f"s{k}": n for k, n in enumerate(SETS)} for m in "abc"}, budget=None, dtype="float64",
-                      batch_tokens=batch_tokens, rotations=2)
-    resident = sum(one.resident.values())
-    return resident + (one.pass_bytes[0] - resident) // passes + 1
+    return budget_for({m: {f"s{k}": n for k, n in enumerate(SETS)} for m in "abc"}, passes, batch_tokens=batch_tokens)
 
 
 def test_one_pass_on_ray_equals_the_in_process_run():
@@ -88,7 +77,7 @@ def test_one_pass_on_ray_equals_the_in_process_run():
     local = compare_activations(lambda: make(0, 10), rotations=2)
     on_ray = compare_activations(make, backend="ray", batch_count=10, rotations=2)
     assert on_ray.moments.count_ == local.moments.count_ == 3000 and len(on_ray.plan.passes) == 1
-    _assert_same_tables(local, on_ray)
+    assert_same_tables(local, on_ray)
 
 
 def test_many_passes_on_ray_equal_the_in_process_run_and_a_zero_argument_callable_is_counted():
@@ -98,7 +87,7 @@ def test_many_passes_on_ray_equal_the_in_process_run_and_a_zero_argument_callabl
     on_ray = compare_activations(lambda: make(0, 9), backend="ray", rotations=2, memory_budget=budget)
     assert len(on_ray.plan.passes) == len(local.plan.passes) >= 3
     assert on_ray.moments.count_ == 2700
-    _assert_same_tables(local, on_ray)
+    assert_same_tables(local, on_ray)
 
 
 def test_a_worker_killed_mid_job_and_a_job_that_raised_run_again_and_count_once(tmp_path):
@@ -109,7 +98,7 @@ def test_a_worker_killed_mid_job_and_a_job_that_raised_run_again_and_count_once(
     on_ray = compare_activations(faulty, backend="ray", batch_count=12, rotations=2)
     assert (tmp_path / "died").exists() and (tmp_path / "raised").exists()  # both faults did happen
     assert on_ray.moments.count_ == local.moments.count_ == 3600
-    _assert_same_tables(local, on_ray)
+    assert_same_tables(local, on_ray)
 
 
 def test_a_bad_batch_on_a_worker_is_one_line_and_not_retried():
@@ -182,7 +171,7 @@ def test_a_pretrained_run_on_ray_gives_the_in_process_tables_and_top_activations
         results[backend] = run_experiment(config, runs_dir=tmp_path / "runs")
     local, on_ray = results["local"].comparison, results["ray"].comparison
     assert len(on_ray.plan.passes) > 1 and on_ray.moments.count_ == local.moments.count_
-    _assert_same_tables(local, on_ray)
+    assert_same_tables(local, on_ray)
     tops = [load_moments(results[b].run_dir / "moments")[1]["companions"] for b in ("local", "ray")]
     assert tops[0].keys() == tops[1].keys() and len(tops[0]) > 3
     for name, value in tops[0].items():  # the models' float32 forward rounds by thread count (1 per worker)

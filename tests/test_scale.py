@@ -15,6 +15,7 @@ from universality.compare import compare_activations
 from universality.config import parse_config
 from universality.moments import parse_bytes, plan_passes
 
+from _planned import assert_same_tables, budget_for
 from test_pipeline import SMALL as PIPELINE_SMALL
 
 torch.set_num_threads(1)
@@ -32,22 +33,6 @@ def _batches(acts, rows=500):
     return [{m: {s: x[i:i + rows] for s, x in sets.items()} for m, sets in acts.items()} for i in range(0, tokens, rows)]
 
 
-def _budget_for(layout, passes, *, dtype="float64", batch_tokens=500, rotations=2):
-    """A budget that needs about `passes` passes: the resident memory plus 1/passes of the cross blocks."""
-    one = plan_passes(layout, budget=None, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations)
-    resident = sum(one.resident.values())
-    cross = one.pass_bytes[0] - resident
-    return resident + cross // passes + 1
-
-
-def _assert_same_tables(a, b, atol=1e-6):
-    for name in ("units", "pairs"):
-        x, y = getattr(a, name), getattr(b, name)
-        numbers = x.select_dtypes("number").columns
-        np.testing.assert_allclose(x[numbers].to_numpy(float), y[numbers].to_numpy(float), atol=atol, rtol=0)
-        pd.testing.assert_frame_equal(x.drop(columns=numbers), y.drop(columns=numbers))
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_tables_are_the_same_under_one_two_and_many_passes(dtype):
     batches = _batches(_activations())
@@ -56,12 +41,12 @@ def test_tables_are_the_same_under_one_two_and_many_passes(dtype):
     assert len(whole.plan.passes) == 1
     seen = set()
     for passes in (2, 4, 12):
-        budget = _budget_for(layout, passes, dtype=dtype)
+        budget = budget_for(layout, passes, dtype=dtype)
         planned = compare_activations(lambda: iter(batches), rotations=2, dtype=dtype, memory_budget=budget)
         assert len(planned.plan.passes) >= min(passes, 4)
         assert max(planned.plan.pass_bytes) <= budget
         seen.add(len(planned.plan.passes))
-        _assert_same_tables(whole, planned)
+        assert_same_tables(whole, planned)
     assert len(seen) == 3
 
 
@@ -93,7 +78,7 @@ def test_a_budget_below_one_block_is_one_line_naming_the_need():
 def test_a_one_shot_iterator_is_refused_when_the_plan_needs_several_passes():
     batches = _batches(_activations())
     layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
-    budget = _budget_for(layout, 3, rotations=1)
+    budget = budget_for(layout, 3, rotations=1)
     with pytest.raises(UniversalityError, match="one-shot iterator; pass a callable"):
         compare_activations(iter(batches), memory_budget=budget)
     assert compare_activations(iter(batches), memory_budget=10**9).plan is not None  # one pass: fine
@@ -108,7 +93,7 @@ def test_a_stream_that_changes_between_passes_is_refused():
         calls.append(1)
         return iter(batches if len(calls) == 1 else batches[:-1])
     with pytest.raises(UniversalityError, match="pass 2 saw .* tokens but pass 1 saw"):
-        compare_activations(changing, memory_budget=_budget_for(layout, 3, rotations=1))
+        compare_activations(changing, memory_budget=budget_for(layout, 3, rotations=1))
 
 
 @pytest.mark.parametrize("text, expected", [("12GiB", 12 * 2**30), ("500 MB", 500 * 10**6), ("2e3", 2000),
@@ -146,7 +131,7 @@ def test_a_run_under_three_budgets_gives_the_same_tables(tmp_path):
     batch_tokens = whole.comparison.plan.batch_tokens
     expected = _tables(whole.run_dir)
     for passes, cache in ((2, "none"), (5, "auto")):  # models re-run in every pass, or activations read back
-        budget = _budget_for(layout, passes, dtype="float32", batch_tokens=batch_tokens)
+        budget = budget_for(layout, passes, dtype="float32", batch_tokens=batch_tokens)
         result = run_experiment(_config(budget, name=f"p{passes}", cache=cache), runs_dir=tmp_path)
         assert len(result.comparison.plan.passes) >= passes and max(result.comparison.plan.pass_bytes) <= budget
         for name, table in _tables(result.run_dir).items():
@@ -158,7 +143,7 @@ def test_a_run_under_three_budgets_gives_the_same_tables(tmp_path):
 def test_an_interrupted_multi_pass_run_resumes_at_the_pass_it_reached(tmp_path, monkeypatch):
     import universality.pipeline._planned as planned
     whole = run_experiment(_config("none", name="whole"), runs_dir=tmp_path)
-    budget = _budget_for(whole.comparison.moments.layout, 4, dtype="float32",
+    budget = budget_for(whole.comparison.moments.layout, 4, dtype="float32",
                          batch_tokens=whole.comparison.plan.batch_tokens)
 
     class Interrupt(Exception):
@@ -196,7 +181,7 @@ def test_an_unwritable_cache_directory_is_one_line_and_nothing_is_written(tmp_pa
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     whole = run_experiment(_config("none", name="whole"), runs_dir=tmp_path)
-    budget = _budget_for(whole.comparison.moments.layout, 3, dtype="float32",
+    budget = budget_for(whole.comparison.moments.layout, 3, dtype="float32",
                          batch_tokens=whole.comparison.plan.batch_tokens)
     with pytest.raises(UniversalityError, match="activation_cache directory .* is not writable") as error:
         run_experiment(_config(budget, name="whole", cache=str(blocked / "cache")), runs_dir=tmp_path)

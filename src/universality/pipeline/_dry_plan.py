@@ -76,13 +76,12 @@ def _layout(config) -> tuple[dict, int, int, str]:
         return layout, config.collect.batch_rows * per_row, config.collect.rows * per_row, config.device
     if isinstance(config, GroupExperimentConfig):
         from ..groups import make_group
-        from ._groups import _PAIR_BATCH, _hidden
+        from ._groups import _PAIR_BATCH, _hidden, seed_prefix
         order = make_group(config.task.group).order
         architectures = config.architectures
         layout = {}
         for index, model in enumerate(architectures):
-            same = sum(m.arch == model.arch for m in architectures) > 1
-            prefix = "" if len(architectures) == 1 else f"{model.arch}{index if same else ''}-"
+            prefix = seed_prefix(architectures, index)
             width = model.hidden if model.arch == "mlp" else model.d_mlp
             layout |= {f"{prefix}seed-{seed}": {_hidden(model): width} for seed in config.seeds}
         return layout, min(_PAIR_BATCH, order * order), order * order, "cpu"

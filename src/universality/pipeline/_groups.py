@@ -105,6 +105,15 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
     return execute(config, runs_dir, body)
 
 
+def seed_prefix(architectures: list, index: int) -> str:
+    """The prefix of architecture `index`'s seed names: none with one architecture, else "<arch>-" (with
+    the index when two share an arch), so the seeds are named seed-<k> or <arch>-seed-<k>."""
+    if len(architectures) == 1:
+        return ""
+    same_arch = sum(m.arch == architectures[index].arch for m in architectures) > 1
+    return f"{architectures[index].arch}{index if same_arch else ''}-"
+
+
 def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Progress):
     """Train every seed of every architecture, or load it when its checkpoint was made from the same
     inputs. Seeds are named seed-<k>, or <arch>-seed-<k> when the run has several architectures."""
@@ -118,8 +127,7 @@ def _train(config: GroupExperimentConfig, task, run_dir: Path, on_progress: Prog
             save_group_model(directory, result, task, extra={"fingerprint": print_})
             return result
         inputs = dict(task=config.task.model_dump(), model=model_config.model_dump(), train=trained_inputs(config.train))
-        same_arch = sum(m.arch == model_config.arch for m in architectures) > 1
-        prefix = "" if len(architectures) == 1 else f"{model_config.arch}{index if same_arch else ''}-"
+        prefix = seed_prefix(architectures, index)
         found, found_prints = train_or_load(config.seeds, run_dir, inputs, load=lambda d: load_group_model(d)[0],
                                             train=train, total=config.train.epochs, threads=train_config.threads,
                                             on_progress=on_progress,

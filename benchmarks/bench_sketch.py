@@ -12,6 +12,13 @@ The stream is generated once and held in memory (tokens x units x 4 bytes), so t
 comparison; `ms_per_token_source` is what generating it cost, a price exact mode pays once and
 the sketch twice (`speedup_asymptotic_with_source`).
 
+`exact_other_rotations` holds the same agreement figures between exact mode and exact mode with
+other rotations (seed + 1): the paper's rule's own noise at the threshold, the floor any sketch is
+judged against. `partner_regret_*`: exact max_corr minus the sketch's, which is exact over all
+tokens for the partner the sketch found, so a changed partner of nearly the same correlation (a
+near tie) costs nearly nothing. `--regenerate` generates the stream on every pass instead of
+holding it (its time taken out), for streams larger than memory.
+
 Agreement is over the `pairs` rows of live units (`partner_changed`; `_seen`: without the units the
 sketch flags barely_seen; max |difference| of max_corr) and over units (excess_corr, baselines,
 universal sets: symmetric difference / exact's universal count). Times are medians over `repeats`
@@ -117,13 +124,14 @@ def _timed(seconds: Counter):
             setattr(owner, name, function)
 
 
-def _run(batches: list, **kwargs) -> tuple:
-    """(Comparison, {phase: seconds}) of one compare_activations call."""
+def _run(batches, source: Synthetic, **kwargs) -> tuple:
+    """(Comparison, {phase: seconds}) of one compare_activations call; the time `source` spent
+    generating batches (when `batches` is `source` itself) is not counted."""
     seconds = Counter({"stream": 0.0, "refine": 0.0, "candidates": 0.0})
-    began = time.perf_counter()
+    began, generating = time.perf_counter(), source.seconds
     with _timed(seconds):
         result = compare_activations(batches, **kwargs)
-    seconds["total"] = time.perf_counter() - began
+    seconds["total"] = time.perf_counter() - began - (source.seconds - generating)
     seconds["fixed"] = seconds["total"] - seconds["stream"] - seconds["refine"] - seconds["candidates"]
     return result, dict(seconds)
 
@@ -131,7 +139,7 @@ def _run(batches: list, **kwargs) -> tuple:
 def agreement(exact, sketch) -> dict:
     """How far the sketch's tables are from exact mode's (module docstring)."""
     live = ~exact.units["dead"].to_numpy()
-    barely = sketch.units["barely_seen"].to_numpy()
+    barely = (sketch.units["barely_seen"] if "barely_seen" in sketch.units else exact.units["dead"]).to_numpy()
     rows, seen_rows = _pair_rows(exact, live), _pair_rows(exact, live & ~barely)
     changed = ((exact.pairs["partner_unit"].to_numpy() != sketch.pairs["partner_unit"].to_numpy())
                | (exact.pairs["partner_unit_set"].to_numpy() != sketch.pairs["partner_unit_set"].to_numpy()))
@@ -139,8 +147,13 @@ def agreement(exact, sketch) -> dict:
     a, b = exact.units["universal"].to_numpy(), sketch.units["universal"].to_numpy()
     excess = np.abs(exact.units["excess_corr"].to_numpy() - sketch.units["excess_corr"].to_numpy())[live & ~barely]
     baseline = (sketch.units["mean_baseline"] - exact.units["mean_baseline"]).to_numpy()[live & ~barely]
+    # the sketch's max_corr is exact over all tokens for the partner it found, so exact - sketch is what
+    # a changed partner costs (0 when the partner is the same)
+    regret = (exact.pairs["max_corr"].to_numpy() - sketch.pairs["max_corr"].to_numpy())[seen_rows]
     return {
         "partner_changed": float(changed[rows].mean()), "partner_changed_seen": float(changed[seen_rows].mean()),
+        "partner_regret_mean": float(np.nanmean(regret)), "partner_regret_p99": float(np.nanquantile(regret, 0.99)),
+        "partner_regret_above_0.01": float(np.mean(regret > 0.01)),
         "max_corr_max_abs_diff": float(np.nanmax(np.abs(x["max_corr"].to_numpy() - y["max_corr"].to_numpy()))),
         "excess_max_abs_diff": float(np.nanmax(excess)), "excess_mean_abs_diff": float(np.nanmean(excess)),
         "baseline_mean_diff": float(np.nanmean(baseline)), "baseline_max_abs_diff": float(np.nanmax(np.abs(baseline))),
@@ -166,8 +179,8 @@ def _pair_rows(comparison, keep: np.ndarray) -> np.ndarray:
 
 def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: int = 16384, batch: int = 1024,
             subsample: float = 0.02, candidates: int = 8, repeats: int = 3, threads: int = 1,
-            dtype: str = "float32", rotation: str = "fast", distinct: int | None = None, seed: int = 0,
-            log=print) -> dict:
+            dtype: str = "float32", rotation: str = "fast", distinct: int | None = None, regenerate: bool = False,
+            seed: int = 0, log=print) -> dict:
     """Run exact and sketch `repeats` times each, alternated, on one synthetic stream; the dict of
     agreement, times and the projection (module docstring). `distinct`: hold only that many batches
     and cycle them to make the stream (for timing long streams in little memory; the agreement
@@ -176,17 +189,25 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
     torch.manual_seed(seed)
     held = tokens if distinct is None else distinct * batch
     source = Synthetic(models=models, sets=sets, tokens=held, batch=batch, seed=seed)
-    pool = list(source())  # held in memory: the runs time the comparison, not the source
-    batches = [pool[k % len(pool)] for k in range(-(-tokens // batch))]
-    common = dict(dtype=dtype, rotation=rotation, seed=seed)
+    if regenerate:  # generated afresh on every pass (and its time taken out): streams larger than memory
+        batches = source
+    else:  # held in memory: the runs time the comparison, not the source
+        pool = list(source())
+        batches = [pool[k % len(pool)] for k in range(-(-tokens // batch))]
+    common = dict(dtype=dtype, rotation=rotation)
     times = {"exact": [], "sketch": []}
     for repeat in range(repeats):
-        exact, phases = _run(batches, **common)
+        exact, phases = _run(batches, source, seed=seed, **common)
         times["exact"].append(phases)
         log(f"exact  run {repeat + 1}/{repeats}: " + _show(phases))
-        sketch, phases = _run(batches, mode="sketch", subsample=subsample, candidates=candidates, **common)
+        sketch, phases = _run(batches, source, mode="sketch", subsample=subsample, candidates=candidates, seed=seed,
+                              **common)
         times["sketch"].append(phases)
         log(f"sketch run {repeat + 1}/{repeats}: " + _show(phases))
+    # the exact rule's own noise: exact mode again with other rotations (seed + 1), against the first
+    other, _ = _run(batches, source, seed=seed + 1, **common)
+    noise = {key: value for key, value in agreement(exact, other).items()
+             if key.startswith(("universal", "baseline", "excess"))}
     median = {mode: {phase: statistics.median(run.get(phase, 0.0) for run in runs) for phase in runs[0]}
               for mode, runs in times.items()}
     pairs = int(median["sketch"].pop("pairs"))
@@ -200,7 +221,7 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
         "distinct_tokens": held, "subsample": subsample, "subsample_tokens": int(sketch.moments.count_),
         "candidates": candidates,
         "candidate_pairs": pairs, "threads": threads, "dtype": dtype, "rotation": rotation,
-        **agreement(exact, sketch),
+        **agreement(exact, sketch), "exact_other_rotations": noise,
         "seconds_exact": median["exact"]["total"], "seconds_sketch": median["sketch"]["total"],
         "speedup": median["exact"]["total"] / median["sketch"]["total"],
         "phases_exact": median["exact"], "phases_sketch": median["sketch"],
@@ -234,11 +255,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rotation", default="fast")
     parser.add_argument("--distinct", type=int, default=None, help="batches held; the stream cycles them")
+    parser.add_argument("--regenerate", action="store_true", help="generate the batches on every pass, hold none")
     args = parser.parse_args()
     result = measure(models=args.models, sets=tuple(int(n) for n in args.units.split(",")), tokens=args.tokens,
                      batch=args.batch, subsample=args.subsample, candidates=args.candidates, repeats=args.repeats,
                      threads=args.threads, dtype=args.dtype, rotation=args.rotation,
-                     distinct=args.distinct, log=lambda s: print(s, flush=True))
+                     distinct=args.distinct, regenerate=args.regenerate, log=lambda s: print(s, flush=True))
     print(json.dumps(result))
 
 

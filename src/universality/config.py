@@ -136,11 +136,25 @@ class ScaleConfig(StrictSection):
     backend: Literal["local", "ray"] = "local"
     address: str | None = Field(None, min_length=1, max_length=4096)
     workers: int = Field(2, ge=1, le=1024)
+    # "exact": every pair over every token; "sketch": pass 1 exact on a seeded `subsample` (a fraction of
+    # each batch), keeping each unit's `candidates` best partners per other model, pass 2 over every
+    # token for those pairs only (compare/_sketch.py states its error and when it is unsafe)
+    mode: Literal["exact", "sketch"] = "exact"
+    subsample: float | None = Field(None, gt=0, le=1)
+    candidates: int | None = Field(None, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _address_needs_ray(self) -> "ScaleConfig":
         if self.address is not None and self.backend != "ray":
             raise ValueError('address is used only with backend = "ray"')
+        return self
+
+    @model_validator(mode="after")
+    def _sketch_settings(self) -> "ScaleConfig":
+        if self.mode == "exact" and (self.subsample is not None or self.candidates is not None):
+            raise ValueError('subsample and candidates are used only with mode = "sketch"')
+        if self.mode == "sketch" and self.backend != "local":
+            raise ValueError('mode = "sketch" runs on backend = "local" only')
         return self
 
 

@@ -61,12 +61,16 @@ class PairMaxima:
 
     State per ordered model pair (a, b), float64 / int64, -inf / -1 until a block reaches it:
     `max_corr[a, b]` [units_a], `partner[a, b]` [units_a] (index into b's concatenated units),
-    `baseline[a, b]` [rotations, units_a].
+    `baseline[a, b]` [rotations, units_a]. With `spread=True` also `rotated_moments[a, b]`
+    [rotations, 3, units_a]: per unit of a, the count, sum and sum of squares of its correlations with
+    the live rotated units of b (what `compare._sketch` needs to take the noise of a short stream out of
+    the baseline).
     """
 
-    def __init__(self, layout: dict, rotations: int):
+    def __init__(self, layout: dict, rotations: int, *, spread: bool = False):
         self.layout = {m: dict(sets) for m, sets in layout.items()}
         self.rotations = rotations
+        self.rotated_moments = {} if spread else None
         self.sizes = {m: sum(sets.values()) for m, sets in self.layout.items()}
         self.max_corr, self.partner, self.baseline = {}, {}, {}
         for a in self.layout:
@@ -75,6 +79,8 @@ class PairMaxima:
                     self.max_corr[a, b] = torch.full((self.sizes[a],), -torch.inf, dtype=torch.float64)
                     self.partner[a, b] = torch.full((self.sizes[a],), -1, dtype=torch.int64)
                     self.baseline[a, b] = torch.full((rotations, self.sizes[a]), -torch.inf, dtype=torch.float64)
+                    if spread:
+                        self.rotated_moments[a, b] = torch.zeros(rotations, 3, self.sizes[a], dtype=torch.float64)
         self._spans = _unit_set_spans(self.layout)
         self._model_start = {m: min(span[2] for span in self._spans if span[0] == m) for m in self.layout}
 
@@ -102,9 +108,13 @@ class PairMaxima:
             forward = q_b.rotate_columns(cross).mul_(scale_a).mul_(rotated_b.to(dtype)[None, :])  # C Q_b^T
             peak = torch.nan_to_num(forward, nan=-torch.inf).amax(dim=1).double().cpu()
             torch.maximum(self.baseline[a, b][r, rows], peak, out=self.baseline[a, b][r, rows])
+            if self.rotated_moments is not None:
+                self.rotated_moments[a, b][r, :, rows] += _moments_along(forward, dim=1)
             backward = q_a.rotate_rows(cross).mul_(rotated_a.to(dtype)[:, None]).mul_(scale_b)  # Q_a C
             peak = torch.nan_to_num(backward, nan=-torch.inf).amax(dim=0).double().cpu()
             torch.maximum(self.baseline[b, a][r, columns], peak, out=self.baseline[b, a][r, columns])
+            if self.rotated_moments is not None:
+                self.rotated_moments[b, a][r, :, columns] += _moments_along(backward, dim=0)
 
     def update(self, other: "PairMaxima") -> "PairMaxima":
         """Fold `other` (maxima of other blocks of the same layout) into self; returns self."""
@@ -145,6 +155,14 @@ class PairMaxima:
         if sum(span[3] - span[2] for span in inside) != stop - start:
             raise ValueError(f"block [{start}, {stop}) is not cut at unit-set boundaries")
         return inside
+
+
+def _moments_along(corr: torch.Tensor, dim: int) -> torch.Tensor:
+    """Count, sum and sum of squares of the finite entries of `corr` along `dim`: float64 [3, other dim]."""
+    finite = torch.isfinite(corr)
+    values = torch.where(finite, corr, 0)
+    return torch.stack([finite.sum(dim, dtype=torch.float64), values.sum(dim, dtype=torch.float64),
+                        values.square().sum(dim, dtype=torch.float64)]).cpu()
 
 
 def _unit_set_spans(layout: dict) -> list[tuple[str, str, int, int]]:

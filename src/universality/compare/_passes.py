@@ -21,7 +21,7 @@ from ._correlation import dead_units
 from ._maxima import PairMaxima, baseline_scales
 from ._universality import tables_from_maxima
 
-__all__ = ["PassStore", "run_plan", "rerunnable", "skip", "return_freed_memory", "first_batch"]
+__all__ = ["PassStore", "run_plan", "stream_passes", "rerunnable", "skip", "return_freed_memory", "first_batch"]
 
 Source = Callable[[int], Iterable]  # start batch -> the batches from there on
 
@@ -95,6 +95,23 @@ def run_plan(plan: Plan, source: Source | None, *, threshold: float, rotations: 
     dead = {m: dead_units(first, m).numpy() for m in first.models}
     units, pairs = tables_from_maxima(maxima, dead, threshold=threshold)
     return Comparison(first, units, pairs, threshold=threshold, rotations=rotations, seed=seed, plan=plan)
+
+
+def stream_passes(plan: Plan, source: Source, *, device: str,
+                  on_state: Callable[[MomentAccumulator, MomentAccumulator], None]) -> MomentAccumulator:
+    """Stream `source(0)` once per pass of `plan` and hand every pass's finished state to
+    `on_state(state, first)` (`first`: pass 0's, holding every Gram), with no reduction of its own and
+    no store; returns pass 0's state with its cross blocks dropped (its means and Grams)."""
+    first = _stream_pass(plan, 0, source, device, None, None, None)
+    on_state(first, first)
+    _keep_grams(first)
+    for index in range(1, len(plan.passes)):
+        acc = _stream_pass(plan, index, source, device, None, None, None)
+        _check_same_stream(first, acc, index)
+        on_state(acc, first)
+        del acc
+        return_freed_memory()
+    return first
 
 
 def _stream_pass(plan: Plan, index: int, source: Source, device: str, store: PassStore | None,

@@ -5,7 +5,7 @@ exact pass is too slow.
    tokens: a fraction `subsample` of every batch, drawn by a generator seeded by (seed, batch index),
    so every pass sees the same rows. Beside the max, every cross block is reduced to each unit's
    top-m candidate partners in every other model (`TopCandidates`). The rotation baseline is kept
-   from this pass (see `compare_sketch`).
+   from this pass, with the subsample's sampling noise taken out (see `compare_sketch`).
 2) Refine: every token once more, accumulating only the candidate pairs' co-moments (about
    M (M - 1) U m of them) plus every unit's mean and variance (`CandidateMoments`). Max correlation
    and partner are then exact over all tokens, the max taken over a unit's candidate pairs.
@@ -29,12 +29,12 @@ from ..errors import UniversalityError, short_repr
 from ..moments import normalize_batch, plan_passes
 from ._candidates import TopCandidates
 from ._comparison import Comparison
-from ._maxima import PairMaxima
-from ._passes import run_plan
+from ._maxima import PairMaxima, baseline_scales
+from ._passes import stream_passes
 from ._refine import CandidateMoments
 from ._universality import tables_from_maxima
 
-__all__ = ["compare_sketch", "check_sketch_settings", "subsample_rows", "DEFAULT_SUBSAMPLE", "DEFAULT_CANDIDATES",
+__all__ = ["compare_sketch", "check_sketch_settings", "subsample_rows", "denoised_baseline", "DEFAULT_SUBSAMPLE", "DEFAULT_CANDIDATES",
            "MIN_SEEN_TOKENS"]
 
 DEFAULT_SUBSAMPLE = 0.02  # pass 1 costs 2% of an exact pass
@@ -89,15 +89,13 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     """Sketch and refine over the batches of `make()` (module docstring); the same `units` and
     `pairs` tables as the exact comparison, plus a `units` column `barely_seen`.
 
-    The rotation baseline comes from the subsample alone. It is a null max: the correlations of a
-    unit of a with the rotated units of b have no structure, their population values are
-    O(r / sqrt(n)) (r: how well b's unit set predicts the unit, n: the set's width) and the subsample
-    adds sampling noise of O(1 / sqrt(T_sub)) to each, so the max over n rotated units is about
-    sqrt(2 ln n) sqrt(r^2 / n + 1 / T_sub) against sqrt(2 ln n) sqrt(r^2 / n + 1 / T) over all T
-    tokens. Once T_sub >> n / r^2 (a subsample several times wider than the unit sets) the two agree
-    to a small fraction of the baseline; a shorter subsample raises the baseline and lowers the excess
-    (benchmarks/bench_sketch.py, mean over units: unit sets of 256-768, +0.028 at T_sub = 820 and
-    +0.008 at T_sub = 3277; unit sets of 128-384, +0.002 at T_sub = 13100, on baselines of 0.1-0.3).
+    The rotation baseline comes from the subsample: it is a null max, and what sets it is the spread of
+    a unit's correlations with the rotated units of b, which a few thousand tokens estimate well,
+    unlike which unit of b is the max (a statistic of the whole distribution, not of one pair). Its
+    one bias, the subsample's extra sampling noise, is taken out by `denoised_baseline`: the mean
+    over units of (sketch - exact) went from +0.067 to {see benchmarks/bench_sketch.py} at 4 x 8192
+    units (unit sets of 1024-3072). Pass 1 therefore reduces the cross blocks to the maxima with those
+    spreads (`PairMaxima(spread=True)`) beside the candidates, and pass 2 never touches rotated units.
 
     `Comparison.moments` holds the subsample's means and Grams (pass 1; its cross blocks are dropped),
     `Comparison.plan` pass 1's plan. A unit is `barely_seen` when it is live over all tokens but fewer
@@ -127,17 +125,24 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
                 held, count = [], 0
         if count:
             yield _concatenated(held)
-    top = TopCandidates(layout, candidates)
+    top, baseline = TopCandidates(layout, candidates), PairMaxima(layout, rotations, spread=True)
+    scales = []
+
+    def reduce(acc, first):
+        if not scales:  # from pass 0's Grams, once
+            scales.append(baseline_scales(first, rotations=rotations, seed=seed, kind=rotation))
+        top.add_state(acc, first)
+        for block in [b for b in acc.blocks_ if not b.is_gram]:
+            baseline.add_block(block, acc.blocks_[block], scales[0])
     try:
-        sketch = run_plan(plan, lambda start: itertools.islice(gathered(), start, None), threshold=threshold,
-                          rotations=rotations, seed=seed, device=device, rotation_kind=rotation, on_state=top.add_state)
+        moments = stream_passes(plan, lambda start: itertools.islice(gathered(), start, None), device=device,
+                                on_state=reduce)
     except UniversalityError as error:
         raise UniversalityError(f"pass 1 (subsample={subsample:g}): {error}") from None
-    moments = sketch.moments
-    moments.blocks_ = {block: value for block, value in moments.blocks_.items() if block.is_gram}
     moments.is_default = False  # the cross blocks were reduced (and were the subsample's only)
     refine, seen = _refine(make, layout, top.pairs(), moments, subsample=subsample, seed=seed, device=device)
-    maxima = PairMaxima(layout, rotations).load_state_dict(_state(refine, sketch.pairs, layout, rotations))
+    maxima = PairMaxima(layout, rotations).load_state_dict(
+        _state(refine, baseline, layout, subsample_tokens=moments.count_))
     dead = {m: part.cpu().numpy() for m, part in _split(is_dead(refine.variance_ / refine.count_, refine.mean_),
                                                         layout).items()}
     units, pairs = tables_from_maxima(maxima, dead, threshold=threshold)
@@ -210,15 +215,16 @@ class _Atoms:
         return self.count - torch.maximum(self.at_low, self.at_high)
 
 
-def _state(refine: CandidateMoments, pairs_table, layout: dict, rotations: int) -> dict[str, torch.Tensor]:
+def _state(refine: CandidateMoments, baseline: PairMaxima, layout: dict, *, subsample_tokens: int
+           ) -> dict[str, torch.Tensor]:
     """A `PairMaxima.state_dict`: max correlation and partner over each unit's candidate pairs (ties:
-    the lower partner index, as the exact max), baselines from the subsample's `pairs` table."""
+    the lower partner index, as the exact max), baselines from the subsample's maxima (`baseline`)
+    with its sampling noise taken out (`denoised_baseline`)."""
     corr = torch.nan_to_num(refine.correlation(), nan=-torch.inf).cpu().numpy()
     rows, columns = (refine.pairs[:, k].cpu().numpy() for k in (0, 1))
     offsets = np.cumsum([0] + [sum(sets.values()) for sets in layout.values()])
     model_of = np.searchsorted(offsets, np.arange(offsets[-1]), side="right") - 1
     names, state = list(layout), {}
-    columns_of = [f"baseline_max_corr_r{r}" for r in range(rotations)] if rotations > 1 else ["baseline_max_corr"]
     for ia, a in enumerate(names):
         for ib, b in enumerate(names):
             if a == b:
@@ -233,11 +239,38 @@ def _state(refine: CandidateMoments, pairs_table, layout: dict, rotations: int) 
             found = np.full(best.shape, -1, dtype=np.int64)
             best[unit[first]], found[unit[first]] = value[first], partner[first]
             found[np.isneginf(best)] = -1
-            table = pairs_table[(pairs_table["model"] == a) & (pairs_table["other_model"] == b)]
             state[f"max_corr/{a}/{b}"] = torch.from_numpy(best)
             state[f"partner/{a}/{b}"] = torch.from_numpy(found)
-            state[f"baseline/{a}/{b}"] = torch.from_numpy(table[columns_of].to_numpy(np.float64).T.copy())
+            state[f"baseline/{a}/{b}"] = denoised_baseline(baseline.baseline[a, b], baseline.rotated_moments[a, b],
+                                                           subsample_tokens, refine.count_)
     return state
+
+
+def denoised_baseline(peak: torch.Tensor, rotated: torch.Tensor, subsample_tokens: int, tokens: int
+                      ) -> torch.Tensor:
+    """The rotation baseline over `tokens` tokens, estimated from its value over the subsample.
+
+    peak : float64 [rotations, units], the subsample's max correlation of each unit with the rotated
+        units of the other model (-inf: none)
+    rotated : float64 [rotations, 3, units], count, sum and sum of squares of those correlations
+
+    A unit's correlations with the n rotated units are its population values, spread with variance
+    v_pop about their mean, plus sampling noise of variance about 1 / T over T tokens (Pearson's r
+    near 0). Rotated units are sums over many units, so both are close to Gaussian, and the max over n
+    sits mean + z_n sqrt(v_pop + 1 / T) with z_n depending on n only. The subsample gives the mean, the
+    spread v = v_pop + 1 / T_sub and its max, so over all tokens the max is about
+
+        mean + (peak - mean) sqrt((max(v - 1 / T_sub, 0) + 1 / T) / v).
+
+    Without it the baseline of a short subsample is biased high (+0.067 at 327 tokens for unit sets of
+    1024-3072, measured by benchmarks/bench_sketch.py) and units just above the threshold were lost."""
+    count, total, squares = rotated.unbind(dim=1)
+    mean = total / count.clamp_min(1)
+    spread = (squares / count.clamp_min(1) - mean.square()).clamp_min(0)
+    population = (spread - 1 / subsample_tokens).clamp_min(0)
+    shrink = ((population + 1 / tokens) / spread).sqrt()
+    shrink = torch.where(spread > 0, shrink.clamp_max(1), 1.0)
+    return torch.where(torch.isfinite(peak), mean + (peak - mean) * shrink, peak)
 
 
 def _normalized(batch, layout: dict, index: int, where: str = "") -> dict:

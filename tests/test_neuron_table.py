@@ -159,3 +159,56 @@ def test_a_real_shape_error_in_the_null_space_step_propagates(monkeypatch):
     with pytest.raises(UniversalityError, match="has shape"):
         _neuron_table.neuron_table(_stream(batches=1), units=_units(), feature_sets=FEATURES,
                                    weights={m: _weights(seed) for seed, m in enumerate(MODELS)})
+
+
+def test_families_of_a_unit_subset_equal_the_full_tables_and_the_rest_are_marked_unmeasured(built):
+    table, units, _ = built
+    kept = {(m, f"blocks.{l}.mlp.hook_post"): torch.tensor([0, 3]) if l == 0 else torch.tensor([4])
+            for m in MODELS for l in range(LAYERS)}
+    subset = _neuron_table.neuron_table(_stream(), units=units, feature_sets=FEATURES, family_units=kept)
+    measured = subset[subset.family_measured]
+    assert sorted(measured.unit.tolist()) == sorted([0, 3] * len(MODELS) + [4] * len(MODELS))
+    columns = ["best_feature_set", "best_feature", "variance_reduction", "vr_unigram", "vr_position"]
+    _assert_same(_joined(measured, table, columns), columns)
+    assert subset[~subset.family_measured][columns].isna().all().all()
+    assert table.family_measured.all()
+
+
+def test_family_summary_scales_a_sample_of_non_universal_neurons_back_to_their_number(built):
+    table = built[0].copy()
+    table["universal"] = np.arange(len(table)) % 5 == 0
+    full = _neuron_table.family_summary(table).set_index("family")
+    others = np.flatnonzero(~table.universal.to_numpy())
+    sampled = table.copy()
+    sampled["family_measured"] = table.universal.to_numpy()
+    sampled.loc[others[::2], "family_measured"] = True  # half of the others
+    sampled.loc[~sampled.family_measured, ["best_feature_set", "best_feature"]] = None
+    estimate = _neuron_table.family_summary(sampled).set_index("family")
+    weight = len(others) / len(others[::2])
+    families = table.best_feature_set.fillna("(none)")
+    universal = families[table.universal].value_counts()
+    sample = families.iloc[others[::2]].value_counts()
+    expected = universal.add(weight * sample, fill_value=0).round().astype(int)
+    assert (estimate.neurons.sort_index() == expected.sort_index()).all()
+    assert (estimate.universal == full.universal.reindex(estimate.index)).all()
+
+
+def test_family_units_keep_every_universal_unit_and_a_seeded_sample_when_the_sums_exceed_half_the_budget():
+    from universality.pipeline._neurons import family_units
+    units = _units()
+    units.loc[3, "dead"] = True
+    per_unit = 1000
+    assert family_units(units, per_unit, None, 0) == (None, None)
+    assert family_units(units, per_unit, 2 * per_unit * len(units), 0) == (None, None)
+    universal = int((units.universal & ~units.dead).sum())
+    capacity = universal + 3
+    kept, note = family_units(units, per_unit, 2 * per_unit * capacity, 0)
+    picked = pd.concat([pd.DataFrame({"model": m, "unit_set": s, "unit": v.numpy()}) for (m, s), v in kept.items()])
+    flagged = picked.merge(units, on=KEYS)
+    assert len(picked) == capacity and not flagged.dead.any()
+    assert flagged.universal.sum() == universal and note.startswith(f"families measured for all {universal} universal")
+    again, _ = family_units(units, per_unit, 2 * per_unit * capacity, 0)
+    assert all(torch.equal(kept[k], again[k]) for k in kept) and kept.keys() == again.keys()
+    assert universal >= 2
+    few, note = family_units(units, per_unit, 2 * per_unit * (universal - 1), 0)
+    assert sum(len(v) for v in few.values()) == universal - 1 and "the family base rates are left out" in note

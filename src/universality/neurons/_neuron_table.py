@@ -10,7 +10,7 @@ with each layer's `blocks.{l}.mlp.hook_pre` and `hook_post`; `context` is the ke
 | keys            |                               | model, unit_set (the hook_post name), unit                  |
 | universality    | `Comparison.units`            | mean_max_corr, mean_baseline, excess_corr, universal, dead  |
 | moments         | `NeuronStatsAccumulator`      | pre_/post_ mean, var, skew, kurtosis, freq                  |
-| family          | `FamilyAccumulator.table()`   | best_feature_set, best_feature, variance_reduction, vr_<set> |
+| family          | `FamilyAccumulator.table()`   | family_measured, best_feature_set, best_feature, variance_reduction, vr_<set> |
 | weights         | `weight_statistics`           | w_in_norm, w_out_norm, b_in, cos_in_out, l2_penalty, vocab_*, embed_* |
 | roles           | `prediction_neurons`, `entropy_neuron_scores` | role (prediction / suppression), null_share |
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
+import torch
 
 from ._families import FamilyAccumulator, FeatureSet
 from ._neuron_stats import NeuronStatsAccumulator
@@ -35,16 +36,20 @@ STAT_COLUMNS = ["post_skew", "post_kurtosis", "post_freq", "pre_mean", "pre_skew
 
 
 def neuron_table(batches: Iterable[tuple[dict, dict]], *, units: pd.DataFrame, feature_sets: Sequence[FeatureSet],
-                 weights: Mapping[str, Mapping] | None = None, min_count: int = 10) -> pd.DataFrame:
+                 weights: Mapping[str, Mapping] | None = None, min_count: int = 10,
+                 family_units: Mapping[tuple[str, str], torch.Tensor] | None = None) -> pd.DataFrame:
     """One row per (model, hook_post unit set, unit) of `units` (see the module docstring).
 
     batches : (batch, context) pairs, streamed once
     units : the `units` table of a `Comparison` over the hook_post unit sets
     feature_sets : the token features whose variance reduction names each neuron's family
     weights : {model: TransformerLens-named weights} for the weight statistics, or None to skip them
+    family_units : {(model, hook_post set): int64 [units kept]} the units whose family is measured
+        (their per-value sums are [values, units] float64, 148 GB for 5 GPT-2s over the vocabulary);
+        None or a missing key: every unit. Others get `family_measured` False and no family.
     """
     stats = NeuronStatsAccumulator()
-    families: dict[tuple[str, str], FamilyAccumulator] = {}
+    families: dict[tuple[str, str], tuple[FamilyAccumulator, torch.Tensor | None]] = {}
     for batch, context in batches:
         stats.update(batch)
         for model, sets in batch.items():
@@ -52,13 +57,17 @@ def neuron_table(batches: Iterable[tuple[dict, dict]], *, units: pd.DataFrame, f
                 if not name.endswith("hook_post"):
                     continue
                 if (model, name) not in families:
-                    families[(model, name)] = FamilyAccumulator(feature_sets, x.shape[1], min_count=min_count)
-                families[(model, name)].update(x, **context)
+                    kept = (family_units or {}).get((model, name))
+                    width = x.shape[1] if kept is None else len(kept)
+                    families[(model, name)] = (FamilyAccumulator(feature_sets, width, min_count=min_count), kept)
+                acc, kept = families[(model, name)]
+                acc.update(x if kept is None else x[:, kept.to(x.device)], **context)
     table = units.merge(stats.table(), on=_KEYS, how="left")
-    family_frames = [acc.table().assign(model=model, unit_set=name).drop(columns="rank")
-                     for (model, name), acc in families.items()]
+    family_frames = [_family_frame(acc, kept).assign(model=model, unit_set=name)
+                     for (model, name), (acc, kept) in families.items()]
     if family_frames:
         table = table.merge(pd.concat(family_frames, ignore_index=True), on=_KEYS, how="left")
+        table["family_measured"] = table.family_measured.fillna(False).astype(bool)
         named = table.best_feature.notna()  # token strings, buckets and label codes: one text column
         table["best_feature"] = table.best_feature.where(~named, table.best_feature[named].astype(str))
     if weights:
@@ -66,6 +75,14 @@ def neuron_table(batches: Iterable[tuple[dict, dict]], *, units: pd.DataFrame, f
                          for model, w in weights.items()]
         table = table.merge(pd.concat(weight_frames, ignore_index=True), on=_KEYS, how="left")
     return table
+
+
+def _family_frame(acc: FamilyAccumulator, kept: torch.Tensor | None) -> pd.DataFrame:
+    """`acc`'s family table with units renumbered to the unit set's (`kept`: the units it saw)."""
+    frame = acc.table().drop(columns="rank")
+    if kept is not None:
+        frame["unit"] = kept.cpu().numpy()[frame.unit.to_numpy()]
+    return frame.assign(family_measured=True)
 
 
 def _roles(weights: Mapping) -> pd.DataFrame:
@@ -79,12 +96,21 @@ def _roles(weights: Mapping) -> pd.DataFrame:
 
 def family_summary(neurons: pd.DataFrame) -> pd.DataFrame:
     """Per best feature set (family): live neurons, universal neurons, and each as a share, so the
-    families that universal neurons fall in stand out against the base rate."""
+    families that universal neurons fall in stand out against the base rate.
+
+    When only some neurons' families were measured (`family_measured`: every universal one and a
+    random sample of the rest, `pipeline/_neurons.py`), the other neurons' counts are the sample's,
+    scaled by (other live neurons) / (sampled ones) and rounded: `neurons` is then an estimate."""
     live = neurons[~neurons.dead.astype(bool)]
+    universal = live.universal.astype(bool)
+    measured = live.family_measured.astype(bool) if "family_measured" in live else pd.Series(True, live.index)
+    others = live[~universal & measured]
+    weight = (~universal).sum() / max(len(others), 1)  # each sampled non-universal neuron stands for this many
     family = live.best_feature_set.fillna("(none)")
-    summary = pd.DataFrame({"neurons": family.value_counts(),
-                            "universal": family[live.universal.astype(bool)].value_counts()}).fillna(0)
+    universal_counts = family[universal & measured].value_counts()
+    estimated = universal_counts.add(weight * family[~universal & measured].value_counts(), fill_value=0)
+    summary = pd.DataFrame({"neurons": estimated.round(), "universal": universal_counts}).fillna(0)
     summary = summary.astype(int).rename_axis("family").reset_index()
     summary["pct_of_neurons"] = 100 * summary.neurons / max(len(live), 1)
-    summary["pct_of_universal"] = 100 * summary.universal / max(int(live.universal.sum()), 1)
+    summary["pct_of_universal"] = 100 * summary.universal / max(int(universal.sum()), 1)
     return summary.sort_values("universal", ascending=False, kind="stable", ignore_index=True)

@@ -23,7 +23,7 @@ from ..train import load_checkpoint, save_checkpoint, train_seed
 from ._neurons import neuron_step
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
-from ._planned import plan_fact, stream_and_compare
+from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 
 __all__ = ["run_language"]
@@ -68,7 +68,8 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             neurons, notes = neuron_step(run_dir, adapters, sample.tokens, inputs_print=moments_print,
                                          units=comparison.units, feature_sets=features, drop=drop,
                                          batch_rows=collect.batch_rows, on_progress=on_progress,
-                                         labels={label: sample.labels[label] for label in _LABELS},
+                                         memory_budget=resolve_budget(config.scale.memory_budget, config.device),
+                                         seed=config.compare.seed, labels={label: sample.labels[label] for label in _LABELS},
                                          feature_tokens={"class": _class_tokens(language)})
         facts = {
             "models": f"{len(config.seeds)} seeds of a {config.model.n_layers}-layer transformer "

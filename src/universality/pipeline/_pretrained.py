@@ -28,7 +28,7 @@ from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset,
 from ._neurons import neuron_step
 from ._report import RunRecord, context_tables
 from ._run import execute
-from ._planned import plan_fact, stream_and_compare
+from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step
 
 __all__ = ["run_pretrained", "token_rows"]
@@ -71,7 +71,9 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
             with times("neurons"):
                 neurons, notes = neuron_step(run_dir, adapters, tokens, inputs_print=moments_print,
                                              units=comparison.units, feature_sets=_features(first, tokens.shape[1]),
-                                             drop=drop, batch_rows=collect.batch_rows, on_progress=on_progress)
+                                             drop=drop, batch_rows=collect.batch_rows, on_progress=on_progress,
+                                             memory_budget=resolve_budget(config.scale.memory_budget, config.device),
+                                             seed=config.compare.seed)
         with times("heads"):
             heads = table_step(run_dir / "tables", "heads", moments_print,
                                lambda: {"heads": _heads(adapters, tokens[:collect.batch_rows])})["heads"]

@@ -100,7 +100,8 @@ def family_summary(neurons: pd.DataFrame) -> pd.DataFrame:
 
     When only some neurons' families were measured (`family_measured`: every universal one and a
     random sample of the rest, `pipeline/_neurons.py`), the other neurons' counts are the sample's,
-    scaled by (other live neurons) / (sampled ones) and rounded: `neurons` is then an estimate."""
+    scaled by (other live neurons) / (sampled ones) and rounded: `neurons` is then an estimate (NaN
+    when none of the others was measured)."""
     live = neurons[~neurons.dead.astype(bool)]
     universal = live.universal.astype(bool)
     measured = live.family_measured.astype(bool) if "family_measured" in live else pd.Series(True, live.index)
@@ -111,6 +112,8 @@ def family_summary(neurons: pd.DataFrame) -> pd.DataFrame:
     estimated = universal_counts.add(weight * family[~universal & measured].value_counts(), fill_value=0)
     summary = pd.DataFrame({"neurons": estimated.round(), "universal": universal_counts}).fillna(0)
     summary = summary.astype(int).rename_axis("family").reset_index()
+    if len(others) == 0 and (~universal).any():  # no base rate measured: none is given
+        summary["neurons"] = float("nan")
     summary["pct_of_neurons"] = 100 * summary.neurons / max(len(live), 1)
     summary["pct_of_universal"] = 100 * summary.universal / max(int(universal.sum()), 1)
     return summary.sort_values("universal", ascending=False, kind="stable", ignore_index=True)

@@ -14,8 +14,9 @@ import torch
 from .._defaults import THRESHOLD
 from ..errors import UniversalityError
 from ..moments import MomentAccumulator, load_moments, save_moments
+from ._calibration import DEFAULT_ALPHA, DEFAULT_CALIBRATION_ROTATIONS, calibrated_tables, check_alpha
 from ._correlation import pearson
-from ._universality import layer_summary, universality_tables
+from ._universality import layer_summary, rotation_columns, universality_tables
 
 __all__ = ["Comparison", "compare_moments"]
 
@@ -26,7 +27,8 @@ class Comparison:
     Attributes
     ----------
     units : DataFrame, one row per (model, unit_set, unit)
-        `model, unit_set, unit, mean_max_corr, mean_baseline, excess_corr, universal, dead`.
+        `model, unit_set, unit, mean_max_corr, mean_baseline, excess_corr, universal, dead`
+        (+ `z, p_value, q_value, calibrated_universal` after `calibrate`).
         mean_max_corr / mean_baseline average over the other models; `universal` is
         excess_corr > threshold; dead units (zero variance) have NaN correlations.
     pairs : DataFrame, one row per (model, unit_set, unit, other_model)
@@ -63,6 +65,31 @@ class Comparison:
         if model_a == model_b:
             raise UniversalityError("correlation of a model with itself is not stored; pass two different models")
         return pearson(self.moments, model_a, model_b)
+
+    def calibrate(self, rotations: int = DEFAULT_CALIBRATION_ROTATIONS, alpha: float = DEFAULT_ALPHA
+                  ) -> "Comparison":
+        """This comparison with calibrated universality (`compare._calibration`): `units` gain `z,
+        p_value, q_value, calibrated_universal`, `pairs` gain `baseline_std, z, p_empirical, p_value,
+        q_value`. Uses this comparison's rotations when it has that many (`rotations`); otherwise
+        recomputes every table from the state with `rotations` seeded rotations (so `baseline_max_corr`,
+        `mean_baseline` and the paper's `universal` then average over them too), which needs the
+        cross-moments: a one-pass state."""
+        check_settings(self.threshold, rotations, self.seed)
+        alpha = check_alpha(alpha)
+        if rotations < 2:
+            raise UniversalityError(f"calibration needs rotations >= 2, got {rotations}; e.g. rotations=32")
+        units, pairs = self.units, self.pairs
+        if len(rotation_columns(pairs)) != rotations:
+            if not self.moments.is_default:
+                raise UniversalityError(
+                    f"this comparison has {self.rotations} rotation(s) and its state no longer holds the cross-"
+                    f"moments (a multi-pass plan or a sketch reduced them); compare again with rotations={rotations}, "
+                    f"or calibrate with rotations={self.rotations}")
+            units, pairs = universality_tables(self.moments, threshold=self.threshold, rotations=rotations,
+                                               seed=self.seed)
+        units, pairs = calibrated_tables(units, pairs, alpha=alpha)
+        return Comparison(self.moments, units, pairs, threshold=self.threshold, rotations=rotations, seed=self.seed,
+                          plan=self.plan)
 
     def __repr__(self) -> str:
         live = int((~self.units["dead"]).sum())

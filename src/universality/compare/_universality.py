@@ -25,7 +25,7 @@ from ..moments import MomentAccumulator
 from ._correlation import dead_units
 from ._maxima import PairMaxima, baseline_scales
 
-__all__ = ["universality_tables", "tables_from_maxima", "layer_summary", "universality_null"]
+__all__ = ["universality_tables", "tables_from_maxima", "layer_summary", "universality_null", "rotation_columns"]
 
 def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int,
                         kind: str = "auto"):
@@ -95,6 +95,12 @@ def layer_summary(units: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def rotation_columns(pairs: pd.DataFrame) -> list[str]:
+    """The per-rotation baseline columns `baseline_max_corr_r{r}` of a pairs table, in rotation order."""
+    prefix = "baseline_max_corr_r"
+    return sorted((c for c in pairs.columns if c.startswith(prefix)), key=lambda c: int(c[len(prefix):]))
+
+
 def universality_null(pairs: pd.DataFrame, *, threshold: float) -> dict[str, float]:
     """The count of universal units expected under the rotation null (module docstring), from a pairs
     table holding `baseline_max_corr_r{r}` columns (one per rotation, when there are 2 or more), over units with a finite
@@ -106,7 +112,7 @@ def universality_null(pairs: pd.DataFrame, *, threshold: float) -> dict[str, flo
     >>> universality_null(pairs, threshold=0.5)
     {'rotations': 2, 'expected': 0.5, 'min': 0.0, 'max': 1.0}
     """
-    columns = sorted((c for c in pairs.columns if c.startswith("baseline_max_corr_r")), key=lambda c: int(c[19:]))
+    columns = rotation_columns(pairs)
     if len(columns) < 2:
         return {"rotations": len(columns), "expected": float("nan"), "min": float("nan"), "max": float("nan")}
     # mean over other models b, skipping NaN (dead partners) as nanmean does: [units, R]

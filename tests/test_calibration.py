@@ -1,0 +1,114 @@
+"""Calibrated universality (issue 10 part 2): planted twins in a strongly correlated unit set are
+calibrated-universal where the paper's rule misses them, p-values are uniform under the null, the
+columns follow their definitions, and bad settings are refused in one line."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from universality import UniversalityError
+from universality.compare import compare_activations
+
+TOKENS, WIDTH, TWINS = 4000, 128, 12
+
+
+def _planted(seed=1):
+    """Three models of one 128-unit set dominated by a rank-2 latent (so rotated units correlate
+    strongly with every unit: baselines near 0.9); 12 units per model are the same feature in every
+    model (twins, correlation near 1), at model-specific positions."""
+    g = torch.Generator().manual_seed(seed)
+    latent = torch.randn(TOKENS, 2, generator=g)
+    features = torch.randn(TOKENS, TWINS, generator=g)
+    loading = torch.randn(2, TWINS, generator=g)
+    batch, twins = {}, {}
+    for m in "abc":
+        x = latent @ torch.randn(2, WIDTH, generator=g) + 0.3 * torch.randn(TOKENS, WIDTH, generator=g)
+        where = torch.randperm(WIDTH, generator=g)[:TWINS]
+        x[:, where] = latent @ loading + features + 0.1 * torch.randn(TOKENS, TWINS, generator=g)
+        batch[m], twins[m] = {"s": x}, set(where.tolist())
+    return [batch], twins
+
+
+@pytest.fixture(scope="module")
+def planted():
+    torch.set_num_threads(2)
+    batches, twins = _planted()
+    return compare_activations(batches, seed=0).calibrate(rotations=32, alpha=0.01), twins
+
+
+def test_planted_twins_are_calibrated_universal_where_the_papers_rule_misses_them(planted):
+    calibrated, twins = planted
+    units = calibrated.units
+    is_twin = np.array([u in twins[m] for m, u in zip(units.model, units.unit)])
+    assert units.calibrated_universal[is_twin].all()
+    assert not units.calibrated_universal[~is_twin].any()
+    assert units.universal[is_twin].mean() < 0.5  # the paper's rule misses most: their baselines are high
+    assert units.mean_baseline[is_twin].median() > 0.5
+
+
+def test_calibration_columns_follow_their_definitions(planted):
+    calibrated, _ = planted
+    pairs = calibrated.pairs
+    rotated = pairs[[f"baseline_max_corr_r{r}" for r in range(32)]].to_numpy()
+    actual = pairs.max_corr.to_numpy()
+    assert np.allclose(pairs.baseline_max_corr, rotated.mean(axis=1))
+    assert np.allclose(pairs.baseline_std, rotated.std(axis=1, ddof=1))
+    assert np.allclose(pairs.z, (actual - rotated.mean(axis=1)) / rotated.std(axis=1, ddof=1))
+    assert np.allclose(pairs.p_empirical, (1 + (rotated >= actual[:, None]).sum(axis=1)) / 33)
+    scale = rotated.std(axis=1, ddof=1) * math.sqrt(6) / math.pi
+    gumbel = stats.gumbel_r(loc=rotated.mean(axis=1) - np.euler_gamma * scale, scale=scale)
+    assert np.allclose(pairs.p_value, gumbel.sf(actual), rtol=1e-9, atol=1e-300)
+    for _, group in pairs.groupby(["model", "other_model"]):
+        assert np.allclose(group.q_value, stats.false_discovery_control(group.p_value, method="bh"))
+    worst = pairs.groupby(["model", "unit_set", "unit"], sort=False).q_value.max().to_numpy()
+    assert np.allclose(calibrated.units.q_value, worst)
+    assert calibrated.rotations == 32 and calibrated.units.universal.dtype == bool
+
+
+def test_p_values_are_uniform_under_the_null():
+    """Independent models: the actual max is one more draw of the rotated maxima' distribution, so its
+    p-values are uniform (two-sided KS, rejected at level 0.001 only) and nothing is calibrated-universal."""
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(4)
+    batch = {m: {"s": torch.randn(3000, 64, generator=g)} for m in "abc"}
+    calibrated = compare_activations([batch], seed=2).calibrate()
+    assert stats.kstest(calibrated.pairs.p_value, "uniform").pvalue > 0.001
+    assert not calibrated.units.calibrated_universal.any()
+
+
+def test_calibrating_with_the_comparisons_own_rotations_reuses_them():
+    torch.set_num_threads(2)
+    batches, _ = _planted(seed=3)
+    once = compare_activations(batches, rotations=4, seed=1)
+    reused = once.calibrate(rotations=4)
+    recomputed = compare_activations(batches, seed=1).calibrate(rotations=4)
+    assert np.allclose(reused.pairs.p_value, recomputed.pairs.p_value)
+    assert (reused.units.calibrated_universal == recomputed.units.calibrated_universal).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": 0}, "alpha must be a number in (0, 1)"), ({"alpha": 1.5}, "alpha must be a number in (0, 1)"),
+    ({"rotations": 1}, "calibration needs rotations >= 2"), ({"rotations": 0}, "rotations must be an integer >= 1"),
+])
+def test_bad_calibration_settings_are_refused_in_one_line(kwargs, message):
+    batch = {m: {"s": torch.randn(50, 4)} for m in "ab"}
+    with pytest.raises(UniversalityError) as error:
+        compare_activations([batch]).calibrate(**kwargs)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_a_state_without_cross_moments_asks_to_compare_again_with_the_rotations():
+    batches = [{m: {"s": torch.randn(200, 64)} for m in "abc"}]
+    budgeted = compare_activations(batches, memory_budget=_two_pass_budget(batches))
+    assert len(budgeted.plan.passes) >= 2
+    with pytest.raises(UniversalityError, match=r"compare again with rotations=32"):
+        budgeted.calibrate()
+
+
+def _two_pass_budget(batches):
+    from universality.moments import budget_for_passes
+    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
+    return budget_for_passes(layout, 2, batch_tokens=200)

@@ -2,6 +2,8 @@
 
 Public API:
 - `compare_activations(batches, *, threshold, rotations, seed, device) -> Comparison`
+- `compare_representations(batches, *, metrics, reservoir, k, ridge, seed, nulls) -> pandas.DataFrame`:
+  CKA, CCA, SVCCA, PWCCA, Procrustes, regression, debiased CKA and mutual k-NN of every unit-set pair
 - `Comparison` (tables `units`, `pairs`, `layers`; `correlation(a, b)`; `save` / `load`)
 - `MomentAccumulator`, the streaming engine underneath
 - `load_model(path_or_hub_name, device)` -> a model adapter with named unit sets (Hugging Face models)
@@ -10,13 +12,14 @@ Public API:
 
 from .errors import UniversalityError
 
-__all__ = ["compare_activations", "Comparison", "MomentAccumulator", "UniversalityError", "load_model"]
+__all__ = ["compare_activations", "compare_representations", "Comparison", "MomentAccumulator", "UniversalityError",
+           "load_model"]
 __version__ = "0.1.0"
 
 # The names that need torch are imported on first use (PEP 562), so `univ` can check a config and
 # print a one-line error without loading torch.
-_LAZY = {"compare_activations": "compare", "Comparison": "compare", "MomentAccumulator": "moments",
-         "load_model": "models"}
+_LAZY = {"compare_activations": "compare", "compare_representations": "similarity", "Comparison": "compare",
+         "MomentAccumulator": "moments", "load_model": "models"}
 
 
 def __getattr__(name: str):

@@ -39,3 +39,18 @@ UNIT_THRESHOLD = 0.5
 # The learning-order cut of the authors' determine_key_rep_order.py. The key cut does not serve: random
 # logits of small groups already score above it (S4: about 0.009), so every irrep would "emerge" at once.
 EMERGENCE_THRESHOLD = 0.05
+
+# Representation similarity (universality.similarity). The ridge of CCA, PWCCA and regression, as a
+# fraction of each side's mean variance: S + RIDGE * (tr S / n) I. Any RIDGE > 0 keeps a rank-deficient
+# covariance (a unit set wider than the tokens) invertible; 1e-3 leaves every direction holding more
+# than ~0.1% of the mean variance at full weight and stays above float32 accumulation noise (~1e-7 of
+# the largest eigenvalue) unless the spectrum spans more than 1e4 between its mean and its maximum.
+SIMILARITY_RIDGE = 1e-3
+# SVCCA keeps each side's top principal directions holding this fraction of its variance (Raghu et al. 2017).
+SVCCA_VARIANCE = 0.99
+# Token rows kept (seeded, mergeable) for debiased CKA, mutual k-NN and the shuffled nulls.
+RESERVOIR_ROWS = 4096
+# Neighbours per row of mutual k-NN alignment (Huh et al. 2024 use k = 10; chance is k / (rows - 1)).
+KNN_NEIGHBOURS = 10
+# Token-shuffled partners per score, for null_mean and null_std.
+SIMILARITY_NULLS = 3

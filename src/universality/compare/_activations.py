@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
 
 from .._defaults import THRESHOLD
 from .._inputs import check_device
 from ..errors import UniversalityError
 from ..moments import layout_of, parse_bytes, plan_passes
 from ._comparison import Comparison, check_settings
-from ._passes import first_batch, rerunnable, run_plan, skip
+from ._passes import check_batches, first_batch, rerunnable, run_plan, skip
 from ._rotations import ROTATION_KINDS
 from ._sketch import check_sketch_settings, compare_sketch
 
@@ -107,9 +106,7 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         return compare_on_ray(batches, backend=backend, workers=workers, address=address, batch_count=batch_count,
                               threshold=threshold, rotations=rotations, seed=seed, device=device, dtype=dtype,
                               budget=budget, rotation=rotation)
-    if isinstance(batches, Mapping) or not (isinstance(batches, Iterable) or callable(batches)):
-        raise UniversalityError(f"batches must be an iterable of {{model: {{unit_set: Tensor}}}} dicts (or a callable "
-                                f"returning one), got a {type(batches).__name__}; wrap a single batch in a list: [batch]")
+    check_batches(batches)
     make, reusable = rerunnable(batches)
     stream = iter(make())
     first = next(stream, None)

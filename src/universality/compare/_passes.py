@@ -11,7 +11,7 @@ token shards streamed by workers and merged); the reduction is the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from ..errors import UniversalityError
@@ -21,7 +21,8 @@ from ._correlation import dead_units
 from ._maxima import PairMaxima, baseline_scales
 from ._universality import tables_from_maxima
 
-__all__ = ["PassStore", "run_plan", "stream_passes", "rerunnable", "skip", "return_freed_memory", "first_batch"]
+__all__ = ["PassStore", "run_plan", "stream_passes", "rerunnable", "skip", "return_freed_memory", "first_batch",
+           "check_batches"]
 
 Source = Callable[[int], Iterable]  # start batch -> the batches from there on
 
@@ -188,6 +189,13 @@ def first_batch(batch) -> tuple[dict, int]:
     except UniversalityError as error:
         raise UniversalityError(f"batch 0: {error}") from None
     return models, next(iter(next(iter(models.values())).values())).shape[0]
+
+
+def check_batches(batches) -> None:
+    """One line unless `batches` is an iterable of batches (not a single batch) or a callable returning one."""
+    if isinstance(batches, Mapping) or not (isinstance(batches, Iterable) or callable(batches)):
+        raise UniversalityError(f"batches must be an iterable of {{model: {{unit_set: Tensor}}}} dicts (or a callable "
+                                f"returning one), got a {type(batches).__name__}; wrap a single batch in a list: [batch]")
 
 
 def rerunnable(batches) -> tuple[Callable[[], Iterable], bool]:

@@ -1,0 +1,296 @@
+"""Similarity of two unit sets from their centred co-moment sums: the state a single pass leaves.
+
+| symbol | shape      | meaning                                                       |
+|--------|------------|---------------------------------------------------------------|
+| G_a    | [n_a, n_a] | sum over tokens of (x_a - mean_a)(x_a - mean_a)^T (`gram_`)    |
+| G_b    | [n_b, n_b] | the same for unit set b                                       |
+| C      | [n_a, n_b] | sum over tokens of (x_a - mean_a)(x_b - mean_b)^T             |
+| N      | int        | tokens; S_a = G_a / N, S_b = G_b / N, S_ab = C / N             |
+
+Everything is float64, in the eigenbases of the covariances (`Spectrum`): with S_a = V_a diag(l_a) V_a^T,
+the rotated cross-covariance T = V_a^T S_ab V_b [n_a, n_b] holds all a pair needs, so each unit set is
+decomposed once however many partners it has.
+
+| metric     | definition                                                     | symmetric | self |
+|------------|----------------------------------------------------------------|-----------|------|
+| cka        | ||S_ab||_F^2 / (||S_a||_F ||S_b||_F) (linear CKA, biased HSIC)  | yes       | 1    |
+| procrustes | ||S_ab||_* / sqrt(tr S_a tr S_b)                               | yes       | 1    |
+| cca        | mean canonical correlation with a ridge (`canonical`)          | yes       | 1    |
+| svcca      | mean canonical correlation of the top-variance directions      | yes       | 1    |
+| pwcca      | canonical correlations weighted by side a's activations        | no        | 1    |
+| regression | ridge R^2 of b from a (and a from b): fraction of variance     | no        | ~1   |
+
+Procrustes (Williams et al. 2021, Ding et al. 2021): with X, Y the centred token matrices scaled to unit
+Frobenius norm (||X||_F^2 = tr G_a), similarity = max over orthogonal Q of tr(X^T Y Q) = ||X^T Y||_* =
+||C||_* / sqrt(tr G_a tr G_b); the Procrustes distance is sqrt(2 - 2 similarity). Unequal widths are
+compared as if the narrower side were padded with zero units.
+
+The ridge (default `SIMILARITY_RIDGE` = 1e-3) is scale-free: S -> S + ridge * (tr S / n) I, so any
+ridge > 0 makes a rank-deficient covariance (a unit set wider than its tokens) invertible; ridge 0 is
+the plain metric with a pseudo-inverse. CCA and PWCCA read 1 for a set against itself at any ridge
+(`canonical`); ridge regression R^2 of a set from itself is 1 minus at most `ridge` (shrinkage is real).
+
+Invariances: every metric is unchanged by an orthogonal map (and an isotropic scaling) of either unit
+set, except PWCCA, whose weights are read in side a's unit basis (it is unchanged under any map of b).
+At ridge 0, CCA is unchanged under any invertible linear map. So a Haar-rotated partner would leave
+every score here as it is: no rotation null is computed (compare_representations says so).
+
+A dead unit set (zero total variance: every unit constant) has no similarity: every metric is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .._defaults import SIMILARITY_RIDGE, SVCCA_VARIANCE
+from .._inputs import as_float64_tensor
+from ..errors import UniversalityError
+
+__all__ = ["linear_cka", "cca", "svcca", "pwcca", "procrustes", "regression_r2", "Spectrum", "spectrum",
+           "eigen_cross", "state_scores", "state_outputs", "check_ridge", "STATE_METRICS"]
+
+STATE_METRICS = ("cka", "cca", "svcca", "pwcca", "procrustes", "regression")
+_OUTPUTS = {"regression": ("regression_b_from_a", "regression_a_from_b")}  # metric -> table rows
+
+
+class Spectrum(NamedTuple):
+    """One unit set's covariance S = G / N = vectors diag(values) vectors^T, float64."""
+    values: torch.Tensor  # [n] eigenvalues, descending, rounding negatives clamped to 0
+    vectors: torch.Tensor  # [n, n] eigenvectors as columns (unit basis -> eigenbasis)
+
+
+class Canonical(NamedTuple):
+    """The ridge-regularised canonical correlation analysis of a pair (`canonical`); k = min(n_a, n_b)."""
+    correlations: torch.Tensor  # [k] regularised canonical correlations rho_i, descending
+    scales: torch.Tensor  # [k] s_i >= rho_i: the largest value rho_i could take (s_i = 1 at ridge 0)
+    variates_a: torch.Tensor  # [n_a, k] side a's canonical variates, in the coordinates of `pwcca_from`
+
+
+def spectrum(gram: torch.Tensor, tokens: int) -> Spectrum:
+    """The eigendecomposition of S = gram / tokens (gram [n, n], a centred co-moment sum)."""
+    values, vectors = torch.linalg.eigh(gram.double() / tokens)  # ascending
+    return Spectrum(values.flip(0).clamp(min=0), vectors.flip(1))
+
+
+def eigen_cross(cross: torch.Tensor, a: Spectrum, b: Spectrum, tokens: int) -> torch.Tensor:
+    """T = V_a^T (cross / tokens) V_b, float64 [n_a, n_b]: the cross-covariance in both eigenbases."""
+    return a.vectors.T @ (cross.double() / tokens) @ b.vectors
+
+
+def check_ridge(ridge) -> float:
+    """`ridge` as a float, or one line unless it is a finite number >= 0."""
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
+        raise UniversalityError(f"ridge must be a finite number >= 0 (a fraction of each side's mean variance; 0: no "
+                                f"regularisation), got {ridge!r}")
+    return float(ridge)
+
+
+def _inverse(values: torch.Tensor, ridge: float) -> torch.Tensor:
+    """1 / (l + ridge * mean l) per eigenvalue l [n]; 0 where that is within rounding of 0 (a pseudo-inverse)."""
+    shifted = values + ridge * values.mean()
+    floor = len(values) * torch.finfo(torch.float64).eps * shifted.max()
+    return torch.where(shifted > floor, 1 / shifted.clamp(min=floor), 0.0)
+
+
+def canonical(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> Canonical:
+    """Ridge CCA in the eigenbases: K = (S + ridge (tr S / n) I)^(-1/2) per side, M = K_a S_ab K_b.
+
+    1) The singular values rho_i of M [n_a, n_b] are the regularised canonical correlations, with
+       singular vectors p_i, q_i; the canonical variates are u_i = K_a p_i and v_i = K_b q_i.
+    2) By Cauchy-Schwarz rho_i = u_i^T S_ab v_i <= s_i = sqrt(u_i^T S_a u_i * v_i^T S_b v_i): s_i is the
+       value rho_i would have for perfectly correlated variates. At ridge 0 (full rank) s_i = 1; a ridge
+       shrinks s_i below 1 in the directions of low variance, and s_i = 0 in a null direction.
+    Then mean CCA = sum rho_i / sum s_i: the mean canonical correlation at ridge 0, and for ridge > 0 the
+    plain correlations rho_i / s_i of the regularised variates averaged with weights s_i, so directions
+    the ridge suppresses count little and null directions not at all; 1 for a set against itself.
+    """
+    root_a, root_b = _inverse(a.values, ridge).sqrt(), _inverse(b.values, ridge).sqrt()  # K's eigenvalues
+    m = root_a[:, None] * t * root_b[None, :]  # [n_a, n_b] = K_a S_ab K_b
+    p, rho, qh = torch.linalg.svd(m, full_matrices=False)  # p [n_a, k], rho [k], qh [k, n_b]
+    # X_c u_i = sqrt(N) U diag(sqrt(l_a)) V_a^T u_i (X_c = sqrt(N) U diag(sqrt(l_a)) V_a^T): these coordinates
+    # have norm^2 = u_i^T S_a u_i, and `pwcca_from` orthonormalises them.
+    variates_a = (a.values.sqrt() * root_a)[:, None] * p  # [n_a, k]
+    variates_b = (b.values.sqrt() * root_b)[:, None] * qh.T  # [n_b, k]
+    return Canonical(rho, variates_a.norm(dim=0) * variates_b.norm(dim=0), variates_a)
+
+
+def mean_cca_from(c: Canonical) -> float:
+    """Mean canonical correlation sum rho_i / sum s_i (`canonical`)."""
+    return float(c.correlations.sum() / c.scales.sum())
+
+
+def pwcca_from(c: Canonical, a: Spectrum) -> float:
+    """Projection-weighted CCA (Morcos et al. 2018), weighted by side a.
+
+    1) Orthonormalise a's canonical variates over tokens, h_i (QR of their coefficients, as the paper's code
+       does with np.linalg.qr on the variates).
+    2) alpha_i = sum_j |<h_i, z_j>|, z_j the centred activations of a's unit j: how much of a's activity
+       direction i accounts for. In coordinates, <h_i, z_j> = sqrt(N) (Q^T diag(sqrt(l_a)) V_a^T)_ij.
+    3) PWCCA = sum alpha_i rho_i / sum alpha_i s_i (`canonical`; at ridge 0, sum alpha_i rho_i / sum alpha_i).
+    The paper's code weights the side with fewer units: pass that one as a to match it.
+    """
+    q, _ = torch.linalg.qr(c.variates_a)  # [n_a, k]; a zero column gets some unit vector, weighted by rho = s = 0
+    alpha = (q.T @ (a.values.sqrt()[:, None] * a.vectors.T)).abs().sum(dim=1)  # [k]
+    return float((alpha * c.correlations).sum() / (alpha * c.scales).sum())
+
+
+def cka_from(a: Spectrum, b: Spectrum, t: torch.Tensor) -> float:
+    """||S_ab||_F^2 / (||S_a||_F ||S_b||_F); Frobenius norms are basis-free, so from T and the eigenvalues."""
+    return float((t ** 2).sum() / (a.values.norm() * b.values.norm()))
+
+
+def procrustes_from(a: Spectrum, b: Spectrum, t: torch.Tensor) -> float:
+    """||S_ab||_* / sqrt(tr S_a tr S_b) (nuclear norm: the sum of singular values of T)."""
+    return float(torch.linalg.svdvals(t).sum() / (a.values.sum() * b.values.sum()).sqrt())
+
+
+def svcca_from(a: Spectrum, b: Spectrum, t: torch.Tensor, keep: float) -> float:
+    """SVCCA (Raghu et al. 2017): keep each side's top principal directions holding a fraction `keep` of its
+    variance, then the mean of the (unregularised) canonical correlations of the kept directions."""
+    ka, kb = _kept(a.values, keep), _kept(b.values, keep)
+    m = t[:ka, :kb] / (a.values[:ka, None] * b.values[None, :kb]).sqrt()  # whitened kept cross-covariance
+    return float(torch.linalg.svdvals(m).mean())
+
+
+def _kept(values: torch.Tensor, keep: float) -> int:
+    """The fewest top eigenvalues (descending `values`) whose sum reaches `keep` of the total, all positive."""
+    reached = int((values.cumsum(0) < keep * values.sum()).sum()) + 1
+    return max(1, min(reached, int((values > 0).sum())))
+
+
+def regression_from(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> float:
+    """R^2 of b from a: the fraction of b's total variance tr S_b that the ridge fit of b on a explains,
+    in sample. W = (S_a + ridge (tr S_a / n_a) I)^-1 S_ab; with d_i = 1 / (l_i + ridge mean l), the
+    explained variance tr(S_b) - E||b - W^T a||^2 = sum_i ||T_i||^2 (2 d_i - l_i d_i^2) (T_i: row i of T).
+    """
+    d = _inverse(a.values, ridge)  # [n_a]
+    return float(((t ** 2).sum(dim=1) * d * (2 - a.values * d)).sum() / b.values.sum())
+
+
+def state_outputs(metrics) -> list[str]:
+    """The table rows the metrics give: each metric's name, "regression" two directions."""
+    return [name for metric in metrics for name in _OUTPUTS.get(metric, (metric,))]
+
+
+def state_scores(a: Spectrum, b: Spectrum, t: torch.Tensor, metrics, *, ridge: float = SIMILARITY_RIDGE,
+                 keep: float = SVCCA_VARIANCE) -> dict[str, float]:
+    """{output name: score} for the state `metrics` of one pair (T = `eigen_cross`); NaN for a dead side."""
+    if not (a.values.sum() > 0 and b.values.sum() > 0):
+        return dict.fromkeys(state_outputs(metrics), math.nan)
+    scores = {}
+    c = canonical(a, b, t, ridge) if {"cca", "pwcca"} & set(metrics) else None
+    for metric in metrics:
+        if metric == "cka":
+            scores["cka"] = cka_from(a, b, t)
+        elif metric == "cca":
+            scores["cca"] = mean_cca_from(c)
+        elif metric == "svcca":
+            scores["svcca"] = svcca_from(a, b, t, keep)
+        elif metric == "pwcca":
+            scores["pwcca"] = pwcca_from(c, a)
+        elif metric == "procrustes":
+            scores["procrustes"] = procrustes_from(a, b, t)
+        elif metric == "regression":
+            scores["regression_b_from_a"] = regression_from(a, b, t, ridge)
+            scores["regression_a_from_b"] = regression_from(b, a, t.T, ridge)
+        else:
+            raise UniversalityError(f"unknown state metric {metric!r}; choose one of: {', '.join(STATE_METRICS)}")
+    return scores
+
+
+def _pair(gram_a, gram_b, cross, tokens) -> tuple[Spectrum, Spectrum, torch.Tensor]:
+    """Checked float64 inputs, as the two spectra and T."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise UniversalityError(f"tokens must be an integer >= 1 (the tokens the sums ran over), got {tokens!r}")
+    gram_a = as_float64_tensor(gram_a, "gram_a", {"rows": None, "columns": None})
+    gram_b = as_float64_tensor(gram_b, "gram_b", {"rows": None, "columns": None})
+    for name, gram in (("gram_a", gram_a), ("gram_b", gram_b)):
+        if gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
+            raise UniversalityError(f"{name} has shape {list(gram.shape)}; a Gram is square [units, units], units >= 1")
+    cross = as_float64_tensor(cross, "cross", {"units_a": gram_a.shape[0], "units_b": gram_b.shape[0]})
+    a, b = spectrum(gram_a, tokens), spectrum(gram_b, tokens)
+    return a, b, eigen_cross(cross, a, b, tokens)
+
+
+def _score(metric: str, gram_a, gram_b, cross, tokens, output: str | None = None, **settings) -> float:
+    """One metric's score (its table row `output`, default its name) from checked inputs."""
+    return state_scores(*_pair(gram_a, gram_b, cross, tokens), (metric,), **settings)[output or metric]
+
+
+def linear_cka(gram_a, gram_b, cross, tokens: int) -> float:
+    """Linear CKA ||C||_F^2 / (||G_a||_F ||G_b||_F) (Kornblith et al. 2019; the biased HSIC form).
+
+    gram_a [n_a, n_a], gram_b [n_b, n_b], cross [n_a, n_b]: centred co-moment sums over `tokens` tokens.
+    In [0, 1]; NaN for a dead side. Biased upwards at few tokens: independent Gaussian sets of width p
+    score about p / (p + N - 1) (0.20 for p = 8 at N = 32); `debiased_cka` removes it.
+
+    >>> x = torch.randn(200, 5, dtype=torch.float64); x -= x.mean(0)
+    >>> round(linear_cka(x.T @ x, x.T @ x, x.T @ x, 200), 6)
+    1.0
+    """
+    return _score("cka", gram_a, gram_b, cross, tokens)
+
+
+def procrustes(gram_a, gram_b, cross, tokens: int) -> float:
+    """Orthogonal Procrustes similarity ||C||_* / sqrt(tr G_a tr G_b) in [0, 1] (module docstring).
+
+    >>> x = torch.randn(200, 5, dtype=torch.float64); x -= x.mean(0)
+    >>> q = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))[0]
+    >>> round(procrustes(x.T @ x, (x @ q).T @ (x @ q), x.T @ (x @ q), 200), 6)
+    1.0
+    """
+    return _score("procrustes", gram_a, gram_b, cross, tokens)
+
+
+def cca(gram_a, gram_b, cross, tokens: int, *, ridge: float = SIMILARITY_RIDGE) -> float:
+    """Mean canonical correlation with a ridge, in [0, 1] (`canonical`: sum rho_i / sum s_i).
+
+    ridge : float >= 0, default=1e-3
+        Each covariance becomes S + ridge (tr S / n) I; any ridge > 0 gives finite values for unit sets
+        wider than their tokens (where plain CCA reads ~1 for anything: compare with a null).
+
+    >>> x = torch.randn(300, 4, dtype=torch.float64); x -= x.mean(0)
+    >>> y = x @ torch.randn(4, 4, dtype=torch.float64)  # an invertible map of x
+    >>> round(cca(x.T @ x, y.T @ y, x.T @ y, 300, ridge=0.0), 6)
+    1.0
+    """
+    return _score("cca", gram_a, gram_b, cross, tokens, ridge=check_ridge(ridge))
+
+
+def pwcca(gram_a, gram_b, cross, tokens: int, *, ridge: float = SIMILARITY_RIDGE) -> float:
+    """Projection-weighted CCA (Morcos et al. 2018), weights from side a (`pwcca_from`); in [0, 1].
+
+    >>> x = torch.randn(300, 4, dtype=torch.float64); x -= x.mean(0)
+    >>> round(pwcca(x.T @ x, x.T @ x, x.T @ x, 300), 6)
+    1.0
+    """
+    return _score("pwcca", gram_a, gram_b, cross, tokens, ridge=check_ridge(ridge))
+
+
+def svcca(gram_a, gram_b, cross, tokens: int, *, keep: float = SVCCA_VARIANCE) -> float:
+    """SVCCA (Raghu et al. 2017): mean canonical correlation of each side's top principal directions
+    holding a fraction `keep` (default 0.99) of its variance; no ridge is needed (kept eigenvalues are > 0).
+
+    >>> x = torch.randn(300, 4, dtype=torch.float64); x -= x.mean(0)
+    >>> round(svcca(x.T @ x, x.T @ x, x.T @ x, 300), 6)
+    1.0
+    """
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise UniversalityError(f"keep must be a fraction of variance in (0, 1], got {keep!r}")
+    return _score("svcca", gram_a, gram_b, cross, tokens, keep=float(keep))
+
+
+def regression_r2(gram_a, gram_b, cross, tokens: int, *, ridge: float = SIMILARITY_RIDGE) -> float:
+    """R^2 of b from a by ridge least squares (penalty ridge * mean variance of a), in sample, in [0, 1];
+    swap the arguments (and transpose `cross`) for a from b. In-sample R^2 reaches 1 as a's width nears
+    the tokens: compare with a null. A set from itself: 1 minus at most `ridge`.
+
+    >>> x = torch.randn(300, 4, dtype=torch.float64); x -= x.mean(0)
+    >>> y = x[:, :2]  # b is part of a
+    >>> round(regression_r2(x.T @ x, y.T @ y, x.T @ y, 300, ridge=0.0), 6)
+    1.0
+    """
+    return _score("regression", gram_a, gram_b, cross, tokens, output="regression_b_from_a", ridge=check_ridge(ridge))

@@ -31,7 +31,7 @@ from ..errors import UniversalityError
 from ..moments import (DEFAULT_BUDGET_FRACTION, MomentAccumulator, Plan, TopActivations, available_memory,
                        load_moments, parse_bytes, plan_passes, save_moments)
 from ._activation_cache import choose_cache
-from ._steps import Progress, saved_tables, table_step
+from ._steps import Progress, saved_tables, table_step, thread_count
 
 __all__ = ["stream_and_compare", "resolve_budget", "plan_for", "plan_fact"]
 
@@ -61,13 +61,14 @@ def plan_for(layout: dict, batch_tokens: int, compare: CompareConfig, scale: Sca
 
 def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int,
                        batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, compare: CompareConfig,
-                       scale: ScaleConfig, device: str, on_progress: Progress, factory: SourceFactory
-                       ) -> tuple[Comparison, TopActivations]:
+                       scale: ScaleConfig, device: str, on_progress: Progress, factory: SourceFactory,
+                       threads: int | None = None) -> tuple[Comparison, TopActivations]:
     """Universality of the activations `batches(start_batch)` yields (each `({model: {unit_set:
     Tensor[tokens, units]}}, global token index [tokens])`), with each unit's top activations from
     the first pass; `total` batches per pass. Tables are saved in `run_dir/tables` (step "compare").
     With `scale.backend = "ray"` Ray workers stream the same batches from `factory` (a picklable
-    `distributed.SourceFactory`), a token shard each, resuming only at whole passes."""
+    `distributed.SourceFactory`), a token shard each, resuming only at whole passes. `threads`: the torch
+    threads the caller pinned, named in the progress line (None: not named)."""
     first_batch, _ = next(iter(batches(0)), (None, None))
     if first_batch is None:
         raise UniversalityError(f"run {run_name}: no tokens left to compare after filtering; "
@@ -103,7 +104,9 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
     source.pass_index = 0
 
     def label(index: int) -> str:
-        return "stream activations" + (f" (pass {index + 1} of {passes})" if passes > 1 else "")
+        notes = [f"pass {index + 1} of {passes}"] if passes > 1 else []
+        notes += [] if threads is None else [thread_count(threads)]
+        return "stream activations" + (f" ({', '.join(notes)})" if notes else "")
 
     def on_batch(index: int, number: int, acc: MomentAccumulator) -> None:
         on_progress(label(index), number + 1, total)

@@ -3,7 +3,8 @@ families, BERT-like encoders), loaded offline, streamed once over one token stre
 their neurons described.
 
 config -> load models (one tokenizer, checked) -> token rows -> stream unit activations into
-moments -> compare -> neuron statistics and families (a second, cheaper pass) -> report.
+moments -> compare -> neuron statistics and families (a second, cheaper pass) -> report. The whole
+run uses `threads` torch threads, resolved once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .._rundir import fingerprint
+from .._threads import resolve_threads, torch_threads
 from ..collect import batch_count, select_unit_sets, stream_activations
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..distributed import ActivationSource, pretrained_models
@@ -45,6 +47,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         select_unit_sets(adapter.unit_sets, unit_sets)  # every model has them (one-line error if not)
     tokens = token_rows(config.data, first)  # [rows, seq_len]
     collect = config.collect
+    threads = resolve_threads(config.threads)  # once: the run and its progress line use one number
     drop = drop_token_ids(first, bos=collect.drop_bos, pad=collect.drop_pad, newline=collect.drop_newline)
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
@@ -63,7 +66,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                                                  compare=config.compare, scale=config.scale, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(pretrained_models, dict(zip(adapters, config.models))),
-                                                     tokens, unit_sets, collect.batch_rows, drop))
+                                                     tokens, unit_sets, collect.batch_rows, drop), threads=threads)
             moments = comparison.moments
         # 3) neurons: moments, families, weights; heads
         neurons, notes = None, ["neuron statistics, families and roles left out (neurons = false in the config)"]
@@ -88,7 +91,8 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                             lambda: context_tables(tokens, _display_texts(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
         return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top)
-    return execute(config, runs_dir, body)
+    with torch_threads(threads):
+        return execute(config, runs_dir, body)
 
 
 def token_rows(data: DataConfig, adapter) -> torch.Tensor:

@@ -84,6 +84,18 @@ def test_missing_model_is_one_line_exit_2(pretrained, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_seq_len_beyond_a_models_context_is_one_line_exit_2_before_the_runs_dir_is_touched(pretrained, tmp_path):
+    root, _ = pretrained
+    text = (root / "tiny.toml").read_text().replace("seq_len = 16", "seq_len = 64")  # n_positions = 32
+    (tmp_path / "long.toml").write_text(text)
+    for command in ("run", "plan"):
+        done = _univ(command, "long.toml", *(["--runs-dir", "runs"] if command == "run" else []), cwd=tmp_path)
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert str(root / "a") in lines[0] and "context of 32 positions" in lines[0] and "seq_len = 64" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
 def _config(root, name, **settings):
     """The fixture's tiny.toml named `name`, with top-level `settings` replaced."""
     return parse_config(tomllib.loads((root / "tiny.toml").read_text()) | {"name": name, "neurons": False} | settings)

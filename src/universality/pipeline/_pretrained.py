@@ -2,9 +2,9 @@
 families, BERT-like encoders), loaded offline, streamed once over one token stream, compared, and
 their neurons described.
 
-config -> load models (one tokenizer, checked) -> token rows -> stream unit activations into
-moments -> compare -> neuron statistics and families (a second, cheaper pass) -> report. The whole
-run uses `threads` torch threads, resolved once.
+config -> load models (one tokenizer, and `seq_len` within every model's context: checked) -> token
+rows -> stream unit activations into moments -> compare -> neuron statistics and families (a second,
+cheaper pass) -> report. The whole run uses `threads` torch threads, resolved once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .._threads import resolve_threads, torch_threads
 from ..collect import batch_count, select_unit_sets, stream_activations
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..distributed import ActivationSource, pretrained_models
-from ..errors import UniversalityError
+from ..errors import UniversalityError, short_repr
 from ..models import load_model
 from ..neurons import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
 from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset, tokens_from_numpy,
@@ -111,7 +111,8 @@ def token_rows(data: DataConfig, adapter) -> torch.Tensor:
 
 
 def _load(config: PretrainedExperimentConfig) -> dict:
-    """{short unique name: adapter}, in config order; one tokenizer across models (checked)."""
+    """{short unique name: adapter}, in config order; one tokenizer across models and rows of `seq_len`
+    within every model's context (checked, before anything is written)."""
     adapters = {}
     for path in config.models:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).name or path).strip("-") or "model"
@@ -119,6 +120,10 @@ def _load(config: PretrainedExperimentConfig) -> dict:
         while name in adapters:
             name, k = f"{base}-{k}", k + 1
         adapters[name] = load_model(path, device=config.device)
+        if config.data.seq_len > adapters[name].n_ctx:
+            raise UniversalityError(f"model {short_repr(path)} has a context of {adapters[name].n_ctx} positions, "
+                                    f"shorter than [data] seq_len = {config.data.seq_len}; set seq_len to at most "
+                                    f"{adapters[name].n_ctx}")
     check_same_tokenizer(adapters)
     return adapters
 

@@ -1,6 +1,6 @@
 """Pretrained models end to end through the CLI: a tiny GPT-2 and its neuron-permuted copy, loaded
 from disk offline, streamed over a text file, compared, neurons described; and in-process, the torch
-threads a run pins."""
+threads a run pins and the forward passes a resumed run does not make."""
 
 import contextlib
 import copy
@@ -134,6 +134,22 @@ def test_threads_are_resolved_once_pinned_for_the_run_named_in_progress_and_left
     with _forward_calls() as calls:
         again = run_experiment(_config(root, "threads", threads=2), runs_dir=tmp_path)
     assert not calls and _writes(tmp_path) == before and again.run_dir == tmp_path / "threads"
+
+
+def test_a_run_whose_comparison_is_saved_runs_no_model_and_leaves_the_comparison_alone(pretrained, tmp_path):
+    root, _ = pretrained
+    run_experiment(_config(root, "saved", threads=1), runs_dir=tmp_path)
+    run = tmp_path / "saved"
+    compared = ("compare.json", "units.parquet", "pairs.parquet", "layers.parquet")  # the compare step's tables
+
+    def comparison_files():
+        return {p: when for p, when in _writes(run).items() if p.parent.name == "moments" or p.name in compared}
+    saved = comparison_files()
+    with _forward_calls() as calls:  # another cache setting: the run is made again from its saved steps
+        result = run_experiment(_config(root, "saved", threads=1, scale={"activation_cache": "none"}),
+                                runs_dir=tmp_path)
+    assert calls == [] and result.comparison.units.shape[0] > 0
+    assert comparison_files() == saved and len(saved) > len(compared)
 
 
 @pytest.mark.slow

@@ -110,6 +110,21 @@ def test_a_stream_that_changes_between_passes_is_refused():
         compare_activations(changing, memory_budget=budget_for(layout, 3, rotations=1))
 
 
+def test_a_stream_that_does_not_yield_the_layout_it_was_planned_for_is_refused_before_it_runs(tmp_path):
+    from universality.config import CompareConfig, ScaleConfig
+    from universality.pipeline._planned import stream_and_compare
+    batches = _batches(_activations())
+    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
+    for declared, tokens, message in ((layout | {"b": {"s0": 40, "s1": 25, "s2": 32}}, 500, "model 'b' streams"),
+                                      (layout, 499, "the first batch has 500 tokens where 499 were planned")):
+        with pytest.raises(UniversalityError, match=f"run x: {message}") as error:
+            stream_and_compare("x", "inputs", tmp_path, len(batches), lambda start: ((b, None) for b in batches[start:]),
+                               layout=declared, batch_tokens=tokens, compare=CompareConfig(), scale=ScaleConfig(),
+                               device="cpu", on_progress=lambda *progress: None, factory=None)
+        assert "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 @pytest.mark.parametrize("text, expected", [("12GiB", 12 * 2**30), ("500 MB", 500 * 10**6), ("2e3", 2000),
                                             (4096, 4096), ("1.5kib", 1536)])
 def test_sizes_parse_in_si_and_binary_units(text, expected):

@@ -19,7 +19,7 @@ import torch
 
 from .._rundir import fingerprint
 from .._threads import resolve_threads, torch_threads
-from ..collect import batch_count, select_unit_sets, stream_activations
+from ..collect import batch_count, select_unit_sets, stream_activations, stream_layout
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..distributed import ActivationSource, pretrained_models
 from ..errors import UniversalityError, short_repr
@@ -57,12 +57,15 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                                         collect=collect.model_dump(), accumulate=config.compare.accumulate,
                                         top_k=config.compare.top_k)
 
+            stream = dict(unit_sets=unit_sets, batch_rows=collect.batch_rows, drop_tokens=drop)
+            layout, batch_tokens = stream_layout(adapters, tokens, **stream)
+
             def batches(start_batch: int):
-                return stream_activations(adapters, tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
-                                          drop_tokens=drop, start_batch=start_batch, device=config.device,
+                return stream_activations(adapters, tokens, **stream, start_batch=start_batch, device=config.device,
                                           token_index=True)
             comparison, top = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(tokens.shape[0], collect.batch_rows), batches,
+                                                 layout=layout, batch_tokens=batch_tokens,
                                                  compare=config.compare, scale=config.scale, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(pretrained_models, dict(zip(adapters, config.models))),

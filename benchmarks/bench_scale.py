@@ -79,14 +79,12 @@ def in_subprocess(tokens: int, batch_tokens: int, budget: int | None, threads: i
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def budget_for_passes(passes: int, batch_tokens: int) -> int:
-    """A budget whose plan needs about `passes` passes over this workload (float32 state)."""
+def workload_budget(passes: int, batch_tokens: int) -> int:
+    """The smallest budget whose plan makes `passes` passes over this workload (float32 state)."""
     sys.path.insert(0, str(ROOT.parent / "src"))
-    from universality.moments import plan_passes
+    from universality.moments import budget_for_passes
     layout = {f"m{i}": {f"s{j}": WIDTH for j in range(SETS)} for i in range(MODELS)}
-    one = plan_passes(layout, budget=None, dtype="float32", batch_tokens=batch_tokens)
-    resident = sum(one.resident.values())
-    return resident + (one.pass_bytes[0] - resident) // passes + 1
+    return budget_for_passes(layout, passes, dtype="float32", batch_tokens=batch_tokens)
 
 
 def gemm_peak(threads: int, tokens: int = 1024, width: int = 4096, repeats: int = 5) -> float:
@@ -123,7 +121,7 @@ def main() -> None:
     figures["exact_tokens_per_s"] = rate
     figures["exact_gflops"] = rate * exact[0]["flop_per_token"] / 1e9
     figures["gemm_peak_gflops"] = peak
-    budget = budget_for_passes(4, batch_tokens)
+    budget = workload_budget(4, batch_tokens)
     planned = [in_subprocess(tokens, batch_tokens, budget, args.threads) for _ in range(repeats)]
     figures["budget_4pass_passes"] = planned[0]["passes"]
     figures["budget_4pass_ratio"] = statistics.median(r["tokens_per_s"] for r in planned) / rate

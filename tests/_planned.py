@@ -3,14 +3,12 @@
 import numpy as np
 import pandas as pd
 
-from universality.moments import plan_passes
+from universality.moments import budget_for_passes
 
 
 def budget_for(layout, passes, *, dtype="float64", batch_tokens=500, rotations=2):
-    """A budget that needs about `passes` passes: the resident memory plus 1/passes of the cross blocks."""
-    one = plan_passes(layout, budget=None, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations)
-    resident = sum(one.resident.values())
-    return resident + (one.pass_bytes[0] - resident) // passes + 1
+    """The smallest budget that plans `passes` passes (`moments.budget_for_passes`), with these tests' defaults."""
+    return budget_for_passes(layout, passes, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations)
 
 
 def assert_same_tables(a, b, atol=1e-6):

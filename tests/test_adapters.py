@@ -18,7 +18,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import universality  # noqa: E402
 from universality import UniversalityError, compare_activations, load_model  # noqa: E402
-from universality.collect import stream_activations  # noqa: E402
+from universality.collect import stream_activations, stream_layout  # noqa: E402
 from universality.config import ModelConfig  # noqa: E402
 from universality.models import TinyTransformer, adapt, fold_layernorm  # noqa: E402
 from universality.tokens import drop_token_ids, tokens_from_text_files  # noqa: E402
@@ -379,6 +379,30 @@ def test_stream_yields_kept_tokens_of_one_forward_per_model_in_row_order():
     torch.testing.assert_close(got, full[keep])
     with pytest.raises(UniversalityError, match="model 'a': no unit set or hook named 'blocks.7.mlp.hook_post'"):
         next(stream_activations({"a": adapter}, tokens, unit_sets=["blocks.7.mlp.hook_post"], batch_rows=2))
+
+
+def test_stream_layout_is_what_the_stream_yields_without_a_forward_pass():
+    models = {name: TinyTransformer(ModelConfig(d_model=16, n_heads=2, d_mlp=d_mlp, n_layers=2), vocab_size=12, n_ctx=8,
+                                    seed=seed) for name, d_mlp, seed in (("a", 32, 0), ("b", 24, 1))}
+    adapters = {name: adapt(model, bos_token_id=0) for name, model in models.items()}
+    tokens = torch.randint(0, 12, (5, 8), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(tokens)
+    mask[1, 5:] = 0
+    stream = dict(unit_sets={"a": ["blocks.*.mlp.hook_post"], "b": "blocks.1.mlp.*"}, batch_rows=2, drop_tokens=[0],
+                  attention_mask=mask)
+    calls = []
+    handles = [model.register_forward_pre_hook(lambda m, a: calls.append(1)) for model in models.values()]
+    try:
+        layout, batch_tokens = stream_layout(adapters, tokens, **stream)
+    finally:
+        for handle in handles:
+            handle.remove()
+    first = next(stream_activations(adapters, tokens, **stream))
+    assert not calls and layout == {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in first.items()}
+    assert list(layout["b"]) == ["blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_post"] and layout["b"]["blocks.1.mlp.hook_post"] == 24
+    assert batch_tokens == first["a"]["blocks.0.mlp.hook_post"].shape[0] == int(((tokens[:2] != 0) & mask[:2].bool()).sum())
+    with pytest.raises(UniversalityError, match="model 'a' has a context of 8 positions, the rows have 9"):
+        stream_layout(adapters, torch.zeros(2, 9, dtype=torch.long), **stream | {"attention_mask": None})
 
 
 def test_config_that_disagrees_with_the_weights_is_one_line_error(tmp_path):

@@ -239,3 +239,13 @@ def test_auto_threads_leave_busy_cores_alone(monkeypatch):
 def test_threads_do_not_enter_what_the_model_fingerprint_is_made_of():
     one = TrainConfig(threads=1).model_dump(exclude={"threads"})
     assert one == TrainConfig(threads=2).model_dump(exclude={"threads"}) == TrainConfig().model_dump(exclude={"threads"})
+
+
+def test_a_pretrained_run_takes_threads_and_they_do_not_enter_its_fingerprint():
+    from universality.pipeline._run import run_fingerprint
+    configs = [parse_config(PRETRAINED | {"threads": threads}) for threads in ("auto", 1, 2)]
+    assert configs[0].threads == "auto" and PretrainedExperimentConfig.model_fields["threads"].default == "auto"
+    assert len({run_fingerprint(config) for config in configs}) == 1
+    with pytest.raises(UniversalityError, match="threads must be 'auto' or an integer") as error:
+        parse_config(PRETRAINED | {"threads": 0})
+    assert "\n" not in str(error.value)

@@ -1,16 +1,23 @@
 """Pretrained models end to end through the CLI: a tiny GPT-2 and its neuron-permuted copy, loaded
-from disk offline, streamed over a text file, compared, neurons described."""
+from disk offline, streamed over a text file, compared, neurons described; and in-process, the torch
+threads a run pins and the forward passes a resumed run does not make."""
 
+import contextlib
 import copy
 import os
 import subprocess
 import sys
+import tomllib
 
 import pandas as pd
 import pytest
 import torch
 
 from _hf_tiny import SENTENCES, build, permute_mlp
+
+import universality._threads
+from universality.api import run_experiment
+from universality.config import parse_config
 
 
 def _univ(*args, cwd):
@@ -75,6 +82,74 @@ def test_missing_model_is_one_line_exit_2(pretrained, tmp_path):
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "nowhere" in lines[0], done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_seq_len_beyond_a_models_context_is_one_line_exit_2_before_the_runs_dir_is_touched(pretrained, tmp_path):
+    root, _ = pretrained
+    text = (root / "tiny.toml").read_text().replace("seq_len = 16", "seq_len = 64")  # n_positions = 32
+    (tmp_path / "long.toml").write_text(text)
+    for command in ("run", "plan"):
+        done = _univ(command, "long.toml", *(["--runs-dir", "runs"] if command == "run" else []), cwd=tmp_path)
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert str(root / "a") in lines[0] and "context of 32 positions" in lines[0] and "seq_len = 64" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def _config(root, name, **settings):
+    """The fixture's tiny.toml named `name`, with top-level `settings` replaced."""
+    return parse_config(tomllib.loads((root / "tiny.toml").read_text()) | {"name": name, "neurons": False} | settings)
+
+
+@contextlib.contextmanager
+def _forward_calls():
+    """Every module forward in the block, by module class (a global forward pre-hook)."""
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: calls.append(type(module).__name__))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _writes(directory):
+    """Every path below `directory` with its inode and modification time: equal only if nothing was written."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(directory.rglob("*"))}
+
+
+def test_threads_are_resolved_once_pinned_for_the_run_named_in_progress_and_left_out_of_the_fingerprint(
+        pretrained, tmp_path, monkeypatch):
+    root, _ = pretrained
+    busy = iter([3])  # "auto" on 4 cores with 3 busy is 1 thread; resolved a second time it would be 4
+    monkeypatch.setattr(universality._threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(universality._threads, "_busy_cores", lambda: next(busy, 0))
+    seen = []
+    run_experiment(_config(root, "threads", threads="auto"), runs_dir=tmp_path,
+                   on_progress=lambda task, done, total: seen.append((task, torch.get_num_threads())))
+    streamed = {entry for entry in seen if entry[0].startswith("stream activations")}
+    assert streamed == {("stream activations (1 thread)", 1)}
+    assert torch.get_num_threads() == 2  # the count before the run (conftest) is restored
+    before = _writes(tmp_path)
+    with _forward_calls() as calls:
+        again = run_experiment(_config(root, "threads", threads=2), runs_dir=tmp_path)
+    assert not calls and _writes(tmp_path) == before and again.run_dir == tmp_path / "threads"
+
+
+def test_a_run_whose_comparison_is_saved_runs_no_model_and_leaves_the_comparison_alone(pretrained, tmp_path):
+    root, _ = pretrained
+    run_experiment(_config(root, "saved", threads=1), runs_dir=tmp_path)
+    run = tmp_path / "saved"
+    compared = ("compare.json", "units.parquet", "pairs.parquet", "layers.parquet")  # the compare step's tables
+
+    def comparison_files():
+        return {p: when for p, when in _writes(run).items() if p.parent.name == "moments" or p.name in compared}
+    saved = comparison_files()
+    with _forward_calls() as calls:  # another cache setting: the run is made again from its saved steps
+        result = run_experiment(_config(root, "saved", threads=1, scale={"activation_cache": "none"}),
+                                runs_dir=tmp_path)
+    assert calls == [] and result.comparison.units.shape[0] > 0
+    assert comparison_files() == saved and len(saved) > len(compared)
 
 
 @pytest.mark.slow

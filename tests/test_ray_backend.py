@@ -68,7 +68,7 @@ class Batches:
 
 
 def _budget_for(passes, batch_tokens=300):
-    """A budget that needs about `passes` passes (float64, 2 rotations)."""
+    """The smallest budget that plans `passes` passes (float64, 2 rotations)."""
     return budget_for({m: {f"s{k}": n for k, n in enumerate(SETS)} for m in "abc"}, passes, batch_tokens=batch_tokens)
 
 

@@ -13,7 +13,7 @@ from universality import UniversalityError
 from universality.api import run_experiment
 from universality.compare import compare_activations
 from universality.config import parse_config
-from universality.moments import parse_bytes, plan_passes
+from universality.moments import budget_for_passes, parse_bytes, plan_passes
 
 from _planned import assert_same_tables, budget_for
 from test_pipeline import SMALL as PIPELINE_SMALL
@@ -43,8 +43,7 @@ def test_tables_are_the_same_under_one_two_and_many_passes(dtype):
     for passes in (2, 4, 12):
         budget = budget_for(layout, passes, dtype=dtype)
         planned = compare_activations(lambda: iter(batches), rotations=2, dtype=dtype, memory_budget=budget)
-        assert len(planned.plan.passes) >= min(passes, 4)
-        assert max(planned.plan.pass_bytes) <= budget
+        assert len(planned.plan.passes) == passes and max(planned.plan.pass_bytes) <= budget
         seen.add(len(planned.plan.passes))
         assert_same_tables(whole, planned)
     assert len(seen) == 3
@@ -66,6 +65,21 @@ def test_plan_blocks_cover_every_cross_entry_once_and_grams_come_first():
     expected[0:50, 50:150] = expected[50:100, 100:150] = 1  # every later model
     np.testing.assert_array_equal(covered, expected)
     assert len(plan.passes) > 2 and max(plan.pass_bytes) <= budget
+
+
+def test_budget_for_passes_is_the_smallest_budget_that_plans_that_many_passes():
+    layout = {m: {f"s{k}": n for k, n in enumerate((40, 24, 32))} for m in "abc"}
+    settings = dict(dtype="float64", batch_tokens=500, rotations=2)
+    one = plan_passes(layout, budget=None, **settings)
+    assert budget_for_passes(layout, 1, **settings) == one.pass_bytes[0]
+    for passes in (2, 3, 12):
+        budget = budget_for_passes(layout, passes, **settings)
+        assert len(plan_passes(layout, budget=budget, **settings).passes) == passes
+        assert len(plan_passes(layout, budget=budget - 1, **settings).passes) > passes
+    for unplannable in (6, 22):  # blocks cut at unit-set boundaries: 5 or 7 passes, and 21 at most
+        with pytest.raises(UniversalityError, match=f"no memory budget plans exactly {unplannable} passes") as error:
+            budget_for_passes(layout, unplannable, **settings)
+        assert "\n" not in str(error.value)
 
 
 def test_a_budget_below_one_block_is_one_line_naming_the_need():
@@ -94,6 +108,21 @@ def test_a_stream_that_changes_between_passes_is_refused():
         return iter(batches if len(calls) == 1 else batches[:-1])
     with pytest.raises(UniversalityError, match="pass 2 saw .* tokens but pass 1 saw"):
         compare_activations(changing, memory_budget=budget_for(layout, 3, rotations=1))
+
+
+def test_a_stream_that_does_not_yield_the_layout_it_was_planned_for_is_refused_before_it_runs(tmp_path):
+    from universality.config import CompareConfig, ScaleConfig
+    from universality.pipeline._planned import stream_and_compare
+    batches = _batches(_activations())
+    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
+    for declared, tokens, message in ((layout | {"b": {"s0": 40, "s1": 25, "s2": 32}}, 500, "model 'b' streams"),
+                                      (layout, 499, "the first batch has 500 tokens where 499 were planned")):
+        with pytest.raises(UniversalityError, match=f"run x: {message}") as error:
+            stream_and_compare("x", "inputs", tmp_path, len(batches), lambda start: ((b, None) for b in batches[start:]),
+                               layout=declared, batch_tokens=tokens, compare=CompareConfig(), scale=ScaleConfig(),
+                               device="cpu", on_progress=lambda *progress: None, factory=None)
+        assert "\n" not in str(error.value)
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.parametrize("text, expected", [("12GiB", 12 * 2**30), ("500 MB", 500 * 10**6), ("2e3", 2000),
@@ -130,10 +159,10 @@ def test_a_run_under_three_budgets_gives_the_same_tables(tmp_path):
     layout = whole.comparison.moments.layout
     batch_tokens = whole.comparison.plan.batch_tokens
     expected = _tables(whole.run_dir)
-    for passes, cache in ((2, "none"), (5, "auto")):  # models re-run in every pass, or activations read back
+    for passes, cache in ((2, "none"), (6, "auto")):  # models re-run in every pass, or activations read back
         budget = budget_for(layout, passes, dtype="float32", batch_tokens=batch_tokens)
         result = run_experiment(_config(budget, name=f"p{passes}", cache=cache), runs_dir=tmp_path)
-        assert len(result.comparison.plan.passes) >= passes and max(result.comparison.plan.pass_bytes) <= budget
+        assert len(result.comparison.plan.passes) == passes and max(result.comparison.plan.pass_bytes) <= budget
         for name, table in _tables(result.run_dir).items():
             pd.testing.assert_frame_equal(table, expected[name], check_exact=False, rtol=0, atol=1e-6)
         assert not list((result.run_dir / "moments").glob("pass-*"))  # reduced passes leave only pass 1's state
@@ -143,7 +172,7 @@ def test_a_run_under_three_budgets_gives_the_same_tables(tmp_path):
 def test_an_interrupted_multi_pass_run_resumes_at_the_pass_it_reached(tmp_path, monkeypatch):
     import universality.pipeline._planned as planned
     whole = run_experiment(_config("none", name="whole"), runs_dir=tmp_path)
-    budget = budget_for(whole.comparison.moments.layout, 4, dtype="float32",
+    budget = budget_for(whole.comparison.moments.layout, 6, dtype="float32",
                          batch_tokens=whole.comparison.plan.batch_tokens)
 
     class Interrupt(Exception):

@@ -13,7 +13,7 @@ import torch
 from universality import UniversalityError
 from universality.compare import compare_activations
 from universality.compare._sketch import subsample_rows
-from universality.moments import plan_passes
+from universality.moments import budget_for_passes
 
 MODELS, SETS, TOKENS, BATCH = ("a", "b", "c"), (40, 60), 60_000, 2_000
 SHARED = 12  # planted universal features: 12 units of s0 in every model, at model-specific positions
@@ -108,12 +108,11 @@ def test_the_subsample_is_seeded_per_batch_and_a_fraction_of_every_batch():
 
 def test_sketch_is_reproducible_and_the_same_under_a_multi_pass_subsample_plan(runs):
     _, batches, _, sketch = runs
-    one = plan_passes({m: dict(zip(("s0", "s1"), SETS)) for m in MODELS}, budget=None, dtype="float64",
-                      batch_tokens=BATCH)
-    resident = sum(one.resident.values())
+    budget = budget_for_passes({m: dict(zip(("s0", "s1"), SETS)) for m in MODELS}, 3, dtype="float64",
+                               batch_tokens=BATCH)
     with pytest.warns(UserWarning, match="units.barely_seen"):
         again = compare_activations(lambda: iter(batches), mode="sketch", subsample=0.05, candidates=4,
-                                    memory_budget=resident + (one.pass_bytes[0] - resident) // 3)
+                                    memory_budget=budget)
     assert len(again.plan.passes) > 1
     pd.testing.assert_frame_equal(again.units, sketch.units, check_exact=False, atol=1e-9, rtol=0)
     pd.testing.assert_frame_equal(again.pairs, sketch.pairs, check_exact=False, atol=1e-9, rtol=0)

@@ -1,4 +1,4 @@
-"""How many CPU threads torch trains with: the cores this process may use, fewer under load.
+"""How many CPU threads torch runs on: the cores this process may use, fewer under load.
 
 `threads = "auto"` (the default) picks the cores in this process's affinity set, minus those the
 load average says are busy (at least 1): on a shared 2-core machine at load 8-10, 2 threads did not
@@ -13,13 +13,15 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
+from collections.abc import Iterator
 
 from .errors import UniversalityError
 
-__all__ = ["resolve_threads", "available_cores"]
+__all__ = ["resolve_threads", "available_cores", "torch_threads"]
 
 
 def available_cores() -> int:
@@ -42,6 +44,18 @@ def resolve_threads(setting: int | str | None) -> int:
         warnings.warn(f"threads = {setting} but this process may use {cores} cores; using {cores}", stacklevel=2)
         return cores
     return setting
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the body with torch on `threads` threads, then restore the previous count."""
+    import torch  # here, not at the top: the config checks import this module and stay fast
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _busy_cores() -> int:

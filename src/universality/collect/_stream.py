@@ -10,7 +10,8 @@ transformer, group models, TransformerLens) over one token set, batch by batch.
 Each model runs forward once per batch of `batch_rows` rows; the kept tokens (not in
 `drop_tokens`, not masked out) are flattened in the same order for every model, so rows align
 across models. Memory is bounded by one batch. The output feeds `MomentAccumulator.update` and
-`compare_activations` directly.
+`compare_activations` directly. `stream_layout` tells, from the same arguments and without a forward
+pass, the layout {model: {unit_set: units}} and the first batch's token count (what a plan needs).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..errors import UniversalityError
 from ..tokens import check_same_tokenizer, keep_mask
 from ._hooks import select_unit_sets
 
-__all__ = ["stream_activations", "batch_count"]
+__all__ = ["stream_activations", "stream_layout", "batch_count"]
 
 
 @torch.no_grad()
@@ -48,6 +49,38 @@ def stream_activations(adapters: dict, tokens: torch.Tensor, *, unit_sets: Seque
 
     The whole plan (names, tokenizers, shapes) is checked before the first forward pass.
     """
+    names = _checked_names(adapters, tokens, unit_sets, batch_rows, attention_mask)
+    for start in range(start_batch * batch_rows, tokens.shape[0], batch_rows):
+        rows = tokens[start:start + batch_rows]  # [batch, pos]
+        mask = None if attention_mask is None else attention_mask[start:start + batch_rows]
+        keep = keep_mask(rows, drop_tokens, mask)  # [batch, pos]
+        batch = {}
+        for model, adapter in adapters.items():
+            acts = adapter.run(rows, names[model], attention_mask=mask)
+            batch[model] = {s: acts[s][keep.to(acts[s].device)].to(device, torch.float32)  # [tokens, units]
+                            for s in names[model]}
+        if token_index:
+            positions = torch.arange(start, start + rows.shape[0])[:, None] * tokens.shape[1] + torch.arange(tokens.shape[1])
+            yield batch, positions[keep]  # [tokens], row-major like the activations
+        else:
+            yield batch
+
+
+def stream_layout(adapters: dict, tokens: torch.Tensor, *, unit_sets: Sequence[str] | Mapping[str, Sequence[str]],
+                  batch_rows: int, drop_tokens: Sequence[int] = (), attention_mask: torch.Tensor | None = None
+                  ) -> tuple[dict[str, dict[str, int]], int]:
+    """What `stream_activations` with the same arguments yields, checked the same way but without running
+    a model: the layout {model: {unit_set: units}} (from each adapter's `unit_sets`) and the tokens its
+    first batch keeps (0 when `tokens` has no rows)."""
+    names = _checked_names(adapters, tokens, unit_sets, batch_rows, attention_mask)
+    layout = {model: {name: adapters[model].unit_sets[name] for name in sets} for model, sets in names.items()}
+    mask = None if attention_mask is None else attention_mask[:batch_rows]
+    return layout, int(keep_mask(tokens[:batch_rows], drop_tokens, mask).sum())
+
+
+def _checked_names(adapters: dict, tokens: torch.Tensor, unit_sets, batch_rows: int,
+                   attention_mask: torch.Tensor | None) -> dict[str, list[str]]:
+    """{model: its unit-set names}, after checking the whole plan (arguments of `stream_activations`)."""
     if not adapters:
         raise UniversalityError("pass at least one model to stream")
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
@@ -74,20 +107,7 @@ def stream_activations(adapters: dict, tokens: torch.Tensor, *, unit_sets: Seque
         if tokens.numel() and int(tokens.max()) >= adapter.vocab_size:
             raise UniversalityError(f"model {model!r} has {adapter.vocab_size} token ids, the tokens reach "
                                     f"{int(tokens.max())}; were they made by another tokenizer?")
-    for start in range(start_batch * batch_rows, tokens.shape[0], batch_rows):
-        rows = tokens[start:start + batch_rows]  # [batch, pos]
-        mask = None if attention_mask is None else attention_mask[start:start + batch_rows]
-        keep = keep_mask(rows, drop_tokens, mask)  # [batch, pos]
-        batch = {}
-        for model, adapter in adapters.items():
-            acts = adapter.run(rows, names[model], attention_mask=mask)
-            batch[model] = {s: acts[s][keep.to(acts[s].device)].to(device, torch.float32)  # [tokens, units]
-                            for s in names[model]}
-        if token_index:
-            positions = torch.arange(start, start + rows.shape[0])[:, None] * tokens.shape[1] + torch.arange(tokens.shape[1])
-            yield batch, positions[keep]  # [tokens], row-major like the activations
-        else:
-            yield batch
+    return names
 
 
 def batch_count(rows: int, batch_rows: int) -> int:

@@ -45,14 +45,14 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from .._defaults import rotation_kind_for
+from .._threads import torch_threads
 from ..errors import UniversalityError
 from ._baseline import haar_rotation
 
@@ -206,7 +206,7 @@ def rotation(kind: str, seed: int, unit_set_index: int, rotation_index: int, siz
         raise UniversalityError(f"unknown rotation kind {kind!r}; choose one of: {', '.join(ROTATION_KINDS)}")
     kind = rotation_kind_for(kind, size)
     seeds = np.random.SeedSequence([seed, unit_set_index, rotation_index, size])
-    with _torch_threads(_QR_THREADS):
+    with torch_threads(_QR_THREADS):
         if kind == "fast":
             return FastRotation(size, seeds)
         return HaarRotation(haar_rotation(size, _torch_seeds(seeds, 1)[0]))
@@ -216,14 +216,3 @@ def _torch_seeds(seeds: np.random.SeedSequence, count: int) -> list[int]:
     """`count` 63-bit torch seeds from a SeedSequence."""
     state = seeds.generate_state(2 * count)
     return [int(high) << 31 | int(low) >> 1 for high, low in zip(state[0::2], state[1::2])]
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Run the body with torch on `threads` threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .._defaults import is_dead
+from .._threads import torch_threads
 from ..errors import UniversalityError, short_repr
 from ..moments import normalize_batch, plan_passes
 from ._candidates import TopCandidates
@@ -164,9 +165,7 @@ def _refine(make, layout: dict, pairs: torch.Tensor, moments, *, subsample: floa
     scale = torch.where((spread > 0) & torch.isfinite(spread), torch.ldexp(torch.ones_like(spread), -exponent), 1.0)
     refine = CandidateMoments(layout, pairs, scale, device=device)
     atoms = _Atoms(sum(sum(sets.values()) for sets in layout.values()))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(_REFINE_THREADS)
-    try:
+    with torch_threads(_REFINE_THREADS):
         for index, batch in enumerate(make()):
             models = _normalized(batch, layout, index, "pass 2 (refine), ")
             try:
@@ -176,8 +175,6 @@ def _refine(make, layout: dict, pairs: torch.Tensor, moments, *, subsample: floa
             rows = subsample_rows(subsample, seed, index, _tokens(models))
             atoms.update(torch.cat([x[rows.to(x.device)].to("cpu", torch.float64) for sets in models.values()
                                     for x in sets.values()], dim=1))
-    finally:
-        torch.set_num_threads(threads)
     mean = torch.cat([moments.mean_[m].cpu() for m in layout])
     gap = (atoms.total / max(atoms.count, 1) - mean).abs()
     if atoms.count != moments.count_ or bool((gap > 1e-5 * spread.cpu() + 1e-6 * mean.abs() + 1e-30).any()):

@@ -31,7 +31,7 @@ from ..errors import UniversalityError
 from ._accumulator import PRODUCT_TILE, Block, default_blocks, unit_offsets
 from ._batches import Layout
 
-__all__ = ["Plan", "plan_passes", "parse_bytes", "available_memory", "DEFAULT_BUDGET_FRACTION"]
+__all__ = ["Plan", "plan_passes", "budget_for_passes", "parse_bytes", "available_memory", "DEFAULT_BUDGET_FRACTION"]
 
 DEFAULT_BUDGET_FRACTION = 0.5  # memory_budget = "auto": half of the device's available memory
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -179,6 +179,43 @@ def plan_passes(layout: Layout, *, budget: int | None, dtype: str = "float32", b
         loads[k] += size
     return Plan(dict(layout), [_merge_rows(p) for p in passes], resident, budget, dtype, batch_tokens, rotations,
                 rotation)
+
+
+def budget_for_passes(layout: Layout, passes: int, *, dtype: str = "float32", batch_tokens: int,
+                      rotations: int = 1, rotation: str = "auto") -> int:
+    """The smallest memory budget (bytes) whose `plan_passes` plan has exactly `passes` passes (the
+    other arguments as there): a plan's passes fall as its budget grows, so a bisection between the
+    smallest budget that plans at all and the one-pass size finds it. A count no budget gives (blocks
+    are cut only at unit-set boundaries) raises one line naming the counts beside it.
+
+    >>> layout = {m: {"s0": 40, "s1": 24} for m in "abc"}
+    >>> budget = budget_for_passes(layout, 3, batch_tokens=300)
+    >>> [len(plan_passes(layout, budget=b, batch_tokens=300).passes) for b in (budget, budget - 1)]
+    [3, 5]
+    """
+    if type(passes) is not int or passes < 1:
+        raise UniversalityError(f"passes must be an integer >= 1, got {passes!r}")
+
+    def count(budget: int) -> int:
+        return len(plan_passes(layout, budget=budget, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations,
+                               rotation=rotation).passes)
+    whole = plan_passes(layout, budget=None, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations,
+                        rotation=rotation)
+    sets = [(m, n) for m, unit_sets in layout.items() for n in unit_sets.values()]
+    largest_pair = max((na * nb for ma, na in sets for mb, nb in sets if ma != mb), default=0)
+    high = whole.pass_bytes[0]  # one pass
+    low = min(high, sum(whole.resident.values()) + _ELEMENT[dtype] * largest_pair)  # the smallest that plans
+    most = count(low)
+    if most <= passes:
+        high = low
+    while high - low > 1:  # count(low) > passes >= count(high)
+        middle = (low + high) // 2
+        low, high = (low, middle) if count(middle) <= passes else (middle, high)
+    if count(high) != passes:
+        beside = f"{high} bytes plan {count(high)}" + (f", {high - 1} bytes plan {count(high - 1)}" if high > low else "")
+        raise UniversalityError(f"no memory budget plans exactly {passes} passes over this layout ({beside}; at most "
+                                f"{most}); ask for another number of passes")
+    return high
 
 
 def _cross_blocks(layout: Layout, room: int) -> list[Block] | None:

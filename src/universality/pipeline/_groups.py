@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from .._rundir import fingerprint
-from ..collect import batch_count, stream_activations
+from ..collect import batch_count, stream_activations, stream_layout
 from ..config import GroupExperimentConfig
 from ..distributed import ActivationSource, trained_models
 from ..groups import make_group
@@ -66,11 +66,14 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                                         top_k=config.compare.top_k)
             pair_tokens = torch.arange(pairs).reshape(-1, 1)  # [pairs, 1]: pair index a * |G| + b as one token
 
+            layout, batch_tokens = stream_layout(adapters, pair_tokens, unit_sets=hidden, batch_rows=_PAIR_BATCH)
+
             def batches(start_batch: int):
                 return stream_activations(adapters, pair_tokens, unit_sets=hidden, batch_rows=_PAIR_BATCH,
                                           start_batch=start_batch, token_index=True)
             comparison, top = stream_and_compare(config.name, moments_print, run_dir, batch_count(pairs, _PAIR_BATCH),
-                                                 batches, compare=config.compare, scale=config.scale, device="cpu",
+                                                 batches, layout=layout, batch_tokens=batch_tokens,
+                                                 compare=config.compare, scale=config.scale, device="cpu",
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(trained_models, {n: t.model for n, t in trained.items()}),
                                                      pair_tokens, hidden, _PAIR_BATCH))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._rundir import fingerprint
-from ..collect import batch_count, select_unit_sets, stream_activations
+from ..collect import batch_count, select_unit_sets, stream_activations, stream_layout
 from ..neurons import label_features, position_buckets, previous_token, unigram
 from ..config import ExperimentConfig
 from ..distributed import ActivationSource, trained_models
@@ -49,12 +49,15 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                                         language=config.language.model_dump(), accumulate=config.compare.accumulate,
                                         top_k=config.compare.top_k)
 
+            stream = dict(unit_sets=unit_sets, batch_rows=collect.batch_rows, drop_tokens=drop)
+            layout, batch_tokens = stream_layout(adapters, sample.tokens, **stream)
+
             def batches(start_batch: int):
-                return stream_activations(adapters, sample.tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
-                                          drop_tokens=drop, start_batch=start_batch, device=config.device,
-                                          token_index=True)
+                return stream_activations(adapters, sample.tokens, **stream, start_batch=start_batch,
+                                          device=config.device, token_index=True)
             comparison, top = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(collect.rows, collect.batch_rows), batches,
+                                                 layout=layout, batch_tokens=batch_tokens,
                                                  compare=config.compare, scale=config.scale, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(trained_models, models, bos_token_id=language.bos),

@@ -21,17 +21,18 @@ from pathlib import Path
 
 import torch
 
+from .._inputs import check_batch
 from .._rundir import fingerprint
 from ..compare import Comparison
 from ..compare._maxima import PairMaxima
 from ..compare._passes import run_plan
 from ..config import CompareConfig, ScaleConfig
 from ..distributed import SourceFactory, pass_streamer
-from ..errors import UniversalityError
-from ..moments import (DEFAULT_BUDGET_FRACTION, MomentAccumulator, Plan, TopActivations, available_memory,
-                       load_moments, parse_bytes, plan_passes, save_moments)
+from ..errors import UniversalityError, short_repr
+from ..moments import (DEFAULT_BUDGET_FRACTION, Layout, MomentAccumulator, Plan, TopActivations, available_memory,
+                       layout_of, load_moments, parse_bytes, plan_passes, save_moments)
 from ._activation_cache import choose_cache
-from ._steps import Progress, saved_tables, table_step
+from ._steps import Progress, saved_tables, table_step, thread_count
 
 __all__ = ["stream_and_compare", "resolve_budget", "plan_for", "plan_fact"]
 
@@ -60,21 +61,20 @@ def plan_for(layout: dict, batch_tokens: int, compare: CompareConfig, scale: Sca
 
 
 def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int,
-                       batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, compare: CompareConfig,
-                       scale: ScaleConfig, device: str, on_progress: Progress, factory: SourceFactory
+                       batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, layout: Layout,
+                       batch_tokens: int, compare: CompareConfig, scale: ScaleConfig, device: str,
+                       on_progress: Progress, factory: SourceFactory, threads: int | None = None
                        ) -> tuple[Comparison, TopActivations]:
     """Universality of the activations `batches(start_batch)` yields (each `({model: {unit_set:
     Tensor[tokens, units]}}, global token index [tokens])`), with each unit's top activations from
-    the first pass; `total` batches per pass. Tables are saved in `run_dir/tables` (step "compare").
+    the first pass; `total` batches per pass. `layout` {model: {unit_set: units}} and `batch_tokens`
+    (the first batch's) are what the stream will yield (`collect.stream_layout`): they make the plan
+    without a forward pass, so a comparison already saved runs no model; a stream that does run is
+    checked against them first. Tables are saved in `run_dir/tables` (step "compare").
     With `scale.backend = "ray"` Ray workers stream the same batches from `factory` (a picklable
-    `distributed.SourceFactory`), a token shard each, resuming only at whole passes."""
-    first_batch, _ = next(iter(batches(0)), (None, None))
-    if first_batch is None:
-        raise UniversalityError(f"run {run_name}: no tokens left to compare after filtering; "
-                                "stream more rows or filter fewer tokens")
-    layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in first_batch.items()}
-    tokens = next(iter(next(iter(first_batch.values())).values())).shape[0]
-    plan = plan_for(layout, tokens, compare, scale, device)
+    `distributed.SourceFactory`), a token shard each, resuming only at whole passes. `threads`: the torch
+    threads the caller pinned, named in the progress line (None: not named)."""
+    plan = plan_for(layout, batch_tokens, compare, scale, device)
     settings = compare.model_dump(exclude={"accumulate", "top_k"})  # threshold, rotations, seed, rotation
     tables_print = fingerprint(moments=moments_print, compare=settings)
     store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, plan=plan.to_dict()["passes"]),
@@ -85,8 +85,12 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         on_progress("stream activations", total, total)
         return (Comparison(first, saved["units"], saved["pairs"], threshold=compare.threshold,
                            rotations=compare.rotations, seed=compare.seed, plan=plan), store.top)
+    try:
+        _check_first_batch(batches, layout, batch_tokens)
+    except UniversalityError as error:
+        raise UniversalityError(f"run {run_name}: {error}") from None
     passes, last_save = len(plan.passes), [time.perf_counter(), 0.0]  # when, and how long it took
-    batch_bytes = 4 * tokens * sum(sum(sets.values()) for sets in layout.values())
+    batch_bytes = 4 * batch_tokens * sum(sum(sets.values()) for sets in layout.values())
     cache = None if scale.backend != "local" else choose_cache(scale.activation_cache, run_dir, passes, total,
                                                                batch_bytes)  # Ray workers stream their own shards
 
@@ -103,7 +107,9 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
     source.pass_index = 0
 
     def label(index: int) -> str:
-        return "stream activations" + (f" (pass {index + 1} of {passes})" if passes > 1 else "")
+        notes = [f"pass {index + 1} of {passes}"] if passes > 1 else []
+        notes += [] if threads is None else [thread_count(threads)]
+        return "stream activations" + (f" ({', '.join(notes)})" if notes else "")
 
     def on_batch(index: int, number: int, acc: MomentAccumulator) -> None:
         on_progress(label(index), number + 1, total)
@@ -133,6 +139,23 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
                         settings=settings)
     comparison.units, comparison.pairs = tables["units"], tables["pairs"]
     return comparison, store.top
+
+
+def _check_first_batch(batches: Callable[[int], Iterator], layout: Layout, batch_tokens: int) -> None:
+    """Before a stream runs: its first batch is a valid batch (`check_batch`; models may name their unit
+    sets differently) of the layout and token count the plan was made for."""
+    batch, _ = next(iter(batches(0)), (None, None))
+    if batch is None:
+        raise UniversalityError("no tokens left to compare after filtering; stream more rows or filter fewer tokens")
+    models = check_batch(batch, min_models=2)
+    seen = layout_of(models)
+    tokens = next(iter(next(iter(models.values())).values())).shape[0]
+    for model in {**layout, **seen}:
+        if seen.get(model) != layout.get(model):
+            raise UniversalityError(f"model {model!r} streams the unit sets {short_repr(seen.get(model))}, its adapter "
+                                    f"declares {short_repr(layout.get(model))}; they must match")
+    if tokens != batch_tokens:
+        raise UniversalityError(f"the first batch has {tokens} tokens where {batch_tokens} were planned")
 
 
 @contextmanager

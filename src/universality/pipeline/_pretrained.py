@@ -2,8 +2,9 @@
 families, BERT-like encoders), loaded offline, streamed once over one token stream, compared, and
 their neurons described.
 
-config -> load models (one tokenizer, checked) -> token rows -> stream unit activations into
-moments -> compare -> neuron statistics and families (a second, cheaper pass) -> report.
+config -> load models (one tokenizer, and `seq_len` within every model's context: checked) -> token
+rows -> stream unit activations into moments -> compare -> neuron statistics and families (a second,
+cheaper pass) -> report. The whole run uses `threads` torch threads, resolved once.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 import torch
 
 from .._rundir import fingerprint
-from ..collect import batch_count, select_unit_sets, stream_activations
+from .._threads import resolve_threads, torch_threads
+from ..collect import batch_count, select_unit_sets, stream_activations, stream_layout
 from ..config import DataConfig, PretrainedExperimentConfig
 from ..distributed import ActivationSource, pretrained_models
-from ..errors import UniversalityError
+from ..errors import UniversalityError, short_repr
 from ..models import load_model
 from ..neurons import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
 from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset, tokens_from_numpy,
@@ -45,6 +47,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         select_unit_sets(adapter.unit_sets, unit_sets)  # every model has them (one-line error if not)
     tokens = token_rows(config.data, first)  # [rows, seq_len]
     collect = config.collect
+    threads = resolve_threads(config.threads)  # once: the run and its progress line use one number
     drop = drop_token_ids(first, bos=collect.drop_bos, pad=collect.drop_pad, newline=collect.drop_newline)
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
@@ -54,16 +57,19 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                                         collect=collect.model_dump(), accumulate=config.compare.accumulate,
                                         top_k=config.compare.top_k)
 
+            stream = dict(unit_sets=unit_sets, batch_rows=collect.batch_rows, drop_tokens=drop)
+            layout, batch_tokens = stream_layout(adapters, tokens, **stream)
+
             def batches(start_batch: int):
-                return stream_activations(adapters, tokens, unit_sets=unit_sets, batch_rows=collect.batch_rows,
-                                          drop_tokens=drop, start_batch=start_batch, device=config.device,
+                return stream_activations(adapters, tokens, **stream, start_batch=start_batch, device=config.device,
                                           token_index=True)
             comparison, top = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(tokens.shape[0], collect.batch_rows), batches,
+                                                 layout=layout, batch_tokens=batch_tokens,
                                                  compare=config.compare, scale=config.scale, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(pretrained_models, dict(zip(adapters, config.models))),
-                                                     tokens, unit_sets, collect.batch_rows, drop))
+                                                     tokens, unit_sets, collect.batch_rows, drop), threads=threads)
             moments = comparison.moments
         # 3) neurons: moments, families, weights; heads
         neurons, notes = None, ["neuron statistics, families and roles left out (neurons = false in the config)"]
@@ -90,7 +96,8 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
                             lambda: context_tables(tokens, _display_texts(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
         return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top)
-    return execute(config, runs_dir, body)
+    with torch_threads(threads):
+        return execute(config, runs_dir, body)
 
 
 def token_rows(data: DataConfig, adapter) -> torch.Tensor:
@@ -109,7 +116,8 @@ def token_rows(data: DataConfig, adapter) -> torch.Tensor:
 
 
 def _load(config: PretrainedExperimentConfig) -> dict:
-    """{short unique name: adapter}, in config order; one tokenizer across models (checked)."""
+    """{short unique name: adapter}, in config order; one tokenizer across models and rows of `seq_len`
+    within every model's context (checked, before anything is written)."""
     adapters = {}
     for path in config.models:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).name or path).strip("-") or "model"
@@ -117,6 +125,10 @@ def _load(config: PretrainedExperimentConfig) -> dict:
         while name in adapters:
             name, k = f"{base}-{k}", k + 1
         adapters[name] = load_model(path, device=config.device)
+        if config.data.seq_len > adapters[name].n_ctx:
+            raise UniversalityError(f"model {short_repr(path)} has a context of {adapters[name].n_ctx} positions, "
+                                    f"shorter than [data] seq_len = {config.data.seq_len}; set seq_len to at most "
+                                    f"{adapters[name].n_ctx}")
     check_same_tokenizer(adapters)
     return adapters
 

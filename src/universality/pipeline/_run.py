@@ -40,7 +40,7 @@ def trained_inputs(train_config) -> dict:
 def run_fingerprint(config) -> str:
     """A fingerprint of everything that defines a run's results (the config without `threads`, nor where
     the passes stream: `[scale]` backend, address and workers change only the float rounding)."""
-    settings = config.model_dump(mode="json")
+    settings = config.model_dump(mode="json", exclude={"threads"})  # a pretrained run's; training's below
     if "train" in settings:
         settings["train"] = trained_inputs(config.train)
     settings["scale"] = config.scale.model_dump(mode="json", exclude={"backend", "address", "workers"})

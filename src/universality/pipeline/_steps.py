@@ -25,13 +25,18 @@ from ..config import CompareConfig
 from ..errors import UniversalityError
 from ..moments import MomentAccumulator, TopActivations, load_moments, read_manifest, save_moments
 
-__all__ = ["Progress", "quiet", "RunResult", "StepTimes", "train_or_load", "saved_tables",
+__all__ = ["Progress", "quiet", "thread_count", "RunResult", "StepTimes", "train_or_load", "saved_tables",
            "table_step"]
 
 Progress = Callable[[str, int, int], None]  # (task description, done, total)
 
 def quiet(task: str, done: int, total: int) -> None:
     pass
+
+
+def thread_count(threads: int) -> str:
+    """"1 thread" or "<n> threads", as a progress line names the torch threads a step runs on."""
+    return f"{threads} thread{'s' if threads > 1 else ''}"
 
 
 @dataclass
@@ -75,7 +80,7 @@ def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callab
         directory = run_dir / "models" / name
         prints[name] = fingerprint(**inputs, seed=seed)
         saved = read_json(directory / "metadata.json")
-        label = f"train {name} ({threads} thread{'s' if threads > 1 else ''})"
+        label = f"train {name} ({thread_count(threads)})"
         intact = bool(saved) and saved.get("weights_sha256") == file_digest(directory / "weights.safetensors")
         if intact and saved.get("fingerprint") == prints[name]:
             results[name] = load(directory)

@@ -111,4 +111,4 @@ def test_a_state_without_cross_moments_asks_to_compare_again_with_the_rotations(
 def _two_pass_budget(batches):
     from universality.moments import budget_for_passes
     layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
-    return budget_for_passes(layout, 2, batch_tokens=200)
+    return budget_for_passes(layout, 2, batch_tokens=200, dtype="float64")

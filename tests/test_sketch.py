@@ -4,6 +4,7 @@ subsample misses are flagged, and bad settings are refused in one line; each tes
 the invariant it checks."""
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -170,3 +171,44 @@ def test_denoised_baseline_is_unbiased_where_the_subsample_baseline_is_biased_hi
     bias = float(np.mean(sketch.units["mean_baseline"].to_numpy() - truth))
     assert raw_bias > 0.05  # the bias the correction is for
     assert abs(bias) < 0.01
+
+
+def test_a_run_in_sketch_mode_with_the_whole_stream_as_subsample_gives_the_exact_tables_and_is_not_streamed_again(
+        tmp_path):
+    """subsample = 1: pass 1 is the exact comparison, so its top candidate is the exact partner and the
+    denoised baseline is the exact one; a finished sketch run is not streamed again."""
+    import tomllib
+    from universality.api import run_experiment
+    from universality.config import parse_config
+    from test_pipeline import SMALL
+    exact_text = SMALL.replace("[train]\n", "[train]\nthreads = 1\n") + '\n[scale]\nmemory_budget = "none"\n'
+    sketch_text = exact_text.replace('name = "small"', 'name = "sketched"') + 'mode = "sketch"\nsubsample = 1.0\n'
+    exact = run_experiment(parse_config(tomllib.loads(exact_text)), runs_dir=tmp_path)
+    with warnings.catch_warnings():  # a few sparse units of the tiny models are barely seen: expected
+        warnings.simplefilter("ignore", UserWarning)
+        sketch = run_experiment(parse_config(tomllib.loads(sketch_text)), runs_dir=tmp_path)
+    assert "barely_seen" in sketch.comparison.units
+    for name in ("units", "pairs"):
+        got = pd.read_parquet(sketch.run_dir / "tables" / f"{name}.parquet").drop(columns="barely_seen",
+                                                                                  errors="ignore")
+        want = pd.read_parquet(exact.run_dir / "tables" / f"{name}.parquet")
+        # the exact run accumulates in float32 (about 1e-6 from float64), the refine pass in float64
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=0, atol=1e-5)
+    seen = []
+    run_experiment(parse_config(tomllib.loads(sketch_text)), runs_dir=tmp_path,
+                   on_progress=lambda task, done, total: seen.append(task))
+    assert not [task for task in seen if task.startswith("stream activations (sketch, stream")], seen
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('subsample = 0.1\n', 'subsample and candidates are used only with mode = "sketch"'),
+    ('mode = "sketch"\nbackend = "ray"\n', 'mode = "sketch" runs on backend = "local" only'),
+    ('mode = "sketch"\nsubsample = 0\n', "subsample"),
+])
+def test_bad_sketch_settings_in_a_config_are_one_line(extra, message):
+    import tomllib
+    from universality.config import parse_config
+    from test_pipeline import SMALL
+    with pytest.raises(UniversalityError) as error:
+        parse_config(tomllib.loads(SMALL + "\n[scale]\n" + extra))
+    assert message in str(error.value) and "\n" not in str(error.value)

@@ -26,6 +26,7 @@ from .._rundir import fingerprint
 from ..compare import Comparison
 from ..compare._maxima import PairMaxima
 from ..compare._passes import run_plan
+from ..compare._sketch import check_sketch_settings, compare_sketch
 from ..config import CompareConfig, ScaleConfig
 from ..distributed import SourceFactory, pass_streamer
 from ..errors import UniversalityError, short_repr
@@ -74,6 +75,10 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
     With `scale.backend = "ray"` Ray workers stream the same batches from `factory` (a picklable
     `distributed.SourceFactory`), a token shard each, resuming only at whole passes. `threads`: the torch
     threads the caller pinned, named in the progress line (None: not named)."""
+    if scale.mode == "sketch":
+        return _sketch_and_compare(run_name, moments_print, run_dir, total, batches, layout=layout,
+                                   batch_tokens=batch_tokens, compare=compare, scale=scale, device=device,
+                                   on_progress=on_progress)
     plan = plan_for(layout, batch_tokens, compare, scale, device)
     settings = compare.model_dump(exclude={"accumulate", "top_k"})  # threshold, rotations, seed, rotation
     tables_print = fingerprint(moments=moments_print, compare=settings)
@@ -134,6 +139,56 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         raise UniversalityError(f"run {run_name}, evaluation {error}") from None
     if cache is not None:
         cache.remove()
+    tables = table_step(run_dir / "tables", "compare", tables_print,
+                        lambda: {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers},
+                        settings=settings)
+    comparison.units, comparison.pairs = tables["units"], tables["pairs"]
+    return comparison, store.top
+
+
+def _sketch_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int, batches, *, layout: Layout,
+                        batch_tokens: int, compare: CompareConfig, scale: ScaleConfig, device: str,
+                        on_progress: Progress) -> tuple[Comparison, TopActivations]:
+    """`stream_and_compare` in sketch mode (`[scale] mode = "sketch"`, `compare._sketch`): a seeded
+    subsample of every batch, then every token for the candidate pairs only; `units` gains
+    `barely_seen`. Nothing is checkpointed inside it (a killed run streams it again); the
+    subsample's means and Grams and the top activations (from the first stream, every token) are
+    saved with the tables, so a finished run is not streamed again."""
+    subsample, candidates = check_sketch_settings("sketch", scale.subsample, scale.candidates)
+    settings = compare.model_dump(exclude={"accumulate", "top_k"}) | {"mode": "sketch", "subsample": subsample,
+                                                                      "candidates": candidates}
+    tables_print = fingerprint(moments=moments_print, compare=settings)
+    store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, sketch=settings,
+                                                          dtype=compare.accumulate),
+                         TopActivations(layout, k=compare.top_k))
+    saved = saved_tables(run_dir / "tables", "compare", tables_print)
+    if saved is not None and store.completed()[0] == 1:
+        first, _ = store.load(0)
+        on_progress("stream activations (sketch)", total, total)
+        return (Comparison(first, saved["units"], saved["pairs"], threshold=compare.threshold,
+                           rotations=compare.rotations, seed=compare.seed), store.top)
+    try:
+        _check_first_batch(batches, layout, batch_tokens)
+    except UniversalityError as error:
+        raise UniversalityError(f"run {run_name}: {error}") from None
+    streams = [0]
+
+    def make():
+        stream, streams[0] = streams[0], streams[0] + 1
+        label = f"stream activations (sketch, stream {stream + 1}: {'subsample' if stream == 0 else 'again'})"
+        for number, (batch, token_ids) in enumerate(batches(0)):
+            if stream == 0:
+                store.top.update(batch, token_ids)
+            on_progress(label, number + 1, total)
+            yield batch
+    try:
+        comparison = compare_sketch(make, layout, batch_tokens, subsample=subsample, candidates=candidates,
+                                    threshold=compare.threshold, rotations=compare.rotations, seed=compare.seed,
+                                    device=device, dtype=compare.accumulate,
+                                    budget=resolve_budget(scale.memory_budget, device), rotation=compare.rotation)
+    except UniversalityError as error:
+        raise UniversalityError(f"run {run_name}, evaluation {error}") from None
+    store.finish(0, comparison.moments, None)
     tables = table_step(run_dir / "tables", "compare", tables_print,
                         lambda: {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers},
                         settings=settings)

@@ -216,3 +216,14 @@ def test_an_unwritable_cache_directory_is_one_line_and_nothing_is_written(tmp_pa
         run_experiment(_config(budget, name="whole", cache=str(blocked / "cache")), runs_dir=tmp_path)
     assert "\n" not in str(error.value)
     pd.testing.assert_frame_equal(_tables(tmp_path / "whole")["units"], _tables(whole.run_dir)["units"])
+
+
+def test_univ_plan_states_the_passes_and_a_sketch_streams_its_subsample_share_of_the_gemms():
+    from universality.pipeline._dry_plan import experiment_plan
+    exact_plan, exact = experiment_plan(_config("none"))
+    text = SMALL.replace("BUDGET", '"none"').replace("CACHE", '"auto"') + 'mode = "sketch"\nsubsample = 0.25\n'
+    sketch_plan, sketch = experiment_plan(parse_config(tomllib.loads(text)))
+    assert exact["passes"] == "1" and sketch["passes"].startswith("sketch: 1 over a 0.25 subsample")
+    streaming = [float(facts["total TFLOP"].split("streaming ")[1].split(",")[0]) for facts in (exact, sketch)]
+    assert streaming[1] == pytest.approx(0.25 * streaming[0], rel=1e-2)
+    assert "GFLOP/s measured now" in exact["this machine"]

@@ -16,6 +16,7 @@ import time
 import torch
 
 from ..collect import select_unit_sets
+from ..compare._sketch import check_sketch_settings
 from ..config import AnyExperimentConfig, ExperimentConfig, GroupExperimentConfig
 from ..moments import Plan
 from ._planned import plan_for
@@ -29,7 +30,9 @@ def experiment_plan(config: AnyExperimentConfig) -> tuple[Plan, dict[str, str]]:
     """(the plan, the facts `univ plan` prints) for `config`, without training or streaming."""
     layout, batch_tokens, tokens, device = _layout(config)
     plan = plan_for(layout, batch_tokens, config.compare, config.scale, device)
-    flop = plan.flop_per_token * tokens + plan.reduction_flop
+    subsample, candidates = check_sketch_settings(config.scale.mode, config.scale.subsample, config.scale.candidates)
+    streamed = tokens if subsample is None else subsample * tokens  # sketch: pass 1 GEMMs on the subsample only
+    flop = plan.flop_per_token * streamed + plan.reduction_flop
     widest = max(n for sets in layout.values() for n in sets.values())
     rate = gemm_rate(batch_tokens, min(widest, 4096))
     facts = {
@@ -38,9 +41,12 @@ def experiment_plan(config: AnyExperimentConfig) -> tuple[Plan, dict[str, str]]:
         "tokens per pass": f"{tokens:,} (batches of about {batch_tokens:,})",
         "memory budget": "none (one pass)" if plan.budget is None else _gib(plan.budget),
         "resident memory": ", ".join(f"{k} {_gib(v)}" for k, v in plan.resident.items()),
-        "passes": str(len(plan.passes)),
+        "passes": str(len(plan.passes)) if subsample is None else
+                  (f"sketch: {len(plan.passes)} over a {subsample:.3g} subsample of every batch (the plan below, for "
+                   f"whole batches; a subsample's batches are smaller), then one stream over the {candidates} "
+                   "candidate partners per unit and other model (not counted below)"),
         "GFLOP per token (all passes)": f"{plan.flop_per_token / 1e9:.3g}",
-        "total TFLOP": f"{flop / 1e12:.3g} (streaming {plan.flop_per_token * tokens / 1e12:.3g}, rotation baseline "
+        "total TFLOP": f"{flop / 1e12:.3g} (streaming {plan.flop_per_token * streamed / 1e12:.3g}, rotation baseline "
                        f"{plan.reduction_flop / 1e12:.3g})",
         "this machine": f"{rate / 1e9:.0f} GFLOP/s measured now -> about {_duration(flop / rate)} of GEMMs",
         "GPU (projection from FLOPs)": (f"{_duration(flop / GPU_FP32_FLOPS)} at fp32, {_duration(flop / GPU_TF32_FLOPS)}"

@@ -52,9 +52,11 @@ def test_planted_twins_are_calibrated_universal_where_the_papers_rule_misses_the
 def test_calibration_columns_follow_their_definitions(planted):
     calibrated, _ = planted
     pairs = calibrated.pairs
-    rotated = pairs[[f"baseline_max_corr_r{r}" for r in range(32)]].to_numpy()
+    rotated = compare_activations(_planted()[0], seed=0, rotations=32).pairs[
+        [f"baseline_max_corr_r{r}" for r in range(32)]].to_numpy()
     actual = pairs.max_corr.to_numpy()
-    assert np.allclose(pairs.baseline_max_corr, rotated.mean(axis=1))
+    assert np.allclose(pairs.baseline_max_corr, rotated[:, 0])  # the paper's baseline: the comparison's one rotation
+    assert np.allclose(pairs.baseline_mean, rotated.mean(axis=1))
     assert np.allclose(pairs.baseline_std, rotated.std(axis=1, ddof=1))
     assert np.allclose(pairs.z, (actual - rotated.mean(axis=1)) / rotated.std(axis=1, ddof=1))
     assert np.allclose(pairs.p_empirical, (1 + (rotated >= actual[:, None]).sum(axis=1)) / 33)
@@ -65,7 +67,7 @@ def test_calibration_columns_follow_their_definitions(planted):
         assert np.allclose(group.q_value, stats.false_discovery_control(group.p_value, method="bh"))
     worst = pairs.groupby(["model", "unit_set", "unit"], sort=False).q_value.max().to_numpy()
     assert np.allclose(calibrated.units.q_value, worst)
-    assert calibrated.rotations == 32 and calibrated.units.universal.dtype == bool
+    assert calibrated.rotations == 1 and calibrated.units.universal.dtype == bool
 
 
 def test_p_values_are_uniform_under_the_null():
@@ -112,3 +114,38 @@ def _two_pass_budget(batches):
     from universality.moments import budget_for_passes
     layout = {m: {s: x.shape[1] for s, x in sets.items()} for m, sets in batches[0].items()}
     return budget_for_passes(layout, 2, batch_tokens=200, dtype="float64")
+
+
+def test_a_one_pass_run_carries_calibrated_columns_and_a_run_without_calibration_does_not(tmp_path):
+    """The same run twice (models and moments reused): with calibration, then without; the paper's
+    columns are the same in both."""
+    import tomllib
+    import pandas as pd
+    from universality.api import run_experiment
+    from universality.config import parse_config
+    from test_pipeline import SMALL
+    text = SMALL.replace("[train]\n", "[train]\nthreads = 1\n") + '\n[scale]\nmemory_budget = "none"\n'
+    tables = []
+    for section in ("[calibration]\nrotations = 8\n", "[calibration]\nenabled = false\n"):
+        run = run_experiment(parse_config(tomllib.loads(text + section)), runs_dir=tmp_path)
+        tables.append({name: pd.read_parquet(run.run_dir / "tables" / f"{name}.parquet") for name in ("units", "pairs")})
+    calibrated, plain = tables
+    assert {"z", "p_value", "q_value", "calibrated_universal"} <= set(calibrated["units"].columns)
+    assert {"baseline_mean", "baseline_std", "p_empirical"} <= set(calibrated["pairs"].columns)
+    assert "calibrated_universal" not in plain["units"]
+    for name in ("units", "pairs"):  # the paper's columns do not move
+        pd.testing.assert_frame_equal(calibrated[name][plain[name].columns], plain[name])
+
+
+def test_the_report_section_counts_live_units_by_both_rules_with_examples_of_disagreement(planted):
+    from universality.report import calibration_sections
+    calibrated, twins = planted
+    units = calibrated.units
+    [section] = calibration_sections(units)
+    table = section.tables[0][1].set_index("")
+    live = units[~units.dead]
+    assert table.to_numpy().sum() == len(live)
+    assert table.loc["paper: not", "calibrated: universal"] == int((~live.universal & live.calibrated_universal).sum())
+    examples = section.tables[1][1]
+    assert len(examples) == 5 and all(u in twins[m] for m, u in zip(examples.model, examples.unit))
+    assert calibration_sections(units.drop(columns="calibrated_universal")) == []

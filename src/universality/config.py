@@ -35,7 +35,7 @@ from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConf
 from .errors import UniversalityError, short_repr
 
 __all__ = [
-    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig",
+    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -117,6 +117,17 @@ class CompareConfig(StrictSection):
     top_k: int = Field(20, ge=1, le=1000)
 
 
+class CalibrationConfig(StrictSection):
+    """Calibrated universality beside the paper's rule (compare/_calibration.py): each unit's max
+    correlation against the maxima of `rotations` seeded rotations, Benjamini-Hochberg at `alpha`.
+    Computed from the state of a one-pass exact comparison (left out, with the report saying so,
+    under a multi-pass plan or a sketch, whose cross-moments are reduced as they stream)."""
+
+    enabled: bool = True
+    rotations: int = Field(32, ge=2, le=1000)
+    alpha: float = Field(0.01, gt=0, lt=1)
+
+
 class ScaleConfig(StrictSection):
     """How the comparison fits the machine: a memory budget that cuts the co-moments into passes over
     the data (`moments.plan_passes`), and where they stream. The tables are the same under any budget."""
@@ -182,6 +193,7 @@ class ExperimentConfig(_Seeds):
     collect: CollectConfig = CollectConfig()
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "ExperimentConfig":
@@ -208,6 +220,7 @@ class GroupExperimentConfig(_Seeds):
     claims: GroupClaimsConfig = GroupClaimsConfig()
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
 
     @property
     def architectures(self) -> list:
@@ -253,6 +266,7 @@ class PretrainedExperimentConfig(StrictSection):
     collect: PretrainedCollectConfig = PretrainedCollectConfig()
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     # the neurons table (statistics, families, roles: one more forward pass); its family sums hold
     # feature values x neurons (GPT-2: 50,257 token ids x 36,864 neurons per model), so wide families leave it out
     neurons: bool = True

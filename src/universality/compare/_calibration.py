@@ -5,9 +5,11 @@ The paper's rule (excess > 0.5) reads one number against a fixed bar, so it misl
 narrow or strongly correlated unit sets, whose rotation baseline is itself high: a model against
 its own neuron-permuted copy has exact twins (correlation 1) that read "not universal" when their
 baseline is above 0.5 (13.6% of MiniLM's neurons at about 4k tokens). Here every (unit, other
-model) is instead tested against its own null, the R rotated maxima b_1..b_R (the `pairs` columns
-`baseline_max_corr_r{r}`; `baseline_max_corr` is their mean):
+model) is instead tested against its own null, the maxima b_1..b_R over R seeded rotations (R = 32
+by default; rotation r is the comparison's own rotation r, so the first of them are the paper's):
 
+    baseline_mean  the mean of b_1..b_R (the paper's `baseline_max_corr` averages the comparison's
+                   own rotations only, often 1)
     baseline_std   the standard deviation of b_1..b_R (ddof = 1)
     z              (max_corr - mean) / baseline_std
     p_empirical    (1 + #{r: b_r >= max_corr}) / (R + 1), valid whatever the null's shape, but never
@@ -34,7 +36,6 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 from ..errors import UniversalityError, short_repr
-from ._universality import rotation_columns
 
 __all__ = ["calibrated_tables", "check_alpha", "DEFAULT_ALPHA", "DEFAULT_CALIBRATION_ROTATIONS"]
 
@@ -51,16 +52,14 @@ def check_alpha(alpha) -> float:
     return float(alpha)
 
 
-def calibrated_tables(units: pd.DataFrame, pairs: pd.DataFrame, *, alpha: float
+def calibrated_tables(units: pd.DataFrame, pairs: pd.DataFrame, rotated: np.ndarray, *, alpha: float
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`units` and `pairs` with the calibration columns (module docstring) added; `pairs` must hold
-    at least 2 per-rotation baseline columns."""
+    """`units` and `pairs` with the calibration columns (module docstring) added, from the rotated
+    maxima `rotated` float64 [pairs rows, R >= 2] (NaN: dead)."""
     alpha = check_alpha(alpha)
-    columns = rotation_columns(pairs)
-    if len(columns) < 2:
-        raise UniversalityError(f"calibration needs at least 2 rotations in the baseline, the pairs table has "
-                                f"{len(columns)}; compare with rotations >= 2 (32 by default for calibration)")
-    rotated = pairs[columns].to_numpy(np.float64)  # [pairs, R]
+    if rotated.ndim != 2 or rotated.shape[0] != len(pairs) or rotated.shape[1] < 2:
+        raise UniversalityError(f"calibration needs the maxima of at least 2 rotations per pairs row, got an array "
+                                f"of shape {list(rotated.shape)} for {len(pairs)} rows")
     actual = pairs["max_corr"].to_numpy(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, std = rotated.mean(axis=1), rotated.std(axis=1, ddof=1)
@@ -72,13 +71,13 @@ def calibrated_tables(units: pd.DataFrame, pairs: pd.DataFrame, *, alpha: float
     live = np.isfinite(actual) & np.isfinite(mean)
     p_value[~live] = np.nan
     z[~live] = np.nan
-    p_empirical = np.where(live, (1 + (rotated >= actual[:, None]).sum(axis=1)) / (len(columns) + 1), np.nan)
+    p_empirical = np.where(live, (1 + (rotated >= actual[:, None]).sum(axis=1)) / (rotated.shape[1] + 1), np.nan)
     q_value = np.full(len(pairs), np.nan)
     for _, rows in pairs.groupby(["model", "other_model"], sort=False).indices.items():
         finite = rows[np.isfinite(p_value[rows])]
         if len(finite):
             q_value[finite] = false_discovery_control(p_value[finite], method="bh")
-    pairs = pairs.assign(baseline_std=std, z=z, p_empirical=p_empirical, p_value=p_value, q_value=q_value)
+    pairs = pairs.assign(baseline_mean=mean, baseline_std=std, z=z, p_empirical=p_empirical, p_value=p_value, q_value=q_value)
     per_unit = pairs.groupby(_KEYS, sort=False).agg(z=("z", "min"), p_value=("p_value", "max"),
                                                     q_value=("q_value", "max"),
                                                     untested=("q_value", lambda q: q.isna().any()))

@@ -69,27 +69,28 @@ class Comparison:
     def calibrate(self, rotations: int = DEFAULT_CALIBRATION_ROTATIONS, alpha: float = DEFAULT_ALPHA
                   ) -> "Comparison":
         """This comparison with calibrated universality (`compare._calibration`): `units` gain `z,
-        p_value, q_value, calibrated_universal`, `pairs` gain `baseline_std, z, p_empirical, p_value,
-        q_value`. Uses this comparison's rotations when it has that many (`rotations`); otherwise
-        recomputes every table from the state with `rotations` seeded rotations (so `baseline_max_corr`,
-        `mean_baseline` and the paper's `universal` then average over them too), which needs the
-        cross-moments: a one-pass state."""
+        p_value, q_value, calibrated_universal`, `pairs` gain `baseline_mean, baseline_std, z,
+        p_empirical, p_value, q_value`; the paper's columns stay as they are. The `rotations` maxima
+        are this comparison's own when it has exactly that many, else computed again from the state
+        (seeded as the comparison's: its own rotations come first), which needs the cross-moments: a
+        one-pass state."""
         check_settings(self.threshold, rotations, self.seed)
         alpha = check_alpha(alpha)
         if rotations < 2:
             raise UniversalityError(f"calibration needs rotations >= 2, got {rotations}; e.g. rotations=32")
-        units, pairs = self.units, self.pairs
+        pairs = self.pairs
         if len(rotation_columns(pairs)) != rotations:
             if not self.moments.is_default:
                 raise UniversalityError(
                     f"this comparison has {self.rotations} rotation(s) and its state no longer holds the cross-"
                     f"moments (a multi-pass plan or a sketch reduced them); compare again with rotations={rotations}, "
                     f"or calibrate with rotations={self.rotations}")
-            units, pairs = universality_tables(self.moments, threshold=self.threshold, rotations=rotations,
-                                               seed=self.seed)
-        units, pairs = calibrated_tables(units, pairs, alpha=alpha)
-        return Comparison(self.moments, units, pairs, threshold=self.threshold, rotations=rotations, seed=self.seed,
-                          plan=self.plan)
+            _, pairs = universality_tables(self.moments, threshold=self.threshold, rotations=rotations,
+                                           seed=self.seed)
+        rotated = pairs[rotation_columns(pairs)].to_numpy(float)
+        units, calibrated = calibrated_tables(self.units, self.pairs, rotated, alpha=alpha)
+        return Comparison(self.moments, units, calibrated, threshold=self.threshold, rotations=self.rotations,
+                          seed=self.seed, plan=self.plan)
 
     def __repr__(self) -> str:
         live = int((~self.units["dead"]).sum())

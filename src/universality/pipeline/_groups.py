@@ -73,7 +73,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                                           start_batch=start_batch, token_index=True)
             comparison, top = stream_and_compare(config.name, moments_print, run_dir, batch_count(pairs, _PAIR_BATCH),
                                                  batches, layout=layout, batch_tokens=batch_tokens,
-                                                 compare=config.compare, scale=config.scale, device="cpu",
+                                                 compare=config.compare, scale=config.scale, calibration=config.calibration, device="cpu",
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(trained_models, {n: t.model for n, t in trained.items()}),
                                                      pair_tokens, hidden, _PAIR_BATCH))

@@ -58,7 +58,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             comparison, top = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(collect.rows, collect.batch_rows), batches,
                                                  layout=layout, batch_tokens=batch_tokens,
-                                                 compare=config.compare, scale=config.scale, device=config.device,
+                                                 compare=config.compare, scale=config.scale, calibration=config.calibration, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(trained_models, models, bos_token_id=language.bos),
                                                      sample.tokens, unit_sets, collect.batch_rows, drop))

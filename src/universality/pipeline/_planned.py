@@ -27,7 +27,7 @@ from ..compare import Comparison
 from ..compare._maxima import PairMaxima
 from ..compare._passes import run_plan
 from ..compare._sketch import check_sketch_settings, compare_sketch
-from ..config import CompareConfig, ScaleConfig
+from ..config import CalibrationConfig, CompareConfig, ScaleConfig
 from ..distributed import SourceFactory, pass_streamer
 from ..errors import UniversalityError, short_repr
 from ..moments import (DEFAULT_BUDGET_FRACTION, Layout, MomentAccumulator, Plan, TopActivations, available_memory,
@@ -64,8 +64,8 @@ def plan_for(layout: dict, batch_tokens: int, compare: CompareConfig, scale: Sca
 def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int,
                        batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, layout: Layout,
                        batch_tokens: int, compare: CompareConfig, scale: ScaleConfig, device: str,
-                       on_progress: Progress, factory: SourceFactory, threads: int | None = None
-                       ) -> tuple[Comparison, TopActivations]:
+                       on_progress: Progress, factory: SourceFactory, threads: int | None = None,
+                       calibration: CalibrationConfig | None = None) -> tuple[Comparison, TopActivations]:
     """Universality of the activations `batches(start_batch)` yields (each `({model: {unit_set:
     Tensor[tokens, units]}}, global token index [tokens])`), with each unit's top activations from
     the first pass; `total` batches per pass. `layout` {model: {unit_set: units}} and `batch_tokens`
@@ -74,13 +74,18 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
     checked against them first. Tables are saved in `run_dir/tables` (step "compare").
     With `scale.backend = "ray"` Ray workers stream the same batches from `factory` (a picklable
     `distributed.SourceFactory`), a token shard each, resuming only at whole passes. `threads`: the torch
-    threads the caller pinned, named in the progress line (None: not named)."""
+    threads the caller pinned, named in the progress line (None: not named). `calibration` (enabled):
+    the tables gain calibrated universality (`Comparison.calibrate`) when the plan has one pass, whose
+    state holds the cross-moments; a multi-pass plan or a sketch leaves it out."""
     if scale.mode == "sketch":
         return _sketch_and_compare(run_name, moments_print, run_dir, total, batches, layout=layout,
                                    batch_tokens=batch_tokens, compare=compare, scale=scale, device=device,
                                    on_progress=on_progress)
     plan = plan_for(layout, batch_tokens, compare, scale, device)
     settings = compare.model_dump(exclude={"accumulate", "top_k"})  # threshold, rotations, seed, rotation
+    calibrate = calibration is not None and calibration.enabled and len(plan.passes) == 1
+    if calibrate:
+        settings["calibration"] = calibration.model_dump(exclude={"enabled"})
     tables_print = fingerprint(moments=moments_print, compare=settings)
     store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, plan=plan.to_dict()["passes"]),
                          TopActivations(layout, k=compare.top_k))
@@ -139,6 +144,8 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         raise UniversalityError(f"run {run_name}, evaluation {error}") from None
     if cache is not None:
         cache.remove()
+    if calibrate:
+        comparison = comparison.calibrate(rotations=calibration.rotations, alpha=calibration.alpha)
     tables = table_step(run_dir / "tables", "compare", tables_print,
                         lambda: {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers},
                         settings=settings)

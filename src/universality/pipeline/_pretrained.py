@@ -66,7 +66,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
             comparison, top = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(tokens.shape[0], collect.batch_rows), batches,
                                                  layout=layout, batch_tokens=batch_tokens,
-                                                 compare=config.compare, scale=config.scale, device=config.device,
+                                                 compare=config.compare, scale=config.scale, calibration=config.calibration, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(pretrained_models, dict(zip(adapters, config.models))),
                                                      tokens, unit_sets, collect.batch_rows, drop), threads=threads)

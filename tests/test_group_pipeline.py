@@ -73,11 +73,22 @@ def test_neurons_get_irreps_and_matched_partners(s4_run):
     assert emergence.groupby("model").order.min().eq(1).all()
 
 
+def test_seeds_share_as_subspaces_the_irreps_both_made_key(s4_run):
+    _, run = s4_run
+    shared = pd.read_parquet(run / "tables" / "group_irrep_similarity.parquet")
+    irreps = pd.read_parquet(run / "tables" / "group_irreps.parquet")
+    assert shared[["seed_a", "seed_b"]].drop_duplicates().values.tolist() == [["seed-0", "seed-1"]]
+    assert set(shared.irrep) == {"(1,1,1,1)", "(3,1)", "(2,2)", "(2,1,1)"}  # every non-trivial irrep
+    key_in = irreps[irreps.key].groupby("irrep").model.nunique().reindex(shared.irrep, fill_value=0).to_numpy()
+    both, neither = shared.mean_canonical_corr[key_in == 2], shared.mean_canonical_corr[key_in == 0]
+    assert len(both) and len(neither) and both.min() > neither.max() + 0.2, shared
+
+
 def test_report_has_group_sections_and_rerenders(s4_run):
     root, run = s4_run
     html = (run / "report.html").read_text()
     for title in ("Seeds: grokking and key irreps", "Irreps across seeds", "Learning order",
-                  "Neurons matched across seeds"):
+                  "Neurons matched across seeds", "Irrep subspaces shared across seeds"):
         assert title in html
     (run / "report.html").unlink()
     again = _univ("report", "runs/s4", cwd=root)

@@ -412,6 +412,19 @@ def test_group_sections_print_epochs_as_integers_and_leave_out_ungeneralised_see
     assert order["model"].tolist() == ["s0"] and order["std"].tolist() == [900]
 
 
+def test_group_sections_show_shared_irrep_subspaces_per_seed_pair_without_ungeneralised_seeds():
+    from universality.report import group_sections
+    seeds = pd.DataFrame({"model": ["s0", "s1", "s2"], "final_test_acc": [1.0, 0.3, 1.0]})
+    shared = pd.DataFrame({"seed_a": ["s0", "s0", "s0", "s0", "s1", "s1"], "seed_b": ["s1", "s1", "s2", "s2", "s2", "s2"],
+                           "irrep": ["sign", "std"] * 3, "dim": [1, 4] * 3,
+                           "mean_canonical_corr": [0.1, 0.2, 0.9, 0.05, 0.3, 0.4], "cka": 0.0})
+    sections = group_sections({"group_seeds": seeds, "group_irrep_similarity": shared}, key_threshold=0.05)
+    section = next(s for s in sections if s.title == "Irrep subspaces shared across seeds")
+    grid = section.tables[0][1]
+    assert grid.columns.tolist() == ["pair", "sign", "std"]  # irreps in the table's order
+    assert grid.values.tolist() == [["s0 / s2", 0.9, 0.05]]  # s1 never generalised: left out
+
+
 @pytest.mark.parametrize("lowest", [0.5, 1e-2, 1e-7, 1e-12])
 def test_training_loss_log_axis_labels_never_overlap(lowest):
     from universality.report._plots import training_curves_figure

@@ -48,6 +48,10 @@ EMERGENCE_THRESHOLD = 0.05
 SIMILARITY_RIDGE = 1e-3
 # SVCCA keeps each side's top principal directions holding this fraction of its variance (Raghu et al. 2017).
 SVCCA_VARIANCE = 0.99
+# Principal angles between top principal subspaces (similarity.principal_angles) keep, per side, the fewest
+# top directions holding this fraction of its variance: 0.9 drops the low-variance tail whose directions,
+# whitened to unit length, would count as much as the main ones (SVCCA's 0.99 keeps more of it).
+SUBSPACE_VARIANCE = 0.9
 # Token rows kept (seeded, mergeable) for debiased CKA, mutual k-NN and the shuffled nulls.
 RESERVOIR_ROWS = 4096
 # Neighbours per row of mutual k-NN alignment (Huh et al. 2024 use k = 10; chance is k / (rows - 1)).

@@ -13,6 +13,7 @@ Everything runs in float64.
 | `unit_irreps`                 | which irrep does each hidden unit use; which units are dead?  |
 | `restricted_loss`, `excluded_loss` | is the key irreps' rho(ab) part necessary and sufficient? |
 | `irrep_emergence`             | when, and in which order, does each irrep become key?         |
+| `irrep_similarity`            | which irreps' rho(ab) blocks do two seeds' hidden layers share? |
 | `fourier_key_frequencies`     | cyclic groups: which Fourier frequencies (Nanda et al. 2023)? |
 | `coset_constancy`, `subgroups_of_interest` | coset circuits (Stander et al. 2023)             |
 
@@ -26,8 +27,9 @@ from ._fourier import fourier_key_frequencies
 from ._group_seed import analyze_group_seed
 from ._irreps import fraction_logits_explained, fraction_variance_explained, hidden_fve, logit_similarity
 from ._loss import excluded_loss, restricted_loss
+from ._subspaces import irrep_similarity
 from ._units import unit_irreps
 
 __all__ = ["analyze_group_seed", "logit_similarity", "fraction_logits_explained", "fraction_variance_explained",
            "hidden_fve", "unit_irreps", "restricted_loss", "excluded_loss", "irrep_emergence",
-           "fourier_key_frequencies", "coset_constancy", "subgroups_of_interest"]
+           "irrep_similarity", "fourier_key_frequencies", "coset_constancy", "subgroups_of_interest"]

@@ -12,6 +12,8 @@ Tables written besides the universality ones (`tables/`):
     group_units.parquet      per (seed, unit): irrep, share, dead, best coset partition
     group_emergence.parquet  per (seed, irrep): epoch it became key, order
     group_matches.parquet    per (unit, other seed): best partner, correlation, both units' irreps
+    group_irrep_similarity.parquet  per (seed pair, irrep): the hidden layers' canonical correlation and CKA
+                             through the irrep's rho(ab) block (`irrep_similarity`): irreps shared as subspaces
     group_fourier.parquet    cyclic groups: per (seed, matrix, frequency) share
 """
 
@@ -23,12 +25,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .._defaults import SIMILARITY_RIDGE
 from .._rundir import fingerprint
 from ..collect import batch_count, stream_activations, stream_layout
 from ..config import GroupExperimentConfig
 from ..distributed import ActivationSource, trained_models
 from ..groups import make_group
-from ..irreps import analyze_group_seed
+from ..irreps import analyze_group_seed, irrep_similarity
+from ..irreps._group_seed import run_on_pairs
 from ..models import adapt
 from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
@@ -59,6 +63,11 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                 return tables
             tables = table_step(run_dir / "tables", "groups",
                                 fingerprint(models=prints, analysis=config.analysis.model_dump()), analyze)
+        if task.word == "a b":
+            with times("subspaces"):
+                tables |= table_step(run_dir / "tables", "group_irrep_similarity",
+                                     fingerprint(models=prints, ridge=SIMILARITY_RIDGE),
+                                     lambda: {"group_irrep_similarity": _irrep_similarity(task, trained)})
         with times("compare"):
             adapters = {name: adapt(t.model, name=name) for name, t in trained.items()}
             hidden = {name: [_hidden(t.model_config)] for name, t in trained.items()}  # one unit set per model
@@ -177,6 +186,13 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
     tables = {key: _model_first(pd.concat(frames, ignore_index=True)) for key, frames in parts.items() if frames}
     tables["summaries"] = summaries
     return tables
+
+
+def _irrep_similarity(task, trained: dict) -> pd.DataFrame:
+    """Every pair of seeds compared through each irrep's rho(ab) block (`irrep_similarity`), reading one
+    seed's hidden layer on all pairs at a time."""
+    return irrep_similarity(task.group, ((name, run_on_pairs(t.model, task, _hidden(t.model_config))[1])
+                                         for name, t in trained.items()))
 
 
 def _seed_table(trained: dict, summaries: dict) -> pd.DataFrame:

@@ -50,7 +50,8 @@ from .._inputs import as_float64_tensor
 from ..errors import UniversalityError
 
 __all__ = ["linear_cka", "cca", "svcca", "pwcca", "procrustes", "regression_r2", "Spectrum", "spectrum",
-           "eigen_cross", "state_scores", "state_outputs", "check_ridge", "STATE_METRICS"]
+           "eigen_cross", "state_scores", "state_outputs", "check_ridge", "checked_pair", "kept_directions",
+           "kept_cosines", "Canonical", "canonical", "mean_cca_from", "cka_from", "STATE_METRICS"]
 
 STATE_METRICS = ("cka", "cca", "svcca", "pwcca", "procrustes", "regression")
 _OUTPUTS = {"regression": ("regression_b_from_a", "regression_a_from_b")}  # metric -> table rows
@@ -150,15 +151,21 @@ def procrustes_from(a: Spectrum, b: Spectrum, t: torch.Tensor) -> float:
 def svcca_from(a: Spectrum, b: Spectrum, t: torch.Tensor, keep: float) -> float:
     """SVCCA (Raghu et al. 2017): keep each side's top principal directions holding a fraction `keep` of its
     variance, then the mean of the (unregularised) canonical correlations of the kept directions."""
-    ka, kb = _kept(a.values, keep), _kept(b.values, keep)
-    m = t[:ka, :kb] / (a.values[:ka, None] * b.values[None, :kb]).sqrt()  # whitened kept cross-covariance
-    return float(torch.linalg.svdvals(m).mean())
+    return float(kept_cosines(a, b, t, kept_directions(a.values, keep), kept_directions(b.values, keep)).mean())
 
 
-def _kept(values: torch.Tensor, keep: float) -> int:
+def kept_directions(values: torch.Tensor, keep: float) -> int:
     """The fewest top eigenvalues (descending `values`) whose sum reaches `keep` of the total, all positive."""
     reached = int((values.cumsum(0) < keep * values.sum()).sum()) + 1
     return max(1, min(reached, int((values > 0).sum())))
+
+
+def kept_cosines(a: Spectrum, b: Spectrum, t: torch.Tensor, ka: int, kb: int) -> torch.Tensor:
+    """The canonical correlations [min(ka, kb)], descending, of a's top ka and b's top kb principal component
+    scores: the singular values of the whitened kept cross-covariance diag(l_a)^-1/2 T[:ka, :kb] diag(l_b)^-1/2
+    (kept eigenvalues > 0); the cosines of the principal angles between the scores' spans over tokens."""
+    m = t[:ka, :kb] / (a.values[:ka, None] * b.values[None, :kb]).sqrt()  # [ka, kb]
+    return torch.linalg.svdvals(m).clamp(max=1.0)  # rounding can put a shared direction at 1 + 1e-16
 
 
 def regression_from(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> float:
@@ -201,7 +208,7 @@ def state_scores(a: Spectrum, b: Spectrum, t: torch.Tensor, metrics, *, ridge: f
     return scores
 
 
-def _pair(gram_a, gram_b, cross, tokens) -> tuple[Spectrum, Spectrum, torch.Tensor]:
+def checked_pair(gram_a, gram_b, cross, tokens) -> tuple[Spectrum, Spectrum, torch.Tensor]:
     """Checked float64 inputs, as the two spectra and T."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise UniversalityError(f"tokens must be an integer >= 1 (the tokens the sums ran over), got {tokens!r}")
@@ -217,7 +224,7 @@ def _pair(gram_a, gram_b, cross, tokens) -> tuple[Spectrum, Spectrum, torch.Tens
 
 def _score(metric: str, gram_a, gram_b, cross, tokens, output: str | None = None, **settings) -> float:
     """One metric's score (its table row `output`, default its name) from checked inputs."""
-    return state_scores(*_pair(gram_a, gram_b, cross, tokens), (metric,), **settings)[output or metric]
+    return state_scores(*checked_pair(gram_a, gram_b, cross, tokens), (metric,), **settings)[output or metric]
 
 
 def linear_cka(gram_a, gram_b, cross, tokens: int) -> float:

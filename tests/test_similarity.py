@@ -368,3 +368,40 @@ def test_a_reservoir_larger_than_the_stream_keeps_every_row():
     pair = "model_a == 'a' and unit_set_a == 'early' and model_b == 'b' and unit_set_b == 'late'"
     value = table.query(pair).value.item()
     assert value == pytest.approx(ref_debiased_cka(x, y), abs=1e-5)
+
+
+def test_a_one_pass_run_writes_the_similarity_table_from_its_state_and_the_report_shows_it(tmp_path):
+    """Every unit set of each model against every unit set of each other model, state metrics only
+    (nulls NaN: no reservoir in a run), equal to the library function on the run's saved state."""
+    import tomllib
+    import pandas as pd
+    from universality.api import run_experiment
+    from universality.config import parse_config
+    from universality.moments import load_moments
+    from universality.similarity import linear_cka, procrustes
+    from test_pipeline import SMALL
+    text = SMALL.replace("[train]\n", "[train]\nthreads = 1\n") + '\n[scale]\nmemory_budget = "none"\n'
+    run = run_experiment(parse_config(tomllib.loads(text + "[calibration]\nenabled = false\n")), runs_dir=tmp_path)
+    table = pd.read_parquet(run.run_dir / "tables" / "similarity.parquet")
+    acc, _ = load_moments(run.run_dir / "moments")
+    layout = acc.layout
+    pairs = {(a, s, b, t) for a in layout for b in layout if list(layout).index(a) < list(layout).index(b)
+             for s in layout[a] for t in layout[b]}
+    assert set(map(tuple, table[["model_a", "unit_set_a", "model_b", "unit_set_b"]].values)) == pairs
+    assert table.null_mean.isna().all()
+    row = table[(table.metric == "cka")].iloc[0]
+    a, b = (row.model_a, row.unit_set_a), (row.model_b, row.unit_set_b)
+    start = {m: 0 for m in layout}
+    offsets = {}
+    for m, sets in layout.items():
+        for s, n in sets.items():
+            offsets[m, s] = (start[m], start[m] + n)
+            start[m] += n
+    cross = acc.cross(a[0], b[0])[slice(*offsets[a]), slice(*offsets[b])].double()
+    grams = [acc.gram_[m][s].double() for m, s in (a, b)]
+    assert row.value == pytest.approx(float(linear_cka(*grams, cross, acc.count_)), abs=1e-9)
+    value = table[(table.metric == "procrustes") & (table.model_a == a[0]) & (table.unit_set_a == a[1])
+                  & (table.model_b == b[0]) & (table.unit_set_b == b[1])].value.item()
+    assert value == pytest.approx(float(procrustes(*grams, cross, acc.count_)), abs=1e-9)
+    html = (run.run_dir / "report.html").read_text()
+    assert "Representation similarity across models" in html and "similarity_layers.png" in html

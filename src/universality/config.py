@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, THRESHOLD, UNIT_THRESHOLD
+from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, SIMILARITY_RIDGE, THRESHOLD, UNIT_THRESHOLD
 from ._config_checks import (MEMORY_GIB, VALIDATING, Device, MemoryBudget, Pattern, RunName, Seed, StrictSection,
                              Threads, check_plain_values, describe, language_run_gib, read_toml)
 from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConfig, GroupModelConfig, GroupTaskConfig,
@@ -35,7 +35,7 @@ from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConf
 from .errors import UniversalityError, short_repr
 
 __all__ = [
-    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
+    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig", "SimilarityConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -128,6 +128,18 @@ class CalibrationConfig(StrictSection):
     alpha: float = Field(0.01, gt=0, lt=1)
 
 
+class SimilarityConfig(StrictSection):
+    """Representation similarity of every unit set of one model with every unit set of another
+    (universality.similarity), from the state of a one-pass comparison: no further pass. Token-level
+    metrics (debiased CKA, mutual k-NN) and token-shuffled nulls need a reservoir of rows: they come
+    from `universality.compare_representations`, not from a run."""
+
+    enabled: bool = True
+    metrics: list[Literal["cka", "cca", "svcca", "pwcca", "procrustes", "regression"]] = Field(
+        ["cka", "cca", "svcca", "pwcca", "procrustes", "regression"], min_length=1, max_length=6)
+    ridge: float = Field(SIMILARITY_RIDGE, ge=0, le=1)  # CCA, PWCCA, regression: S + ridge (tr S / n) I
+
+
 class ScaleConfig(StrictSection):
     """How the comparison fits the machine: a memory budget that cuts the co-moments into passes over
     the data (`moments.plan_passes`), and where they stream. The tables are the same under any budget."""
@@ -194,6 +206,7 @@ class ExperimentConfig(_Seeds):
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "ExperimentConfig":
@@ -221,6 +234,7 @@ class GroupExperimentConfig(_Seeds):
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
 
     @property
     def architectures(self) -> list:
@@ -267,6 +281,7 @@ class PretrainedExperimentConfig(StrictSection):
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
     # the neurons table (statistics, families, roles: one more forward pass); its family sums hold
     # feature values x neurons (GPT-2: 50,257 token ids x 36,864 neurons per model), so wide families leave it out
     neurons: bool = True

@@ -23,7 +23,8 @@ from .._rundir import read_json, write_text_atomic
 from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import TopActivations, load_moments, read_manifest
-from ..report import calibration_sections, group_sections, head_sections, neuron_sections, write_site
+from ..report import (calibration_sections, group_sections, head_sections, neuron_sections, similarity_sections,
+                      write_site)
 from ._steps import saved_tables
 
 __all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
@@ -75,6 +76,8 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
                                    include_ungeneralised=record.include_ungeneralised)
     comparison = record.comparison
     sections = calibration_sections(comparison.units) + sections
+    if "similarity" in tables:
+        sections += similarity_sections(tables["similarity"])
     config_path = run_dir / "config.toml"
     return write_site(run_dir, units=comparison.units, pairs=comparison.pairs, layers=comparison.layers,
                       settings={"threshold": comparison.threshold, "rotations": comparison.rotations,

@@ -3,7 +3,8 @@
 1. A finished run of the same name made from the same config is returned as it is, without
    writing anything (so a read-only finished run can be run again), when its files are intact.
 2. Otherwise the run stages (`open_run`), writes the resolved config, runs the kind's steps
-   (`body(run_dir, times) -> RunRecord`) in the staging directory, writes the report, and commits.
+   (`body(run_dir, times) -> RunRecord`) in the staging directory, then the steps every kind shares
+   (representation similarity from the compared state), writes the report, and commits.
    With `[scale] backend = "ray"` Ray is connected first, so an address that does not answer is one
    line and nothing is written; the session lasts the run.
 """
@@ -20,6 +21,7 @@ from ..distributed import ray_session
 from ..errors import UniversalityError
 from ._report import RunRecord, load_run, report_step
 from ._run_directory import finished_run_print, open_run
+from ._similarity import compared_print, similarity_step
 from ._steps import RunResult, StepTimes
 
 __all__ = ["execute", "run_fingerprint", "trained_inputs", "pinned_threads"]
@@ -71,6 +73,12 @@ def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunR
         try:
             write_text_atomic(run.work / "config.toml", resolved_config_text(config.model_dump()))
             record = body(run.work, times)
+            with times("similarity"):
+                similarity, notes = similarity_step(run.work, record.comparison, config.similarity,
+                                                    inputs_print=compared_print(run.work))
+            record.notes += notes
+            if similarity is not None:
+                record.tables["similarity"] = similarity
             with times("report"):
                 record.facts["step times (s)"] = times.text()
                 report_step(run.work, record, run_name=run.final.name)

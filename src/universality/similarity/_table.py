@@ -42,9 +42,10 @@ def shuffles(rows: int, count: int, seed: int) -> list[torch.Tensor]:
 
 
 def similarity_table(acc: MomentAccumulator, rows: dict | None, *, metrics, k: int, ridge: float, seed: int,
-                     nulls: int) -> pd.DataFrame:
+                     nulls: int, within_models: bool = True) -> pd.DataFrame:
     """The table (`COLUMNS`) for `acc` (holding `similarity_blocks`) and the reservoir `rows`
-    ({model: {unit_set: [rows, units]}}, or None when no metric or null needs them)."""
+    ({model: {unit_set: [rows, units]}}, or None when no metric or null needs them).
+    `within_models=False`: only pairs of unit sets of different models (what `default_blocks` hold)."""
     keys = list(unit_sets(acc.layout))
     state = [m for m in metrics if m in STATE_METRICS]
     spectra = {key: spectrum(acc.gram_[key[0]][key[1]], acc.count_) for key in keys} if state else {}
@@ -59,6 +60,8 @@ def similarity_table(acc: MomentAccumulator, rows: dict | None, *, metrics, k: i
             knn = {key: neighbours(rows[key[0]][key[1]], k) for key in keys}
     records = []
     for a, b in itertools.combinations(keys, 2):
+        if not within_models and a[0] == b[0]:
+            continue
         values, runs = {}, [{} for _ in orders]
         if state:
             t = eigen_cross(cross_moment(acc, a, b), spectra[a], spectra[b], acc.count_)

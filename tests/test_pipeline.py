@@ -66,6 +66,13 @@ def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
         assert neurons[column].notna().any(), column
     html = (run / "report.html").read_text()
     assert "What universal neurons do" in html and "Universal neurons: small" in html and "staging" not in html
+    # universal features (one row each, listed before the universal units) and the one-to-one assignment
+    features = pd.read_parquet(run / "tables" / "features.parquet")
+    assignment = pd.read_parquet(run / "tables" / "assignment.parquet")
+    assert len(features) and (features["models"] >= 2).all() and len(assignment) == len(tables["pairs"])
+    members = features.filter(like="members_").apply(lambda column: column.str.split().str.len()).sum(axis=1)
+    assert (members == features["size"]).all()
+    assert html.index("Universal features") < html.index('id="universal"')
     by_class = neurons[neurons.best_feature_set == "class"]
     by_class = by_class[by_class.best_feature.astype(int) < 8]  # the content classes (then BOS, brackets, markers)
     assert len(by_class) and all(t.startswith(f"c{k}_t0 c{k}_t1") for k, t in zip(by_class.best_feature,

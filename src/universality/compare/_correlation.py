@@ -22,8 +22,11 @@ def dead_units(acc: MomentAccumulator, model: str) -> torch.Tensor:
     return is_dead(acc.variance(model) / max(acc.count_, 1), acc.mean_[model])
 
 
-def pearson(acc: MomentAccumulator, model_a: str, model_b: str, rows: slice = slice(None)) -> torch.Tensor:
-    """Pearson correlation, float64 [units_a (rows), units_b]; NaN in rows and columns of dead units.
+def pearson(acc: MomentAccumulator, model_a: str, model_b: str, rows: slice | torch.Tensor = slice(None),
+            columns: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    """Pearson correlation, float64 [units_a (rows), units_b (columns)]; NaN in rows and columns of dead
+    units. `rows`, `columns`: slices (a view of the state until the one float64 copy) or unit indices
+    (index tensors: rows are gathered first, float32 [rows, units_b], then the columns).
 
     >>> import torch
     >>> x = torch.randn(100, 3)
@@ -32,8 +35,8 @@ def pearson(acc: MomentAccumulator, model_a: str, model_b: str, rows: slice = sl
     True
     """
     scale_a = _inverse_std(acc, model_a)[rows]  # [rows]
-    scale_b = _inverse_std(acc, model_b)  # [units_b]
-    corr = acc.cross(model_a, model_b)[rows].to(torch.float64, copy=True)  # [rows, units_b]: the one copy
+    scale_b = _inverse_std(acc, model_b)[columns]  # [columns]
+    corr = acc.cross(model_a, model_b)[rows][:, columns].to(torch.float64, copy=True)  # [rows, columns]
     return corr.mul_(scale_a[:, None]).mul_(scale_b[None, :])  # scaled in place: no temporaries of that size
 
 

@@ -25,7 +25,8 @@ from ..moments import MomentAccumulator
 from ._correlation import dead_units
 from ._maxima import PairMaxima, baseline_scales
 
-__all__ = ["universality_tables", "tables_from_maxima", "layer_summary", "universality_null", "rotation_columns"]
+__all__ = ["universality_tables", "tables_from_maxima", "layer_summary", "universality_null", "rotation_columns",
+           "unit_index", "model_index"]
 
 def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int,
                         kind: str = "auto"):
@@ -43,17 +44,17 @@ def tables_from_maxima(maxima: PairMaxima, dead: dict[str, np.ndarray], *, thres
     """`units` and `pairs` tables from finished maxima and each model's dead units (bool [units_m])."""
     pair_frames, unit_frames = [], []
     models = list(maxima.layout)
-    unit_index = {m: _unit_index(maxima.layout, m) for m in models}
+    indices = {m: unit_index(maxima.layout, m) for m in models}
     rotations = maxima.rotations
     for a in models:
         others = [b for b in models if b != a]
-        sets_a, units_a = unit_index[a]
+        sets_a, units_a = indices[a]
         max_corr = np.empty((len(others), maxima.sizes[a]))
         baseline = np.empty_like(max_corr)
         for k, b in enumerate(others):
             max_corr[k], partner, per_rotation = maxima.finished(a, b)
             baseline[k] = per_rotation.mean(axis=0)
-            sets_b, units_b = unit_index[b]
+            sets_b, units_b = indices[b]
             live = partner >= 0
             pair_frames.append(pd.DataFrame({
                 "model": a, "unit_set": sets_a, "unit": units_a, "other_model": b,
@@ -75,11 +76,17 @@ def tables_from_maxima(maxima: PairMaxima, dead: dict[str, np.ndarray], *, thres
     return pd.concat(unit_frames, ignore_index=True), pd.concat(pair_frames, ignore_index=True)
 
 
-def _unit_index(layout: dict, model: str) -> tuple[np.ndarray, np.ndarray]:
+def unit_index(layout: dict, model: str) -> tuple[np.ndarray, np.ndarray]:
     """Unit-set name and index within it for each concatenated unit of `model`."""
     names = np.concatenate([np.full(n, s, dtype=object) for s, n in layout[model].items()])
     units = np.concatenate([np.arange(n) for n in layout[model].values()])
     return names, units
+
+
+def model_index(layout: dict, model: str, unit_sets, units) -> np.ndarray:
+    """Index of each (unit_sets[k], units[k]) among `model`'s concatenated units (the state's order), int64."""
+    offsets = dict(zip(layout[model], np.cumsum([0, *layout[model].values()]).tolist()))
+    return (pd.Series(unit_sets).map(offsets).to_numpy(np.int64) + np.asarray(units)).astype(np.int64)
 
 
 def layer_summary(units: pd.DataFrame) -> pd.DataFrame:

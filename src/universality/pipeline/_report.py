@@ -5,7 +5,7 @@ into the same pieces, so `univ report` re-renders exactly what the run wrote.
 | piece        | written to              | read back by `load_run`                          |
 |--------------|-------------------------|--------------------------------------------------|
 | comparison   | tables/{units,pairs,layers}.parquet + compare.json (settings) | the tables, with their own settings |
-| tables       | tables/<name>.parquet (neurons, heads, group_*) | every parquet file in tables/ |
+| tables       | tables/<name>.parquet (neurons, heads, group_*, features, assignment) | every parquet file in tables/ |
 | facts        | tables/facts.json       | {name: text}, the report's header; group settings |
 | contexts     | tables/token_rows.parquet, vocab.parquet | the streamed token rows [rows, pos] and each id's text |
 | curves       | models/*/metadata.json  | training curves                                  |
@@ -41,7 +41,7 @@ class RunRecord:
     comparison: Comparison
     curves: dict[str, pd.DataFrame]  # model -> (step, loss)
     facts: dict[str, str]  # header facts, in order
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # neurons, heads, group_*, token_rows, vocab
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # neurons, heads, group_*, features ...
     key_threshold: float | None = None  # group runs: the key-irrep cut the group tables were made with
     generalised_accuracy: float = 0.99  # group runs: seeds below this final test accuracy never generalised
     include_ungeneralised: bool = False  # group runs: keep such seeds in the claims
@@ -89,7 +89,7 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
                       token_text=_token_text(tables.get("token_rows"), tables.get("vocab")),
                       unit_facts=_unit_facts(tables), group_seeds=tables.get("group_seeds"),
                       generalised_accuracy=record.generalised_accuracy,
-                      include_ungeneralised=record.include_ungeneralised)
+                      include_ungeneralised=record.include_ungeneralised, features=tables.get("features"))
 
 
 def _unit_facts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:

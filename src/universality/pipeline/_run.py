@@ -3,8 +3,9 @@
 1. A finished run of the same name made from the same config is returned as it is, without
    writing anything (so a read-only finished run can be run again), when its files are intact.
 2. Otherwise the run stages (`open_run`), writes the resolved config, runs the kind's steps
-   (`body(run_dir, times) -> RunRecord`) in the staging directory, then the steps every kind shares
-   (representation similarity from the compared state), writes the report, and commits.
+   (`body(run_dir, times) -> RunRecord`) in the staging directory, then the steps every kind shares,
+   from the compared state (universal features and the one-to-one assignment, `_features`;
+   representation similarity, `_similarity`), writes the report, and commits.
    With `[scale] backend = "ray"` Ray is connected first, so an address that does not answer is one
    line and nothing is written; the session lasts the run.
 """
@@ -19,6 +20,7 @@ from .._rundir import fingerprint, resolved_config_text, write_text_atomic
 from .._threads import resolve_threads
 from ..distributed import ray_session
 from ..errors import UniversalityError
+from ._features import feature_step
 from ._report import RunRecord, load_run, report_step
 from ._run_directory import finished_run_print, open_run
 from ._similarity import compared_print, similarity_step
@@ -73,6 +75,8 @@ def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunR
         try:
             write_text_atomic(run.work / "config.toml", resolved_config_text(config.model_dump()))
             record = body(run.work, times)
+            with times("features"):
+                record = feature_step(run.work, record)
             with times("similarity"):
                 similarity, notes = similarity_step(run.work, record.comparison, config.similarity,
                                                     inputs_print=compared_print(run.work))

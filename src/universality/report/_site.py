@@ -57,7 +57,7 @@ def write_site(run_dir: Path, *, units: pd.DataFrame, pairs: pd.DataFrame, layer
                token_text: Callable[[int], tuple[list[str], int]] | None = None,
                unit_facts: pd.DataFrame | None = None, group_seeds: pd.DataFrame | None = None,
                generalised_accuracy: float = 0.99, include_ungeneralised: bool = False,
-               contexts: int = 10) -> Path:
+               contexts: int = 10, features: pd.DataFrame | None = None) -> Path:
     """Write the report site into `run_dir` (files in the module docstring); return `run_dir/report.html`.
 
     **Arguments:**
@@ -74,6 +74,8 @@ def write_site(run_dir: Path, *, units: pd.DataFrame, pairs: pd.DataFrame, layer
       and left out of the universality counts (excess recomputed over the rest) unless
       `include_ungeneralised`; kept when fewer than 2 would remain.
     - `contexts`: top-activating contexts shown per unit.
+    - `features`: universal features, one row per feature (`compare.universal_features`), listed before the
+      universal units; None: no such section.
 
     Raises `UniversalityError` naming the missing columns or settings, before writing anything.
 
@@ -155,7 +157,8 @@ def write_site(run_dir: Path, *, units: pd.DataFrame, pairs: pd.DataFrame, layer
                 n_models=units["model"].nunique(), n_unit_sets=len(unit_sets), figures=figures,
                 layers=layers.to_dict("records"), set_pages=set_pages, table=json_for_script(table),
                 listed=len(table["rows"]), flagged=flagged, excluded=excluded, level=generalised_accuracy,
-                sections=[render_section(section, plots_dir) for section in sections], config_text=config_text)
+                sections=[render_section(section, plots_dir) for section in sections], config_text=config_text,
+                features=None if features is None else render_section(_features_section(features), plots_dir))
     return path
 
 
@@ -166,6 +169,16 @@ def write_report(run_dir: Path, *, units, pairs, layers, curves, threshold: floa
     return write_site(run_dir, units=units, pairs=pairs, layers=layers, curves=curves, title=title,
                       settings={"threshold": threshold, "rotations": rotations, "seed": seed},
                       config_text=config_text, facts=facts, sections=sections)
+
+
+def _features_section(features: pd.DataFrame) -> ReportSection:
+    return ReportSection(
+        "Universal features", max_rows=100,
+        text=("Units grouped across models: the connected clusters of the best-partner graph, where an edge joins a "
+              "universal unit to its best partner in each other model. Members from one model are near-duplicates "
+              "(redundancy within the model); models counts how far the feature reaches; mean_corr is the mean "
+              "Pearson r over member pairs in different models. Members are unit_set#unit."),
+        tables=[(f"{len(features)} universal features, widest reach first", features)])
 
 
 def _draw_plots(plots_dir: Path, units, layers, curves, threshold: float) -> list[dict]:

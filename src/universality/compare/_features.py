@@ -7,8 +7,11 @@ partner in another model (`pairs.partner_unit`) when the unit passes `rule`:
                   alone (max_corr - baseline_max_corr > threshold): a universal unit's chance best
                   partner in a model that lacks its feature would otherwise join two features
     "calibrated"  `units.calibrated_universal` (after `Comparison.calibrate`; every pair of such a unit
-                  is significant)
+                  is significant). Significance is not strength: on the demo run 3761 of 4071 live units
+                  are calibrated-universal and their graph is 2 components of 3835 and 11 units, where
+                  the paper's rule gives 17 features of 3-26 units
     "auto"        "calibrated" when the units table has that column, else "universal"
+Runs use "universal" (`pipeline/_features.py`).
 A universal feature is a connected component with at least one edge, so at least two models. Several
 members from one model are near-duplicates that share partners: redundancy within the model, where
 `models` counts how far the feature reaches across models.

@@ -25,7 +25,8 @@ from ._steps import table_step
 
 __all__ = ["feature_step"]
 
-_RULE = "auto"  # calibrated_universal when the units table has it, else the paper's universal
+# the paper's rule: calibrated significance joins nearly every unit into one feature (compare/_features.py)
+_RULE = "universal"
 _KEYS = ["model", "unit_set", "unit"]
 
 

@@ -143,11 +143,13 @@ SMALL = PIPELINE_SMALL.replace('name = "small"', 'name = "budgeted"').replace("[
 memory_budget = BUDGET
 activation_cache = CACHE
 """
+# calibration needs a one-pass state: off here, so one-pass and multi-pass tables have the same columns
+UNCALIBRATED = "\n[calibration]\nenabled = false\n"
 
 
 def _config(budget, name="budgeted", cache="auto"):
     text = SMALL.replace("BUDGET", repr(budget)).replace("CACHE", repr(cache)).replace('"budgeted"', repr(name))
-    return parse_config(tomllib.loads(text))
+    return parse_config(tomllib.loads(text + UNCALIBRATED))
 
 
 def _tables(run_dir):

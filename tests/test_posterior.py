@@ -41,7 +41,7 @@ def test_batched_sums_equal_a_direct_float64_computation():
 
 
 def test_merge_of_shards_equals_one_pass():
-    log_probs, targets = _log_probs(), torch.randint(0, 7, (50,))
+    log_probs, targets = _log_probs(), torch.randint(0, 7, (50,), generator=torch.Generator().manual_seed(2))
     whole = divergences(PredictiveSums(list("abc")).update(log_probs, targets))
     merged = divergences(PredictiveSums(list("abc")).update(log_probs[:, :20], targets[:20]).merge(
         PredictiveSums(list("abc")).update(log_probs[:, 20:], targets[20:])))
@@ -50,7 +50,7 @@ def test_merge_of_shards_equals_one_pass():
 
 
 def test_mixture_log_loss_is_at_most_the_seeds_mean_and_equals_a_seed_when_all_agree():
-    log_probs, targets = _log_probs(models=4), torch.randint(0, 7, (50,))
+    log_probs, targets = _log_probs(models=4), torch.randint(0, 7, (50,), generator=torch.Generator().manual_seed(3))
     d = divergences(PredictiveSums(list("abcd")).update(log_probs, targets))
     assert d.mixture_log_loss <= d.log_loss.mean() and d.mixture_log_loss < d.log_loss.mean() - 1e-3
     same = divergences(PredictiveSums(list("abcd")).update(log_probs[:1].expand(4, -1, -1), targets))
@@ -100,3 +100,53 @@ def test_units_universal_within_a_cluster_are_counted_from_its_own_seeds():
                                          "both": 2, "jaccard": 0.5}]
     with pytest.raises(UniversalityError, match="pairs table"):
         cluster_universality(pairs, pd.DataFrame({"model": ["z"], "cluster": [0]}), threshold=0.5)
+
+
+def _group_record(tmp_path):
+    """Three S3 models (b an exact copy of a) on every pair, a hand-made pairs table, and the step's inputs."""
+    from types import SimpleNamespace
+
+    from universality.models import GroupMLP, adapt
+    from universality.pipeline._posterior import Predictions
+    from universality.pipeline._report import RunRecord
+
+    a, c = GroupMLP(6, embed_dim=8, hidden=16, seed=0), GroupMLP(6, embed_dim=8, hidden=16, seed=1)
+    adapters = {"a": adapt(a, name="a"), "b": adapt(a, name="b"), "c": adapt(c, name="c")}
+    inputs, targets = torch.arange(36).reshape(-1, 1), torch.randint(0, 6, (36, 1), generator=torch.Generator().manual_seed(0))
+    pairs = pd.DataFrame([(m, "s", 0, o, 0.9, 0.1) for m in "abc" for o in "abc" if o != m],
+                         columns=["model", "unit_set", "unit", "other_model", "max_corr", "baseline_max_corr"])
+    record = RunRecord(SimpleNamespace(pairs=pairs, threshold=0.5), {}, {}, {},
+                       predictions=Predictions(adapters, inputs, targets, 10, "models-and-data"))
+    (tmp_path / "tables").mkdir()
+    return record, adapters, inputs, targets
+
+
+def test_seeds_step_matches_a_direct_computation_and_skips_when_unchanged(tmp_path):
+    import dataclasses
+
+    from universality.config import PosteriorConfig
+    from universality.pipeline._posterior import posterior_step
+
+    record, adapters, inputs, targets = _group_record(tmp_path)
+    settings = PosteriorConfig(threshold=1e-9)
+    done = posterior_step(tmp_path, record, settings, compared_print="compared")
+    log_probs = torch.stack([torch.log_softmax(adapters[m].logits(inputs)[:, 0].double(), -1) for m in "abc"])
+    kl, loss, mixture = _direct(log_probs, targets[:, 0])
+    table = done.tables["seed_kl"].set_index(["model_a", "model_b"])
+    for i, x in enumerate("abc"):
+        for j, y in enumerate("abc"):
+            if i != j:
+                assert table.kl[(x, y)] == pytest.approx(kl[i, j], abs=1e-9)
+    seeds = done.tables["seeds"]
+    np.testing.assert_allclose(seeds.log_loss, loss, atol=1e-9)
+    assert seeds.mixture_log_loss.iloc[0] == pytest.approx(mixture, abs=1e-9)
+    assert seeds.cluster.tolist() == [0, 0, 1] and seeds.cluster_weight.tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+    assert done.tables["seed_clusters"].seeds.tolist() == ["a b"] and "seeds as posterior samples" in done.facts
+    # unchanged inputs: the saved tables, no model is run
+    broken = dataclasses.replace(record.predictions, adapters={m: None for m in "abc"})
+    again = posterior_step(tmp_path, dataclasses.replace(record, predictions=broken), settings, compared_print="compared")
+    pd.testing.assert_frame_equal(again.tables["seed_kl"], done.tables["seed_kl"])
+    # disabled: nothing; no predictive distributions: a note
+    assert posterior_step(tmp_path, record, PosteriorConfig(enabled=False), "compared") is record
+    left_out = posterior_step(tmp_path, dataclasses.replace(record, predictions=None), settings, "compared")
+    assert "seeds" not in left_out.tables and "left out" in left_out.notes[-1]

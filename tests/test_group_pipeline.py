@@ -62,6 +62,16 @@ def test_trained_seeds_generalise_on_key_irreps(s4_run):
     assert set(irreps.irrep) == {"(4)", "(3,1)", "(2,2)", "(2,1,1)", "(1,1,1,1)"}
 
 
+def test_generalised_seeds_predict_the_products_and_agree(s4_run):
+    """The seeds step scores each seed's distribution over the product of every pair: a seed that generalised
+    has a small log-loss against the products (large against any other target), and two such seeds
+    compute one function, so their KL is small and they share one cluster."""
+    _, run = s4_run
+    seeds = pd.read_parquet(run / "tables" / "seeds.parquet")
+    assert (seeds.log_loss < 0.05).all() and seeds.cluster.tolist() == [0, 0]
+    assert (pd.read_parquet(run / "tables" / "seed_kl.parquet").symmetric_kl < 0.1).all()
+
+
 def test_neurons_get_irreps_and_matched_partners(s4_run):
     _, run = s4_run
     neurons = pd.read_parquet(run / "tables" / "group_units.parquet")

@@ -73,6 +73,11 @@ def test_reduced_demo_runs_end_to_end_through_the_cli(tmp_path):
     members = features.filter(like="members_").apply(lambda column: column.str.split().str.len()).sum(axis=1)
     assert (members == features["size"]).all()
     assert html.index("Universal features") < html.index('id="universal"')
+    # seeds as posterior samples: every ordered pair, one cluster row per seed, the heatmap in the report
+    seeds, seed_kl = (pd.read_parquet(run / "tables" / f"{t}.parquet") for t in ("seeds", "seed_kl"))
+    assert len(seed_kl) == 3 * 2 and (seed_kl.kl > 0).all() and seeds.model.tolist() == ["seed-0", "seed-1", "seed-2"]
+    assert (seeds.mixture_log_loss <= seeds.log_loss.mean()).all() and seeds.cluster_weight.groupby(seeds.cluster).first().sum() == 1
+    assert "Seeds as samples of one posterior" in html and (run / "plots" / "seed_kl.png").stat().st_size > 1000
     by_class = neurons[neurons.best_feature_set == "class"]
     by_class = by_class[by_class.best_feature.astype(int) < 8]  # the content classes (then BOS, brackets, markers)
     assert len(by_class) and all(t.startswith(f"c{k}_t0 c{k}_t1") for k, t in zip(by_class.best_feature,

@@ -72,6 +72,10 @@ def test_permuted_copy_is_found_and_neurons_are_described(pretrained):
     assert (twin.matched_corr_in_first > 0.9999).all()
     html = (run / "report.html").read_text()
     assert "What universal neurons do" in html and "Attention heads across models" in html
+    # the permuted copy predicts exactly as the original: no divergence, one cluster, no regret
+    seeds, seed_kl = (pd.read_parquet(run / "tables" / f"{t}.parquet") for t in ("seeds", "seed_kl"))
+    assert (seed_kl.kl < 1e-9).all() and seeds.cluster.tolist() == [0, 0] and abs(seeds.regret.iloc[0]) < 1e-9
+    assert seeds.log_loss.iloc[0] == pytest.approx(seeds.mixture_log_loss.iloc[0], abs=1e-9)
 
 
 def test_missing_model_is_one_line_exit_2(pretrained, tmp_path):
@@ -174,3 +178,4 @@ def test_real_minilm_without_unembedding_runs_and_says_what_it_left_out(tmp_path
             assert _univ("report", str(run), cwd=tmp_path).returncode == 0
             html = (run / "report.html").read_text()
         assert "What universal neurons do" in html and "no unembedding (W_U)" in html
+        assert "seeds as posterior samples left out" in html

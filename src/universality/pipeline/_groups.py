@@ -36,6 +36,7 @@ from ..irreps._group_seed import run_on_pairs
 from ..models import adapt
 from ..tasks import word_task
 from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
+from ._posterior import Predictions
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
 from ._planned import plan_fact, stream_and_compare
@@ -113,7 +114,9 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                  for row in flagged.itertuples()]
         return RunRecord(comparison, curves, facts, tables, key_threshold=config.analysis.key_threshold,
                          generalised_accuracy=claims.generalised_accuracy,
-                         include_ungeneralised=claims.include_ungeneralised, notes=notes, top_activations=top)
+                         include_ungeneralised=claims.include_ungeneralised, notes=notes, top_activations=top,
+                         predictions=Predictions(adapters, pair_tokens, task.target.reshape(-1, 1), _PAIR_BATCH,
+                                                 moments_print))  # the product word(a, b) of every pair
     return execute(config, runs_dir, body)
 
 

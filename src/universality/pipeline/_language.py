@@ -21,6 +21,7 @@ from ..models import TinyTransformer, adapt
 from ..tasks import SyntheticLanguage
 from ..train import load_checkpoint, save_checkpoint, train_seed
 from ._neurons import neuron_step
+from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
 from ._planned import plan_fact, resolve_budget, stream_and_compare
@@ -87,7 +88,8 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                             lambda: context_tables(sample.tokens, [f" {name}" for name in language.token_names]))
         if neurons is not None:
             tables["neurons"] = neurons
-        return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top)
+        return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top,
+                         predictions=next_token(adapters, sample.tokens, collect.batch_rows, moments_print))
     return execute(config, runs_dir, body)
 
 

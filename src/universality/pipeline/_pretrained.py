@@ -28,6 +28,7 @@ from ..neurons import alphabet, head_scores, match_heads, position_buckets, prev
 from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset, tokens_from_numpy,
                       tokens_from_text_files)
 from ._neurons import neuron_step
+from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute
 from ._planned import plan_fact, resolve_budget, stream_and_compare
@@ -95,7 +96,9 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(tokens, _display_texts(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
-        return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top)
+        predicts = all(a.kind == "decoder" and getattr(a, "has_head", True) for a in adapters.values())
+        return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top,
+                         predictions=next_token(adapters, tokens, collect.batch_rows, moments_print) if predicts else None)
     with torch_threads(threads):
         return execute(config, runs_dir, body)
 

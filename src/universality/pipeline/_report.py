@@ -23,8 +23,8 @@ from .._rundir import read_json, write_text_atomic
 from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import TopActivations, load_moments, read_manifest
-from ..report import (calibration_sections, group_sections, head_sections, neuron_sections, similarity_sections,
-                      write_site)
+from ..report import (calibration_sections, group_sections, head_sections, neuron_sections, posterior_sections,
+                      similarity_sections, write_site)
 from ._steps import saved_tables
 
 __all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
@@ -47,6 +47,9 @@ class RunRecord:
     include_ungeneralised: bool = False  # group runs: keep such seeds in the claims
     top_activations: object | None = None  # moments.TopActivations of the streamed unit sets
     notes: list[str] = field(default_factory=list)  # one line each: analyses left out, seeds flagged
+    # pipeline._posterior.Predictions: the models and evaluation data the seeds step streams (a run in
+    # progress only; None when the models give no next-token distributions, and in a run read back)
+    predictions: object | None = None
 
 
 def context_tables(token_rows, vocab: list[str] | None) -> dict[str, pd.DataFrame]:
@@ -78,6 +81,8 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
     sections = calibration_sections(comparison.units) + sections
     if "similarity" in tables:
         sections += similarity_sections(tables["similarity"])
+    if "seeds" in tables:
+        sections += posterior_sections(tables["seeds"], tables["seed_kl"], tables.get("seed_clusters"))
     config_path = run_dir / "config.toml"
     return write_site(run_dir, units=comparison.units, pairs=comparison.pairs, layers=comparison.layers,
                       settings={"threshold": comparison.threshold, "rotations": comparison.rotations,

@@ -5,7 +5,7 @@
 2. Otherwise the run stages (`open_run`), writes the resolved config, runs the kind's steps
    (`body(run_dir, times) -> RunRecord`) in the staging directory, then the steps every kind shares,
    from the compared state (universal features and the one-to-one assignment, `_features`;
-   representation similarity, `_similarity`), writes the report, and commits.
+   representation similarity, `_similarity`; seeds as posterior samples, `_posterior`), writes the report, and commits.
    With `[scale] backend = "ray"` Ray is connected first, so an address that does not answer is one
    line and nothing is written; the session lasts the run.
 """
@@ -21,6 +21,7 @@ from .._threads import resolve_threads
 from ..distributed import ray_session
 from ..errors import UniversalityError
 from ._features import feature_step
+from ._posterior import posterior_step
 from ._report import RunRecord, load_run, report_step
 from ._run_directory import finished_run_print, open_run
 from ._similarity import compared_print, similarity_step
@@ -83,6 +84,8 @@ def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunR
             record.notes += notes
             if similarity is not None:
                 record.tables["similarity"] = similarity
+            with times("seeds"):
+                record = posterior_step(run.work, record, config.posterior, compared_print(run.work))
             with times("report"):
                 record.facts["step times (s)"] = times.text()
                 report_step(run.work, record, run_name=run.final.name)

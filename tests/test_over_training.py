@@ -79,3 +79,91 @@ def test_misaligned_tokens_between_checkpoints_is_one_line():
     short = [{m: {"mlp": s["mlp"][:100]} for m, s in batch.items()} for batch in planted(10)]
     with pytest.raises(UniversalityError, match="different token counts"):
         universality_over_training({0: planted(0), 10: short})
+
+
+GROUPS = """
+kind = "groups"
+name = "dynamics"
+seeds = [0, 1]
+[task]
+group = "S4"
+[model]
+arch = "mlp"
+embed_dim = 32
+hidden = 64
+[train]
+epochs = 1500  # both seeds generalise (epoch ~700) and end with a few universal units
+train_fraction = 0.7
+lr = 3e-2
+log_every = 10
+checkpoints = 5
+threads = 1
+[calibration]
+enabled = false
+[training_dynamics]
+enabled = true
+"""
+
+
+def _config(text):
+    import tomllib
+
+    from universality.config import parse_config
+    return parse_config(tomllib.loads(text))
+
+
+@pytest.fixture(scope="module")
+def group_run(tmp_path_factory):
+    from universality.api import run_experiment
+    root = tmp_path_factory.mktemp("dynamics")
+    return root, run_experiment(_config(GROUPS), runs_dir=root / "runs")
+
+
+def test_group_run_compares_every_kept_checkpoint_and_its_last_is_the_run(group_run):
+    import pandas as pd
+    _, result = group_run
+    tables = result.run_dir / "tables"
+    layers = pd.read_parquet(tables / "training_universality.parquet")
+    assert sorted(layers.step.unique()) == [0, 1, 11, 131, 1500]  # checkpoint_epochs(1500, 5)
+    final = layers[layers.step == 1500].set_index("model").pct_universal
+    run = result.comparison.layers.set_index("model").pct_universal
+    assert final.to_dict() == pytest.approx(run.to_dict())  # the last checkpoint is the trained model
+    cka = pd.read_parquet(tables / "training_cka.parquet")
+    assert len(cka) == 2 * 4 * 2 and cka.cka.between(0, 1 + 1e-9).all()
+    persistence = pd.read_parquet(tables / "training_persistence.parquet")
+    units = pd.read_parquet(tables / "training_units.parquet")
+    assert len(units) == 2 * 64 and units.final_universal.sum() == result.comparison.units.universal.sum() > 0
+    at_end = persistence[persistence.step == 1500]
+    assert at_end.already_universal.tolist() == at_end.final_universal.tolist()
+    assert persistence.groupby("model").final_universal.unique().map(len).eq(1).all()
+    report = (result.run_dir / "report.html").read_text()
+    assert "Universality over training" in report and "training_universality.png" in report
+
+
+def test_group_rerun_skips_the_unchanged_dynamics_step(group_run, monkeypatch):
+    import universality.pipeline._training_dynamics as step
+    from universality.api import run_experiment
+    root, _ = group_run
+    monkeypatch.setattr(step, "universality_over_training", lambda *a, **k: pytest.fail("computed again"))
+    run_experiment(_config(GROUPS + "[similarity]\nenabled = false\n"), runs_dir=root / "runs")
+
+
+def test_a_step_that_is_no_checkpoint_is_one_line(tmp_path):
+    from universality.api import run_experiment
+    text = GROUPS.replace("enabled = true", "enabled = true\ncheckpoints = [0, 3]")
+    with pytest.raises(UniversalityError, match=r"epoch 3 is not a checkpoint; the trainer keeps epochs \[0, 1, 11, 131, 1500\]"):
+        run_experiment(_config(text), runs_dir=tmp_path)
+    assert not (tmp_path / "dynamics").exists()
+
+
+def test_emergence_is_placed_on_the_loss_curve(result):
+    import pandas as pd
+
+    from universality.report._training_section import emergence_table, mean_loss
+    curves = {m: pd.DataFrame({"step": [0, 10, 100, 1000], "loss": [4.0 + d, 3.0 + d, 1.0 + d, 0.0 + d]})
+              for m, d in zip(MODELS, (-0.5, 0.0, 0.5))}
+    row = emergence_table(result.persistence, result.units, result.layers, mean_loss(curves)).iloc[0]
+    # half of the 9 final universal units per seed are universal by step 10 (units 0-3 and 8)
+    assert (row.emergence_step, row.median_first_crossing, row.share_staying) == (10, 10.0, pytest.approx(8 / 9))
+    assert (row.loss_at_emergence, row.loss_drop_done) == (3.0, pytest.approx(0.25))
+    assert row.final_universal_units == 27 and row.final_pct_universal == pytest.approx(900 / 32)

@@ -36,6 +36,7 @@ from .errors import UniversalityError, short_repr
 
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig", "SimilarityConfig",
+    "TrainingDynamicsConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -181,6 +182,16 @@ class ScaleConfig(StrictSection):
         return self
 
 
+class TrainingDynamicsConfig(StrictSection):
+    """Universality over training (universality.dynamics): the seeds compared again at each checkpoint
+    the trainer kept, one pass per checkpoint; off by default (one more pass per checkpoint)."""
+
+    enabled: bool = False
+    # "all": every checkpoint the trainer kept for every seed; or a list of steps (epochs in group runs),
+    # each one of the trainer's log-spaced checkpoints
+    checkpoints: Literal["all"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=256)] = "all"
+
+
 class _Seeds(StrictSection):
     """An experiment over models trained here, one per seed."""
 
@@ -235,6 +246,7 @@ class GroupExperimentConfig(_Seeds):
     scale: ScaleConfig = ScaleConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     similarity: SimilarityConfig = SimilarityConfig()
+    training_dynamics: TrainingDynamicsConfig = TrainingDynamicsConfig()
 
     @property
     def architectures(self) -> list:

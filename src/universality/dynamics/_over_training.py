@@ -161,11 +161,12 @@ def _follow(universal: pd.DataFrame, steps: list[int]) -> tuple[pd.DataFrame, pd
     stays = crossed & (flags | ~after).all(axis=1)
     units = wide.index.to_frame(index=False).assign(final_universal=flags[:, -1], first_universal_step=first,
                                                     stays_universal=stays)
-    ended = wide[flags[:, -1]]
-    persistence = ended.groupby(level=["model", "unit_set"], sort=False).agg(["size", "sum"])
-    rows = [(step, model, unit_set, int(persistence.loc[(model, unit_set), (step, "size")]),
-             int(persistence.loc[(model, unit_set), (step, "sum")]))
-            for step in steps for model, unit_set in persistence.index]
-    table = pd.DataFrame(rows, columns=["step", "model", "unit_set", "final_universal", "already_universal"])
-    table["share"] = table.already_universal / table.final_universal
+    ended = wide.mul(flags[:, -1], axis=0)  # [units, steps]: universal at the step and at the end
+    counts = ended.groupby(level=["model", "unit_set"], sort=False).sum()  # [unit sets, steps]
+    finals = counts[steps[-1]]
+    table = counts.stack().rename("already_universal").reset_index()
+    table["final_universal"] = table.set_index(["model", "unit_set"]).index.map(finals)
+    table = table.sort_values("step", kind="stable")[["step", "model", "unit_set", "final_universal",
+                                                      "already_universal"]].reset_index(drop=True)
+    table["share"] = table.already_universal / table.final_universal.where(table.final_universal > 0)
     return units, table

@@ -167,3 +167,64 @@ def test_emergence_is_placed_on_the_loss_curve(result):
     assert (row.emergence_step, row.median_first_crossing, row.share_staying) == (10, 10.0, pytest.approx(8 / 9))
     assert (row.loss_at_emergence, row.loss_drop_done) == (3.0, pytest.approx(0.25))
     assert row.final_universal_units == 27 and row.final_pct_universal == pytest.approx(900 / 32)
+
+
+LANGUAGE = """
+name = "small"
+seeds = [0, 1, 2]
+[language]
+seq_len = 32
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+d_mlp = 64
+activation = "relu"
+[train]
+steps = 40
+batch_size = 16
+log_every = 10
+checkpoints = 4
+threads = 1
+[collect]
+rows = 96
+batch_rows = 16
+[compare]
+rotations = 2
+threshold = 0.2
+[calibration]
+enabled = false
+[training_dynamics]
+enabled = true
+"""
+
+
+def test_language_run_keeps_checkpoints_and_compares_each(tmp_path):
+    import pandas as pd
+    import torch
+
+    from universality.api import run_experiment
+    from universality.tasks import SyntheticLanguage
+    from universality.train import load_checkpoint, load_checkpoint_models
+    config = _config(LANGUAGE)
+    result = run_experiment(config, runs_dir=tmp_path)
+    layers = pd.read_parquet(result.run_dir / "tables" / "training_universality.parquet")
+    assert sorted(layers.step.unique()) == [0, 1, 6, 40]  # checkpoint_epochs(40, 4)
+    final = layers[layers.step == 40].set_index(["model", "unit_set"]).pct_universal
+    assert final.to_dict() == pytest.approx(result.comparison.layers.set_index(["model", "unit_set"]).pct_universal.to_dict())
+    cka = pd.read_parquet(result.run_dir / "tables" / "training_cka.parquet")
+    assert len(cka) == 3 * 2 * 3 * 2  # seeds x layers x earlier steps x (next, final)
+    language = SyntheticLanguage(config.language)
+    shape = dict(vocab_size=language.vocab_size, n_ctx=config.language.seq_len)
+    directory = result.run_dir / "models" / "seed-1"
+    model, _ = load_checkpoint(directory, config.model, **shape)
+    by_step = load_checkpoint_models(directory, config.model, **shape)
+    assert sorted(by_step) == [0, 1, 6, 40]
+    assert all(torch.equal(a, b) for a, b in zip(by_step[40].state_dict().values(), model.state_dict().values()))
+    assert "Universality over training" in (result.run_dir / "report.html").read_text()
+
+
+def test_dynamics_without_kept_checkpoints_is_one_line(tmp_path):
+    from universality.api import run_experiment
+    with pytest.raises(UniversalityError, match="needs at least 2 checkpoints.*raise train.checkpoints"):
+        run_experiment(_config(LANGUAGE.replace("checkpoints = 4", "checkpoints = 0")), runs_dir=tmp_path)

@@ -88,6 +88,9 @@ class TrainConfig(StrictSection):
     data: Literal["per_seed", "shared"] = "per_seed"
     data_seed: Seed = 1000  # the shared sample's seed when data = "shared"
     log_every: int = Field(20, ge=1, le=10_000_000)  # steps between points of the training curve
+    # log-spaced steps whose state dict is kept beside the final weights, for [training_dynamics]
+    # (train.checkpoint_epochs: 0, the initialisation, to `steps`); 0 keeps none
+    checkpoints: int = Field(0, ge=0, le=1000)
     # torch threads: "auto" = the idle cores this process may use. Not part of the trained model's
     # fingerprint: it changes only the rounding of float sums, not the model's definition.
     threads: Threads = "auto"
@@ -218,6 +221,7 @@ class ExperimentConfig(_Seeds):
     scale: ScaleConfig = ScaleConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     similarity: SimilarityConfig = SimilarityConfig()
+    training_dynamics: TrainingDynamicsConfig = TrainingDynamicsConfig()
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "ExperimentConfig":

@@ -25,7 +25,7 @@ from .._defaults import THRESHOLD
 from ..compare import compare_activations
 from ..compare._passes import first_batch, rerunnable
 from ..errors import UniversalityError
-from ..moments import MomentAccumulator, layout_of, normalize_batch
+from ..moments import Block, MomentAccumulator, layout_of, normalize_batch
 from ..similarity import linear_cka
 from ..similarity._blocks import cross_moment
 
@@ -68,7 +68,7 @@ def universality_over_training(checkpoints: dict, *, threshold: float = THRESHOL
     layers, universal, cka = [], [], []
     for index, step in enumerate(steps):
         others = sorted({steps[min(index + 1, len(steps) - 1)], final} - {step})
-        accumulators: dict[str, MomentAccumulator] = {}
+        accumulators: dict[tuple[str, str], MomentAccumulator] = {}
         comparison = compare_activations(_tee(step, makes, others, accumulators), threshold=threshold,
                                          rotations=rotations, seed=seed, device=device, dtype=dtype)
         layers.append(comparison.layers.assign(step=step))
@@ -109,23 +109,35 @@ def _checked(checkpoints: dict) -> tuple[list[int], dict]:
 
 
 def _tee(step: int, makes: dict, others: list[int], accumulators: dict):
-    """Yield the batches of `step`; on the way, feed accumulators[model] with {"step", each other step}
-    activations of that model (one accumulator per model: only each model's own cross-moments)."""
+    """Yield the batches of `step`; on the way, feed accumulators[model, unit_set] with that unit set's
+    activations at "step" and at each other step (one accumulator per unit set, holding its Grams and
+    its cross-moments with the other steps only)."""
     streams = [iter(makes[other]()) for other in others]
     for number, batch in enumerate(makes[step]()):
         if others:
             models = normalize_batch(batch)
             besides = [normalize_batch(_next(stream, step, other, number)) for stream, other in zip(streams, others)]
-            for model, sets in models.items():
-                joined = {"step": sets, **{f"step-{other}": b[model] for other, b in zip(others, besides)}}
-                tokens = {next(iter(s.values())).shape[0] for s in joined.values()}
+            for model, unit_set, x in ((m, name, x) for m, sets in models.items() for name, x in sets.items()):
+                joined = {"step": {unit_set: x}, **{f"step-{other}": {unit_set: b[model][unit_set]}
+                                                     for other, b in zip(others, besides)}}
+                tokens = {x.shape[0] for sets in joined.values() for x in sets.values()}
                 if len(tokens) > 1:
                     raise UniversalityError(f"batch {number}: checkpoint steps {step} and {others} hold different "
                                             f"token counts {sorted(tokens)}; stream the same tokens at every step")
-                if model not in accumulators:
-                    accumulators[model] = MomentAccumulator(layout_of(joined), dtype="float64")
-                accumulators[model].update(joined)
+                if (model, unit_set) not in accumulators:
+                    accumulators[model, unit_set] = _step_accumulator(joined)
+                accumulators[model, unit_set].update(joined)
         yield batch
+
+
+def _step_accumulator(joined: dict) -> MomentAccumulator:
+    """An accumulator over one unit set at "step" and the other steps: each Gram and the step's rows
+    against the other steps (not the other steps against each other, which CKA here never reads)."""
+    size = next(iter(joined["step"].values())).shape[1]
+    copies = len(joined)
+    blocks = [Block(i * size, (i + 1) * size, i * size, (i + 1) * size) for i in range(copies)]
+    blocks.append(Block(0, size, size, copies * size))
+    return MomentAccumulator(layout_of(joined), dtype="float64", blocks=blocks)
 
 
 def _next(stream, step: int, other: int, number: int):
@@ -139,13 +151,12 @@ def _next(stream, step: int, other: int, number: int):
 def _cka_rows(accumulators: dict, step: int, *, next_step: int, final: int) -> list[tuple]:
     """(model, unit_set, step, relation, other_step, cka) for the next and the final checkpoint."""
     rows = []
-    for model, acc in accumulators.items():
-        for unit_set in acc.layout["step"]:
-            for relation, other in (("next", next_step), ("final", final)):
-                name = f"step-{other}"
-                value = linear_cka(acc.gram_["step"][unit_set], acc.gram_[name][unit_set],
-                                   cross_moment(acc, ("step", unit_set), (name, unit_set)), acc.count_)
-                rows.append((model, unit_set, step, relation, other, value))
+    for (model, unit_set), acc in accumulators.items():
+        for relation, other in (("next", next_step), ("final", final)):
+            name = f"step-{other}"
+            value = linear_cka(acc.gram_["step"][unit_set], acc.gram_[name][unit_set],
+                               cross_moment(acc, ("step", unit_set), (name, unit_set)), acc.count_)
+            rows.append((model, unit_set, step, relation, other, value))
     return rows
 
 

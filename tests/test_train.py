@@ -11,7 +11,7 @@ from universality.errors import UniversalityError
 from universality.models import TinyTransformer
 from universality.tasks import SyntheticLanguage
 from universality.train import (
-    learning_rate, load_checkpoint, save_checkpoint, train_seed, train_seeds, training_batches,
+    checkpoint_epochs, learning_rate, load_checkpoint, save_checkpoint, train_seed, train_seeds, training_batches,
 )
 
 torch.set_num_threads(1)
@@ -112,3 +112,14 @@ def test_loading_a_wrong_shape_raises_naming_the_tensor(trained, tmp_path):
 def test_loading_a_missing_checkpoint_raises(tmp_path):
     with pytest.raises(UniversalityError, match="has no weights.safetensors"):
         load_checkpoint(tmp_path / "nowhere", MODEL, vocab_size=LANGUAGE.vocab_size, n_ctx=24)
+
+
+def test_kept_checkpoints_are_the_initialisation_and_the_final_model():
+    trained = train_seed(LANGUAGE, MODEL, SHORT.model_copy(update={"checkpoints": 3}), seed=3)
+    steps = SHORT.steps
+    assert sorted(trained.checkpoints) == checkpoint_epochs(steps, 3) and {0, steps} <= set(trained.checkpoints)
+    initial = TinyTransformer(MODEL, vocab_size=LANGUAGE.vocab_size, n_ctx=24, seed=3).state_dict()
+    assert all(torch.equal(trained.checkpoints[0][name], tensor) for name, tensor in initial.items())
+    final = trained.model.state_dict()
+    assert all(torch.equal(trained.checkpoints[steps][name], tensor) for name, tensor in final.items())
+    assert not all(torch.equal(trained.checkpoints[0][name], tensor) for name, tensor in final.items())

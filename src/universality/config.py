@@ -35,7 +35,8 @@ from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConf
 from .errors import UniversalityError, short_repr
 
 __all__ = [
-    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig", "SimilarityConfig", "PosteriorConfig",
+    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
+    "SimilarityConfig", "PosteriorConfig", "TrainingDynamicsConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -87,6 +88,9 @@ class TrainConfig(StrictSection):
     data: Literal["per_seed", "shared"] = "per_seed"
     data_seed: Seed = 1000  # the shared sample's seed when data = "shared"
     log_every: int = Field(20, ge=1, le=10_000_000)  # steps between points of the training curve
+    # log-spaced steps whose state dict is kept beside the final weights, for [training_dynamics]
+    # (train.checkpoint_epochs: 0, the initialisation, to `steps`); 0 keeps none
+    checkpoints: int = Field(0, ge=0, le=1000)
     # torch threads: "auto" = the idle cores this process may use. Not part of the trained model's
     # fingerprint: it changes only the rounding of float sums, not the model's definition.
     threads: Threads = "auto"
@@ -194,6 +198,16 @@ class ScaleConfig(StrictSection):
         return self
 
 
+class TrainingDynamicsConfig(StrictSection):
+    """Universality over training (universality.dynamics): the seeds compared again at each checkpoint
+    the trainer kept, one pass per checkpoint; off by default (one more pass per checkpoint)."""
+
+    enabled: bool = False
+    # "all": every checkpoint the trainer kept for every seed; or a list of steps (epochs in group runs),
+    # each one of the trainer's log-spaced checkpoints
+    checkpoints: Literal["all"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=256)] = "all"
+
+
 class _Seeds(StrictSection):
     """An experiment over models trained here, one per seed."""
 
@@ -221,6 +235,7 @@ class ExperimentConfig(_Seeds):
     calibration: CalibrationConfig = CalibrationConfig()
     similarity: SimilarityConfig = SimilarityConfig()
     posterior: PosteriorConfig = PosteriorConfig()
+    training_dynamics: TrainingDynamicsConfig = TrainingDynamicsConfig()
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "ExperimentConfig":
@@ -250,6 +265,7 @@ class GroupExperimentConfig(_Seeds):
     calibration: CalibrationConfig = CalibrationConfig()
     similarity: SimilarityConfig = SimilarityConfig()
     posterior: PosteriorConfig = PosteriorConfig()
+    training_dynamics: TrainingDynamicsConfig = TrainingDynamicsConfig()
 
     @property
     def architectures(self) -> list:

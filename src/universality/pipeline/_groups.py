@@ -15,6 +15,8 @@ Tables written besides the universality ones (`tables/`):
     group_irrep_similarity.parquet  per (seed pair, irrep): the hidden layers' canonical correlation and CKA
                              through the irrep's rho(ab) block (`irrep_similarity`): irreps shared as subspaces
     group_fourier.parquet    cyclic groups: per (seed, matrix, frequency) share
+    training_*.parquet       with [training_dynamics] enabled: universality at each kept checkpoint
+                             (`_training_dynamics`)
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from ..irreps import analyze_group_seed, irrep_similarity
 from ..irreps._group_seed import run_on_pairs
 from ..models import adapt
 from ..tasks import word_task
-from ..train import build_group_model, load_group_model, save_group_model, train_group_seed
+from ..train import build_group_model, checkpoint_epochs, load_group_model, save_group_model, train_group_seed
 from ._posterior import Predictions
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
 from ._planned import plan_fact, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
+from ._training_dynamics import check_dynamics_steps, training_dynamics_step
 
 __all__ = ["run_groups"]
 
@@ -53,6 +56,8 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
     group = make_group(config.task.group)  # bad names and sizes fail here, before anything is written
     task = word_task(group, config.task.word, config.train.train_fraction, config.task.split_seed)
     pairs = task.left.shape[0]
+    check_dynamics_steps(config.training_dynamics, checkpoint_epochs(config.train.epochs, config.train.checkpoints),
+                         unit="epoch")
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
         with times("train"):
@@ -92,6 +97,16 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                                      fingerprint(models=prints, analysis=config.analysis.model_dump(),
                                                  compare=config.compare.model_dump()),
                                      lambda: {"group_matches": _matches(comparison.pairs, tables["group_units"])})
+        notes = []
+        if config.training_dynamics.enabled:
+            with times("training dynamics"):
+                dynamics, notes = training_dynamics_step(
+                    run_dir / "tables", config.training_dynamics,
+                    {name: _checkpoint_models(t, task.group.order) for name, t in trained.items()},
+                    lambda models: stream_activations({n: adapt(m, name=n) for n, m in models.items()}, pair_tokens,
+                                                      unit_sets=hidden, batch_rows=_PAIR_BATCH),
+                    compare=config.compare, models_print=prints)
+            tables |= dynamics
         curves = {name: pd.DataFrame(t.curve).rename(columns={"epoch": "step", "train_loss": "loss"})
                   for name, t in trained.items()}
         facts = {
@@ -108,7 +123,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                              lambda: context_tables(pair_tokens, _pair_texts(group)))
         claims = config.claims
         flagged = tables["group_seeds"].query(f"final_test_acc < {claims.generalised_accuracy}")
-        notes = [f"{row.model} never generalised (final test accuracy {row.final_test_acc:.3f} < "
+        notes += [f"{row.model} never generalised (final test accuracy {row.final_test_acc:.3f} < "
                  f"{claims.generalised_accuracy}): " + ("kept in the claims, as asked" if claims.include_ungeneralised
                                                        else "left out of the irrep and universality claims")
                  for row in flagged.itertuples()]
@@ -170,13 +185,8 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
     summaries = {}
     for done, (name, seed_model) in enumerate(trained.items()):
         on_progress("irreps per seed", done, len(trained))
-        checkpoint_models = {}
-        for epoch, state in seed_model.checkpoints.items():
-            model = build_group_model(seed_model.model_config, task.group.order, seed_model.seed)
-            model.load_state_dict(state)
-            checkpoint_models[epoch] = model
         result = analyze_group_seed(task, seed_model.model, unit_set=_hidden(seed_model.model_config),
-                                    checkpoint_models=checkpoint_models,
+                                    checkpoint_models=_checkpoint_models(seed_model, task.group.order),
                                     **config.analysis.model_dump())
         for key, frame in result.items():
             if key == "summary":
@@ -189,6 +199,16 @@ def _analyze(config: GroupExperimentConfig, task, trained: dict, on_progress: Pr
     tables = {key: _model_first(pd.concat(frames, ignore_index=True)) for key, frames in parts.items() if frames}
     tables["summaries"] = summaries
     return tables
+
+
+def _checkpoint_models(seed_model, order: int) -> dict[int, torch.nn.Module]:
+    """{epoch: the seed's model at that checkpoint}, in eval mode."""
+    models = {}
+    for epoch, state in seed_model.checkpoints.items():
+        model = build_group_model(seed_model.model_config, order, seed_model.seed)
+        model.load_state_dict(state)
+        models[epoch] = model.eval()
+    return models
 
 
 def _irrep_similarity(task, trained: dict) -> pd.DataFrame:

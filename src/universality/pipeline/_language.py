@@ -2,7 +2,8 @@
 compare, describe the neurons, report.
 
 config -> train seeds -> stream activations into moments -> compare -> neurons table (moments,
-families against the tokens, positions and the language's ground-truth labels, weights) -> report.
+families against the tokens, positions and the language's ground-truth labels, weights) -> report;
+with `[training_dynamics]`, the seeds compared again at each kept checkpoint (`_training_dynamics`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from ..config import ExperimentConfig
 from ..distributed import ActivationSource, trained_models
 from ..models import TinyTransformer, adapt
 from ..tasks import SyntheticLanguage
-from ..train import load_checkpoint, save_checkpoint, train_seed
+from ..train import (checkpoint_epochs, load_checkpoint, load_checkpoint_models, save_checkpoint, train_seed,
+                     with_checkpoints)
 from ._neurons import neuron_step
 from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
 from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
+from ._training_dynamics import check_dynamics_steps, training_dynamics_step
 
 __all__ = ["run_language"]
 
@@ -37,10 +40,11 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
     """Run (or resume) the synthetic-language experiment `config` in `runs_dir/<config.name>`."""
     language = SyntheticLanguage(config.language)
     unit_sets = _plan(config, language)  # every check that needs no data, before anything is written
+    check_dynamics_steps(config.training_dynamics, checkpoint_epochs(config.train.steps, config.train.checkpoints))
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
         with times("train"):
-            models, curves, model_prints = _train(config, language, run_dir, on_progress)
+            models, checkpoints, curves, model_prints = _train(config, language, run_dir, on_progress)
         collect = config.collect
         drop = [language.bos] if collect.drop_bos else []
         sample = language.sample(collect.rows, seed=collect.eval_seed)  # tokens [rows, seq_len] and labels
@@ -84,10 +88,21 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             "rotations in the baseline": str(comparison.rotations),
             "passes": plan_fact(comparison),
         }
+        if config.training_dynamics.enabled:
+            with times("training dynamics"):
+                dynamics, dynamics_notes = training_dynamics_step(
+                    run_dir / "tables", config.training_dynamics, checkpoints,
+                    lambda step_models: stream_activations(
+                        {n: adapt(m.to(config.device), name=n, bos_token_id=language.bos)
+                         for n, m in step_models.items()}, sample.tokens, **stream, device=config.device),
+                    compare=config.compare, models_print=model_prints)
+            notes = notes + dynamics_notes
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(sample.tokens, [f" {name}" for name in language.token_names]))
         if neurons is not None:
             tables["neurons"] = neurons
+        if config.training_dynamics.enabled:
+            tables |= dynamics
         return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top,
                          predictions=next_token(adapters, sample.tokens, collect.batch_rows, moments_print))
     return execute(config, runs_dir, body)
@@ -117,18 +132,20 @@ def _train(config: ExperimentConfig, language: SyntheticLanguage, run_dir: Path,
 
     def load(directory):
         model, metadata = load_checkpoint(directory, config.model, **shape)
-        return model, metadata["curve"]
+        return model, metadata["curve"], load_checkpoint_models(directory, config.model, **shape)
 
     def train(seed, directory, print_, report):
         trained = train_seed(language, config.model, train_config, seed, device=config.device,
                              on_step=lambda step, loss: report(step))
-        save_checkpoint(directory, trained.model, {"fingerprint": print_, "seed": seed, "seconds": trained.seconds,
-                                                   "curve": trained.curve, "config": config.model.model_dump()})
-        return trained.model, trained.curve
+        save_checkpoint(directory, with_checkpoints(trained.model.state_dict(), trained.checkpoints),
+                        {"fingerprint": print_, "seed": seed, "seconds": trained.seconds, "curve": trained.curve,
+                         "config": config.model.model_dump(), "checkpoint_steps": sorted(trained.checkpoints)})
+        return trained.model, trained.curve, load_checkpoint_models(directory, config.model, **shape)
     inputs = dict(language=config.language.model_dump(), model=config.model.model_dump(),
                   train=trained_inputs(config.train))
     seeds, prints = train_or_load(config.seeds, run_dir, inputs, load=load, train=train, total=config.train.steps,
                                   threads=train_config.threads, on_progress=on_progress)
-    models = {name: model.to(config.device) for name, (model, _) in seeds.items()}
-    curves = {name: pd.DataFrame(curve) for name, (_, curve) in seeds.items()}
-    return models, curves, prints
+    models = {name: model.to(config.device) for name, (model, _, _) in seeds.items()}
+    checkpoints = {name: by_step for name, (_, _, by_step) in seeds.items()}  # {name: {step: model on cpu}}
+    curves = {name: pd.DataFrame(curve) for name, (_, curve, _) in seeds.items()}
+    return models, checkpoints, curves, prints

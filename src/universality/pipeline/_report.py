@@ -5,7 +5,7 @@ into the same pieces, so `univ report` re-renders exactly what the run wrote.
 | piece        | written to              | read back by `load_run`                          |
 |--------------|-------------------------|--------------------------------------------------|
 | comparison   | tables/{units,pairs,layers}.parquet + compare.json (settings) | the tables, with their own settings |
-| tables       | tables/<name>.parquet (neurons, heads, group_*, features, assignment) | every parquet file in tables/ |
+| tables       | tables/<name>.parquet (neurons, heads, group_*, features, assignment, training_*) | every parquet file in tables/ |
 | facts        | tables/facts.json       | {name: text}, the report's header; group settings |
 | contexts     | tables/token_rows.parquet, vocab.parquet | the streamed token rows [rows, pos] and each id's text |
 | curves       | models/*/metadata.json  | training curves                                  |
@@ -24,7 +24,7 @@ from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import TopActivations, load_moments, read_manifest
 from ..report import (calibration_sections, group_sections, head_sections, neuron_sections, posterior_sections,
-                      similarity_sections, write_site)
+                      similarity_sections, training_sections, write_site)
 from ._steps import saved_tables
 
 __all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
@@ -83,6 +83,7 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
         sections += similarity_sections(tables["similarity"])
     if "seeds" in tables:
         sections += posterior_sections(tables["seeds"], tables["seed_kl"], tables.get("seed_clusters"))
+    sections += training_sections(tables, record.curves)
     config_path = run_dir / "config.toml"
     return write_site(run_dir, units=comparison.units, pairs=comparison.pairs, layers=comparison.layers,
                       settings={"threshold": comparison.threshold, "rotations": comparison.rotations,

@@ -38,8 +38,12 @@ def pinned_threads(train_config):
 
 def trained_inputs(train_config) -> dict:
     """The training settings that define a trained model: all but `threads`, which only changes the
-    float rounding of the result, so changing it never retrains a seed."""
-    return train_config.model_dump(exclude={"threads"})
+    float rounding of the result, so changing it never retrains a seed; `checkpoints` only when some are
+    kept (none kept is what a model saved before the setting existed holds: it is not retrained)."""
+    settings = train_config.model_dump(exclude={"threads"})
+    if settings.get("checkpoints") == 0:
+        del settings["checkpoints"]
+    return settings
 
 
 def run_fingerprint(config) -> str:

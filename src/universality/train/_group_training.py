@@ -45,7 +45,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from pydantic import TypeAdapter
 from torch import nn
@@ -56,11 +55,11 @@ from .._threads import resolve_threads
 from ..errors import UniversalityError
 from ..models import GroupMLP, GroupTransformer
 from ..tasks import GroupTask
-from ._seeds import check_tensors, read_checkpoint, save_checkpoint
+from ._seeds import check_tensors, checkpoint_epochs, read_checkpoint, save_checkpoint, with_checkpoints
 
 __all__ = ["GroupTrainConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
            "TrainedGroupModel", "build_group_model", "train_group_seed", "train_group_seeds",
-           "checkpoint_epochs", "save_group_model", "load_group_model"]
+           "save_group_model", "load_group_model"]
 
 GROK_ACCURACY = 0.99  # `epochs_to_grok`: the first logged epoch with test accuracy at least this
 
@@ -94,18 +93,6 @@ def build_group_model(model_config: GroupMLPConfig | GroupTransformerConfig, ord
     settings = model_config.model_dump(exclude={"arch"})
     model_class = GroupMLP if model_config.arch == "mlp" else GroupTransformer
     return model_class(order, seed=seed, **settings)
-
-
-def checkpoint_epochs(epochs: int, count: int) -> list[int]:
-    """Epoch 0 and `count` - 1 log-spaced epochs in [1, epochs], duplicates removed.
-
-    >>> checkpoint_epochs(1000, 5)
-    [0, 1, 10, 100, 1000]
-    """
-    if count == 0:
-        return []
-    spaced = np.rint(np.geomspace(1, epochs, count - 1)).astype(int).tolist() if count > 1 else []
-    return sorted({0, *spaced})
 
 
 def train_group_seed(task: GroupTask, model_config: GroupMLPConfig | GroupTransformerConfig,
@@ -178,9 +165,7 @@ def save_group_model(directory: Path, trained: TrainedGroupModel, task: GroupTas
                      extra: dict | None = None) -> None:
     """Write the final weights, every checkpoint and the metadata (plus `extra`, e.g. a step
     fingerprint) into `directory` (atomically)."""
-    tensors = dict(trained.model.state_dict())
-    for epoch, state in trained.checkpoints.items():
-        tensors.update({f"checkpoints.{epoch}.{name}": tensor for name, tensor in state.items()})
+    tensors = with_checkpoints(trained.model.state_dict(), trained.checkpoints)
     metadata = {
         "seed": trained.seed,
         "model": trained.model_config.model_dump(),
@@ -206,9 +191,7 @@ def load_group_model(directory: Path) -> tuple[TrainedGroupModel, dict]:
     model_config = TypeAdapter(GroupModelConfig).validate_python(metadata["model"])
     model = build_group_model(model_config, metadata["task"]["order"], metadata["seed"])
     state = model.state_dict()
-    expected = dict(state)
-    for epoch in metadata["checkpoint_epochs"]:
-        expected.update({f"checkpoints.{epoch}.{name}": tensor for name, tensor in state.items()})
+    expected = with_checkpoints(state, {epoch: state for epoch in metadata["checkpoint_epochs"]})
     check_tensors(directory, loaded, expected, fix="the weights do not match the model in metadata.json")
     model.load_state_dict({name: loaded[name] for name in state})
     checkpoints = {epoch: {name: loaded[f"checkpoints.{epoch}.{name}"] for name in state}

@@ -8,10 +8,15 @@ Rows are drawn in chunks of `CHUNK_STEPS` steps, each chunk from a seed derived 
 Optimiser and schedule follow nanoGPT's `train.py`: AdamW with betas (0.9, 0.98), weight decay
 on matrices only, linear warmup then cosine decay to lr / 10.
 
+With `TrainConfig.checkpoints` > 0 a seed also keeps its state dict after `checkpoint_epochs(steps,
+checkpoints)` steps (log-spaced from 0, the initialisation, to `steps`, the final model), for
+universality over training.
+
 Checkpoint directory (see `save_checkpoint`):
 
-    weights.safetensors   one tensor per `state_dict` entry, float32
-    metadata.json         whatever the caller passes (resolved config, seed, curve ...)
+    weights.safetensors   one tensor per `state_dict` entry, float32 (and, saved `with_checkpoints`,
+                          "checkpoints.{step}.{name}" for every kept checkpoint)
+    metadata.json         whatever the caller passes (resolved config, seed, curve, checkpoint_steps ...)
 
 >>> from universality.config import LanguageConfig, ModelConfig, TrainConfig
 >>> language = SyntheticLanguage(LanguageConfig(seq_len=16, position_period=8, repeat_len=3))
@@ -29,7 +34,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +49,8 @@ from ..errors import UniversalityError
 from ..models import TinyTransformer
 from ..tasks import SyntheticLanguage
 
-__all__ = ["TrainedModel", "train_seed", "train_seeds", "save_checkpoint", "load_checkpoint"]
+__all__ = ["TrainedModel", "train_seed", "train_seeds", "save_checkpoint", "load_checkpoint",
+           "load_checkpoint_models", "with_checkpoints", "checkpoint_epochs"]
 
 CHUNK_STEPS = 64  # steps of rows drawn at once: sampling is a loop over positions, cheap per row
 BETAS = (0.9, 0.98)
@@ -60,12 +66,14 @@ class TrainedModel:
     model : TinyTransformer, in eval mode
     curve : list of {"step": int, "loss": float}, every `log_every` steps from step 0, and the last
     seconds : float, wall time of the training loop
+    checkpoints : {step: state dict of float32 tensors} after that many steps (`TrainConfig.checkpoints`)
     """
 
     seed: int
     model: TinyTransformer
     curve: list[dict]
     seconds: float
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def train_seed(
@@ -81,13 +89,20 @@ def train_seed(
 
     1. initialise from `seed`;
     2. each step: rows [batch_size, seq_len] from `training_batches`, the lr from `learning_rate`;
-    3. loss = mean cross-entropy of token t+1 given tokens <= t, over all rows and positions.
+    3. loss = mean cross-entropy of token t+1 given tokens <= t, over all rows and positions;
+    4. keep the state dict after each of `checkpoint_epochs(steps, checkpoints)` steps.
     """
     torch.set_num_threads(resolve_threads(train_config.threads))  # only float rounding depends on it
     model = TinyTransformer(model_config, vocab_size=language.vocab_size,
                             n_ctx=language.config.seq_len, seed=seed).to(device)
     optimizer = _adamw(model, train_config)
     curve: list[dict] = []
+    planned, checkpoints = set(checkpoint_epochs(train_config.steps, train_config.checkpoints)), {}
+
+    def keep(done: int) -> None:
+        if done in planned:
+            checkpoints[done] = {name: t.detach().float().cpu().clone() for name, t in model.state_dict().items()}
+    keep(0)
     start = time.perf_counter()
     for step, tokens in enumerate(training_batches(language, train_config, seed)):
         for group in optimizer.param_groups:
@@ -98,12 +113,13 @@ def train_seed(
         loss.backward()
         optimizer.step()
         value = loss.item()
+        keep(step + 1)
         if step % train_config.log_every == 0 or step == train_config.steps - 1:
             curve.append({"step": step, "loss": value})
         if on_step is not None:
             on_step(step, value)
-    return TrainedModel(seed=seed, model=model.eval(), curve=curve,
-                        seconds=time.perf_counter() - start)
+    return TrainedModel(seed=seed, model=model.eval(), curve=curve, seconds=time.perf_counter() - start,
+                        checkpoints=checkpoints)
 
 
 def train_seeds(
@@ -192,18 +208,60 @@ def save_checkpoint(directory: Path, model: nn.Module | Mapping[str, torch.Tenso
     shutil.rmtree(old, ignore_errors=True)
 
 
+def with_checkpoints(state: Mapping[str, torch.Tensor],
+                     checkpoints: Mapping[int, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`state` plus every checkpoint's tensors as "checkpoints.{step}.{name}", for `save_checkpoint`."""
+    tensors = dict(state)
+    for step, saved in checkpoints.items():
+        tensors.update({f"checkpoints.{step}.{name}": tensor for name, tensor in saved.items()})
+    return tensors
+
+
+def checkpoint_epochs(epochs: int, count: int) -> list[int]:
+    """Step (epoch) 0 and `count` - 1 log-spaced steps in [1, epochs], duplicates removed.
+
+    >>> checkpoint_epochs(1000, 5)
+    [0, 1, 10, 100, 1000]
+    """
+    if count == 0:
+        return []
+    spaced = np.rint(np.geomspace(1, epochs, count - 1)).astype(int).tolist() if count > 1 else []
+    return sorted({0, *spaced})
+
+
 def load_checkpoint(directory: Path, model_config: ModelConfig, *, vocab_size: int,
                     n_ctx: int) -> tuple[TinyTransformer, dict]:
     """Build a `TinyTransformer` from the config and load the checkpoint in `directory` into it.
 
-    Every tensor name and shape is checked against the built model; the first mismatch raises
-    `UniversalityError`. Returns (model in eval mode, metadata).
+    Every tensor name and shape (of the kept checkpoints, `metadata["checkpoint_steps"]`, too) is
+    checked against the built model; the first mismatch raises `UniversalityError`. Returns (model in
+    eval mode, metadata).
     """
+    model, loaded, metadata = _checked_load(directory, model_config, vocab_size, n_ctx)
+    model.load_state_dict({name: loaded[name] for name in model.state_dict()})
+    return model.eval(), metadata
+
+
+def load_checkpoint_models(directory: Path, model_config: ModelConfig, *, vocab_size: int,
+                           n_ctx: int) -> dict[int, TinyTransformer]:
+    """{step: the model after that many steps, in eval mode} for the checkpoints `directory` keeps."""
+    model, loaded, metadata = _checked_load(directory, model_config, vocab_size, n_ctx)
+    models = {}
+    for step in metadata.get("checkpoint_steps", []):
+        models[step] = TinyTransformer(model_config, vocab_size=vocab_size, n_ctx=n_ctx)
+        models[step].load_state_dict({name: loaded[f"checkpoints.{step}.{name}"] for name in model.state_dict()})
+        models[step].eval()
+    return models
+
+
+def _checked_load(directory: Path, model_config: ModelConfig, vocab_size: int, n_ctx: int):
+    """(a fresh model of the config, the checked tensors, metadata) of the checkpoint in `directory`."""
     loaded, metadata = read_checkpoint(directory)
     model = TinyTransformer(model_config, vocab_size=vocab_size, n_ctx=n_ctx)
-    check_tensors(directory, loaded, model.state_dict(), fix="check model, vocab_size and n_ctx")
-    model.load_state_dict(loaded)
-    return model.eval(), metadata
+    state = model.state_dict()
+    expected = with_checkpoints(state, {step: state for step in metadata.get("checkpoint_steps", [])})
+    check_tensors(directory, loaded, expected, fix="check model, vocab_size and n_ctx")
+    return model, loaded, metadata
 
 
 def read_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -60,7 +60,8 @@ def top_from_arrays(arrays: dict[str, np.ndarray], layout: dict) -> TopActivatio
 def merge_tree(states: Sequence[Mergeable]) -> Mergeable:
     """One state from the shard states of a pass, merged pairwise in a balanced tree in shard order
     (Chan's update for moments; exact and associative, so the order only changes rounding, and a fixed
-    order makes a run repeatable). Depth log2(shards); `states` must be non-empty."""
+    order makes a run repeatable). Depth log2(shards); `states` must be non-empty. Moment states merge
+    in place (`MomentAccumulator.merge`): the first of each pair receives, so `states` are consumed."""
     level = list(states)
     while len(level) > 1:
         level = [level[i].merge(level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]

@@ -16,7 +16,7 @@ The default blocks (one pass, everything) are each unit set's Gram and, per mode
 against every later model side by side: one GEMM per model (the largest, fastest shape) instead of
 one per pair. A memory-budgeted plan (`moments.plan_passes`) holds a subset per pass. Batches and
 states merge by Chan's parallel update, exact and associative: shards merge into the same state as
-one stream.
+one stream, `merge` in place (no copy of either state).
 """
 
 from __future__ import annotations
@@ -290,18 +290,21 @@ class MomentAccumulator:
         raise IndexError(unit)
 
     def merge(self, other: "MomentAccumulator") -> "MomentAccumulator":
-        """A new accumulator holding both streams (Chan's update); neither input changes."""
+        """Add the stream of `other` (same layout and blocks) into this state, in place, by Chan's update;
+        returns self, and `other` is unchanged. Neither state is copied: each block of `other` is added in
+        place, then the shift of means as a rank-one update in place. For a new state: `a.copy().merge(b)`."""
         if other.layout != self.layout:
             raise UniversalityError("cannot merge moment states of different layouts (models, unit sets or sizes differ)")
         if set(other.blocks_) != set(self.blocks_):
             raise UniversalityError("cannot merge moment states holding different blocks (passes of different plans)")
-        merged = self.copy()
-        for block, value in other.blocks_.items():
-            merged.blocks_[block] += value.to(merged.blocks_[block].dtype)
-        merged._correct_comoments(other.count_, other.mean_)
-        merged._move_means(other.count_, other.mean_)
-        merged.batches_ = self.batches_ + other.batches_
-        return merged
+        # 1) C = C_a + C_b, block by block (a block of the other dtype is cast inside the add, not copied)
+        for block, value in self.blocks_.items():
+            value.add_(other.blocks_[block])
+        # 2) C += (n_a n_b / n) delta delta^T, delta = mean_b - mean_a;  3) the means move by n_b / n
+        self._correct_comoments(other.count_, other.mean_)
+        self._move_means(other.count_, other.mean_)
+        self.batches_ += other.batches_
+        return self
 
     def copy(self) -> "MomentAccumulator":
         twin = MomentAccumulator(self.layout, dtype=self.dtype, device="meta",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..moments import Block, MomentAccumulator
+from ..moments._blocks import unit_set_spans
 from ._correlation import _inverse_std
 from ._rotations import rotation
 
@@ -75,7 +76,7 @@ class PairMaxima:
                     self.max_corr[a, b] = torch.full((self.sizes[a],), -torch.inf, dtype=torch.float64)
                     self.partner[a, b] = torch.full((self.sizes[a],), -1, dtype=torch.int64)
                     self.baseline[a, b] = torch.full((rotations, self.sizes[a]), -torch.inf, dtype=torch.float64)
-        self._spans = _unit_set_spans(self.layout)
+        self._spans = unit_set_spans(self.layout)
         self._model_start = {m: min(span[2] for span in self._spans if span[0] == m) for m in self.layout}
 
     def add_block(self, block: Block, values: torch.Tensor, scales: BaselineScales) -> None:
@@ -145,15 +146,6 @@ class PairMaxima:
         if sum(span[3] - span[2] for span in inside) != stop - start:
             raise ValueError(f"block [{start}, {stop}) is not cut at unit-set boundaries")
         return inside
-
-
-def _unit_set_spans(layout: dict) -> list[tuple[str, str, int, int]]:
-    spans, start = [], 0
-    for m, sets in layout.items():
-        for s, n in sets.items():
-            spans.append((m, s, start, start + n))
-            start += n
-    return spans
 
 
 def _keep_max(best: torch.Tensor, partner: torch.Tensor, where: slice, values: torch.Tensor,

@@ -29,7 +29,9 @@ Mergeable = TypeVar("Mergeable", MomentAccumulator, TopActivations)
 
 
 def state_arrays(acc: MomentAccumulator, top: TopActivations | None = None) -> dict[str, np.ndarray]:
-    """`acc`'s state (and `top`'s, when given) as host numpy arrays named as in the module docstring."""
+    """`acc`'s state (and `top`'s, when given) as host numpy arrays named as in the module docstring;
+    `acc`'s deferred checks are read first (`MomentAccumulator.check`)."""
+    acc.check()
     arrays = {"count": np.asarray(acc.count_, dtype=np.int64), "batches": np.asarray(acc.batches_, dtype=np.int64)}
     arrays |= {f"mean/{m}": value.cpu().numpy() for m, value in acc.mean_.items()}
     arrays |= {f"block/{block.name}": value.cpu().numpy() for block, value in acc.blocks_.items()}

@@ -1,4 +1,6 @@
+import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from universality.moments import MomentAccumulator, load_moments, save_moments
 
@@ -56,15 +58,58 @@ def test_moments_equal_float64_two_pass_reference():
     torch.testing.assert_close(acc.cross("m2", "m1"), centred["m2"].T @ centred["m1"], rtol=1e-6, atol=1e-3)
 
 
-def test_sharded_merge_equals_single_pass():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sharded_merge_equals_single_pass(dtype):
+    """1e-6 in either dtype: a stream's own batches add Chan's correction through the float32 GEMM (a
+    row of the batch matrix), so a float64 stream and its merged shards differ by ~1e-8, not 1e-12."""
     models = _stream()
-    whole = _filled(models, 300)
+    whole = _filled(models, 300, dtype)
     halves = [{m: {s: x[i * 1500:(i + 1) * 1500] for s, x in sets.items()} for m, sets in models.items()}
               for i in range(2)]
-    first, second = _filled(halves[0], 300), _filled(halves[1], 250)
+    first, second = _filled(halves[0], 300, dtype), _filled(halves[1], 250, dtype)
     merged = first.merge(second)
     _assert_same_state(merged, whole, rtol=1e-6)
-    assert first.count_ == 1500 and second.count_ == 1500  # merge returns new state, inputs unchanged
+    assert merged is first and second.count_ == 1500  # merged into `first` in place; `second` unchanged
+
+
+def test_float64_merge_is_chan_update_to_1e_12():
+    """Per-batch float64 states merged in a balanced tree equal the float64 between-group sum
+    C = sum_k C_k + sum_k n_k (mean_k - mean)(mean_k - mean)^T of the same states: merging adds no float32 step."""
+    shards = [MomentAccumulator(_layout(_stream()), dtype="float64").update(b) for b in _batches(_stream(offset=1e3), 250)]
+    counts = torch.tensor([float(s.count_) for s in shards], dtype=torch.float64)  # [shards]
+    means = torch.stack([torch.cat(list(s.mean_.values())) for s in shards])  # [shards, all units]
+    mean = (counts[:, None] * means).sum(0) / counts.sum()
+    shift = (means - mean) * counts[:, None].sqrt()
+    reference = {(r0, r1, c0, c1): sum(s.blocks_[(r0, r1, c0, c1)] for s in shards) + shift[:, r0:r1].T @ shift[:, c0:c1]
+                 for r0, r1, c0, c1 in shards[0].blocks_}
+    level = shards
+    while len(level) > 1:
+        level = [level[i].merge(level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+    merged = level[0]
+    assert merged.count_ == 3000
+    torch.testing.assert_close(torch.cat(list(merged.mean_.values())), mean, rtol=1e-14, atol=0)
+    for block, value in reference.items():
+        torch.testing.assert_close(merged.blocks_[block], value, rtol=1e-12, atol=1e-12 * value.abs().max().item())
+
+
+def test_merge_adds_in_place_without_copying_either_state():
+    """The merged blocks are the receiver's own tensors, and nothing as large as a block is allocated
+    (the old merge cloned the whole state: many GB at GPT-2 scale)."""
+    layout = {m: {"s": 40, "t": 40} for m in ("a", "b", "c")}
+    g = torch.Generator().manual_seed(3)
+
+    def filled():
+        return MomentAccumulator(layout, dtype="float32").update(
+            {m: {s: torch.randn(64, 40, generator=g) + 5 for s in ("s", "t")} for m in layout})
+    first, second = filled(), filled()
+    storage = {block: value.data_ptr() for block, value in first.blocks_.items()}
+    kept = {block: value.clone() for block, value in second.blocks_.items()}
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        merged = first.merge(second)
+    assert merged is first and {block: value.data_ptr() for block, value in merged.blocks_.items()} == storage
+    smallest = min(value.numel() * value.element_size() for value in first.blocks_.values())  # 6400 bytes
+    assert max(event.cpu_memory_usage for event in profiler.events()) < smallest  # only [units] vectors
+    assert all(torch.equal(second.blocks_[block], value) for block, value in kept.items())
 
 
 def test_merge_is_independent_of_batch_size_and_order():

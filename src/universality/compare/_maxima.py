@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..moments import Block, MomentAccumulator
+from ..moments._blocks import unit_set_spans
 from ._correlation import _inverse_std
 from ._rotations import HaarRotation, rotation
 
@@ -85,7 +86,7 @@ class PairMaxima:
                     self.baseline[a, b] = torch.full((rotations, self.sizes[a]), -torch.inf, dtype=torch.float64)
                     if spread:
                         self.rotated_moments[a, b] = torch.zeros(rotations, 3, self.sizes[a], dtype=torch.float64)
-        self._spans = _unit_set_spans(self.layout)
+        self._spans = unit_set_spans(self.layout)
         self._model_start = {m: min(span[2] for span in self._spans if span[0] == m) for m in self.layout}
 
     def add_block(self, block: Block, values: torch.Tensor, scales: BaselineScales) -> None:
@@ -191,15 +192,6 @@ def _moments_along(corr: torch.Tensor, dim: int) -> torch.Tensor:
     values = torch.where(finite, corr, 0)
     return torch.stack([finite.sum(dim, dtype=torch.float64), values.sum(dim, dtype=torch.float64),
                         values.square().sum(dim, dtype=torch.float64)]).cpu()
-
-
-def _unit_set_spans(layout: dict) -> list[tuple[str, str, int, int]]:
-    spans, start = [], 0
-    for m, sets in layout.items():
-        for s, n in sets.items():
-            spans.append((m, s, start, start + n))
-            start += n
-    return spans
 
 
 def _keep_max(best: torch.Tensor, partner: torch.Tensor, where: slice, values: torch.Tensor,

@@ -29,7 +29,9 @@ Mergeable = TypeVar("Mergeable", MomentAccumulator, TopActivations)
 
 
 def state_arrays(acc: MomentAccumulator, top: TopActivations | None = None) -> dict[str, np.ndarray]:
-    """`acc`'s state (and `top`'s, when given) as host numpy arrays named as in the module docstring."""
+    """`acc`'s state (and `top`'s, when given) as host numpy arrays named as in the module docstring;
+    `acc`'s deferred checks are read first (`MomentAccumulator.check`)."""
+    acc.check()
     arrays = {"count": np.asarray(acc.count_, dtype=np.int64), "batches": np.asarray(acc.batches_, dtype=np.int64)}
     arrays |= {f"mean/{m}": value.cpu().numpy() for m, value in acc.mean_.items()}
     arrays |= {f"block/{block.name}": value.cpu().numpy() for block, value in acc.blocks_.items()}
@@ -60,7 +62,8 @@ def top_from_arrays(arrays: dict[str, np.ndarray], layout: dict) -> TopActivatio
 def merge_tree(states: Sequence[Mergeable]) -> Mergeable:
     """One state from the shard states of a pass, merged pairwise in a balanced tree in shard order
     (Chan's update for moments; exact and associative, so the order only changes rounding, and a fixed
-    order makes a run repeatable). Depth log2(shards); `states` must be non-empty."""
+    order makes a run repeatable). Depth log2(shards); `states` must be non-empty. Moment states merge
+    in place (`MomentAccumulator.merge`): the first of each pair receives, so `states` are consumed."""
     level = list(states)
     while len(level) > 1:
         level = [level[i].merge(level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]

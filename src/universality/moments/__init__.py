@@ -1,6 +1,7 @@
 """Streaming moments: per-model means and Grams, cross-model co-moments, merged by Chan's update."""
 
-from ._accumulator import Block, MomentAccumulator, default_blocks
+from ._accumulator import MomentAccumulator
+from ._blocks import Block, default_blocks
 from ._batches import Layout, layout_of, normalize_batch
 from ._plan import DEFAULT_BUDGET_FRACTION, Plan, available_memory, budget_for_passes, parse_bytes, plan_passes
 from ._io import load_moments, read_manifest, save_moments

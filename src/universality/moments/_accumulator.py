@@ -2,7 +2,7 @@
 
 Units are numbered globally: models in stream order, each model's units concatenated in unit-set
 order. The co-moment state is a set of *blocks*, each a rectangle [rows, columns] of global unit
-indices cut at unit-set boundaries (`Block`). State:
+indices cut at unit-set boundaries (`moments._blocks.Block`). State:
 
 | name          | shape                  | meaning                                                  |
 |---------------|------------------------|----------------------------------------------------------|
@@ -16,72 +16,27 @@ The default blocks (one pass, everything) are each unit set's Gram and, per mode
 against every later model side by side: one GEMM per model (the largest, fastest shape) instead of
 one per pair. A memory-budgeted plan (`moments.plan_passes`) holds a subset per pass. Batches and
 states merge by Chan's parallel update, exact and associative: shards merge into the same state as
-one stream.
+one stream, `merge` in place (no copy of either state). Every batch is checked for NaN and for
+deviations float32 cannot square (`moments._checks`): on CPU before it is added, on other devices
+on the device, read back every `DEVICE_CHECK_EVERY` batches and when the state is read.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 
 from .._inputs import check_device
 from ..errors import UniversalityError
 from ._batches import Layout, layout_of, normalize_batch
+from ._blocks import Block, default_blocks, unit_offsets, unit_set_spans
+from ._checks import (FLOAT32_SQUARE_MAX, FLOAT64_SQUARE_MAX, BatchChecks, DeferredChecks, check_finite,
+                      deviation_peaks, first_failure, refuse_float32)
 
-__all__ = ["MomentAccumulator", "Block", "default_blocks", "PRODUCT_TILE"]
+__all__ = ["MomentAccumulator", "Block", "default_blocks", "PRODUCT_TILE", "DEVICE_CHECK_EVERY"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Range of |x - mean| whose squares a state can sum: a float32 Gram overflows at 2^128 and its squares
-# lose digits below 2^-126 (subnormal); float64 ones at 2^1024 and 2^-1022. Margins keep products exact.
-_FLOAT32_SQUARE_MAX = 2.0**62  # divided by sqrt(tokens in the state)
 PRODUCT_TILE = 2**24  # entries of one batch product held at a time (64 MB in float32)
-_FLOAT32_DEVIATION_MIN = 2.0**-60
-_FLOAT64_SQUARE_MAX = 2.0**500
-
-
-class Block(NamedTuple):
-    """A rectangle of the co-moment matrix in global unit indices: rows [row_start, row_stop) by
-    columns [column_start, column_stop); a Gram block has rows == columns."""
-    row_start: int
-    row_stop: int
-    column_start: int
-    column_stop: int
-
-    @property
-    def is_gram(self) -> bool:
-        return (self.row_start, self.row_stop) == (self.column_start, self.column_stop)
-
-    @property
-    def entries(self) -> int:
-        return (self.row_stop - self.row_start) * (self.column_stop - self.column_start)
-
-    @property
-    def name(self) -> str:
-        return f"{self.row_start}:{self.row_stop}/{self.column_start}:{self.column_stop}"
-
-
-def unit_offsets(layout: Layout) -> dict[str, int]:
-    """Global index of each model's first unit: models in order, unit sets concatenated."""
-    offsets, total = {}, 0
-    for model, sets in layout.items():
-        offsets[model] = total
-        total += sum(sets.values())
-    return offsets
-
-
-def default_blocks(layout: Layout) -> list[Block]:
-    """Every unit set's Gram and, per model, one cross block against all later models."""
-    offsets, blocks = unit_offsets(layout), []
-    total = sum(sum(sets.values()) for sets in layout.values())
-    for model, sets in layout.items():
-        start = offsets[model]
-        for size in sets.values():
-            blocks.append(Block(start, start + size, start, start + size))
-            start += size
-        if start < total:
-            blocks.append(Block(offsets[model], start, start, total))
-    return blocks
+DEVICE_CHECK_EVERY = 32  # batches between host reads of the checks off CPU, where each read stalls the stream
 
 
 class MomentAccumulator:
@@ -100,6 +55,14 @@ class MomentAccumulator:
     blocks : list of Block or None, default=None
         The co-moment blocks to hold; None = `default_blocks(layout)` (everything, one pass). Means
         and counts are always held.
+    check_every : int >= 1 or None, default=None
+        When a float32 state reads its checks of NaN / inf and of range (`moments._checks`). None: each
+        batch before it is added on CPU (a bad batch raises and the state is unchanged); on other devices
+        every `DEVICE_CHECK_EVERY` batches. An int: every `check_every` batches, on any device. Deferred
+        checks stay on the device (no host read per batch) and are also read by `check`, `end_stream`,
+        `merge`, `copy` and `save_moments`; a bad batch is then named by its number in this state, which
+        already holds it and the batches after it (stream them again). A float64 state reads one flag per
+        batch on any device: a batch it must rescale is rescaled before it is added.
 
     >>> import torch
     >>> acc = MomentAccumulator({"a": {"units": 3}, "b": {"units": 2}})
@@ -109,9 +72,11 @@ class MomentAccumulator:
     """
 
     def __init__(self, layout: Layout, *, dtype: str = "float32", device: str = "cpu",
-                 blocks: list[Block] | None = None):
+                 blocks: list[Block] | None = None, check_every: int | None = None):
         if dtype not in _DTYPES:
             raise UniversalityError(f"unknown accumulator dtype {dtype!r}; choose one of: {', '.join(_DTYPES)}")
+        if check_every is not None and (type(check_every) is not int or check_every < 1):
+            raise UniversalityError(f"check_every must be a positive int or None, got {check_every!r}")
         if device != "meta":  # "meta": shapes only, no memory (checking a saved state without loading it)
             device = str(check_device(device))
         self.layout = {m: dict(sets) for m, sets in layout.items()}
@@ -124,16 +89,20 @@ class MomentAccumulator:
         self.offsets = unit_offsets(self.layout)
         self.total_units = sum(self.sizes.values())
         self.is_default = blocks is None
+        self.check_every = check_every
+        self._spans = unit_set_spans(self.layout)
         self.count_ = 0
         self.batches_ = 0
         self.mean_ = {m: torch.zeros(self.sizes[m], dtype=torch.float64, device=device) for m in self.models}
         self.blocks_ = {Block(*b): torch.zeros(b[1] - b[0], b[3] - b[2], **acc)
                         for b in (default_blocks(self.layout) if blocks is None else blocks)}
         self._scratch = None
+        self._deferred = None  # DeferredChecks of a float32 state off CPU (or with check_every)
 
     @property
     def gram_(self) -> dict[str, dict[str, torch.Tensor]]:
         """{model: {unit_set: Gram [units_s, units_s]}} for the Gram blocks held (views of the state)."""
+        self.check()
         grams = {}
         for m in self.models:
             start, grams[m] = self.offsets[m], {}
@@ -150,6 +119,7 @@ class MomentAccumulator:
         if not self.is_default:
             raise UniversalityError("this moment state holds a subset of blocks (one pass of a memory-budgeted "
                                     "plan); read its blocks with `blocks_`")
+        self.check()
         return {m: self.blocks_.get(Block(self.offsets[m], self.offsets[m] + self.sizes[m],
                                           self.offsets[m] + self.sizes[m], self.total_units),
                                     torch.zeros(self.sizes[m], 0)) for m in self.models}
@@ -166,6 +136,7 @@ class MomentAccumulator:
             raise UniversalityError(f"cross-moment of {model_a!r} with itself is not stored; use gram_")
         if ia > ib:
             return self.cross(model_b, model_a).T
+        self.check()
         rows = self.offsets[model_a], self.offsets[model_a] + self.sizes[model_a]
         columns = self.offsets[model_b], self.offsets[model_b] + self.sizes[model_b]
         for block, value in self.blocks_.items():
@@ -179,7 +150,8 @@ class MomentAccumulator:
         return torch.cat([g.diagonal().double() for g in self.gram_[model].values()])
 
     def update(self, batch) -> "MomentAccumulator":
-        """Add one batch `{model: {unit_set: Tensor[tokens, units]}}` in place; returns self."""
+        """Add one batch `{model: {unit_set: Tensor[tokens, units]}}` in place; returns self. Its checks
+        are read before it is added, or later when deferred (`check_every`)."""
         if self.device == "meta":
             raise UniversalityError("this accumulator is on the 'meta' device (shapes only); create it on 'cpu' "
                                     "or a GPU to stream batches")
@@ -188,24 +160,46 @@ class MomentAccumulator:
         if tokens == 0:
             return self
         centred = self._buffer(tokens + 1)  # [tokens + 1, all units] float32, reused across batches
-        batch_mean, outside = self._centre(models, tokens, centred)
-        unscale = None
-        if outside is not None:  # some unit's deviations are too large or too small for float32 squares
-            batch_mean, unscale = self._centre_scaled(models, tokens, centred, outside)
+        batch_mean, checks = self._centre(models, tokens, centred)
+        unscale, every = None, self._check_interval()
+        if every is None:
+            outside = first_failure(models, checks, self._spans)  # one host read when the batch is fine
+            if outside is not None:  # some unit's deviations are too large or too small for float32 squares
+                batch_mean, unscale = self._centre_scaled(models, tokens, centred, outside)
         # 3) Add the batch's co-moments straight into the state: one GEMM per block (by default one per
         #    model against all later models side by side, and one per unit set for the Grams).
         for (r0, r1, c0, c1), state in self.blocks_.items():
             _add_product(state, centred[:, r0:r1], centred[:, c0:c1], unscale, (r0, r1), (c0, c1))
         self._move_means(tokens, batch_mean)
         self.batches_ += 1
+        if every is not None:
+            if self._deferred is None:
+                self._deferred = DeferredChecks([span[:2] for span in self._spans], every, self.device)
+            if self._deferred.add(checks.failed(self._spans), self.batches_ - 1):
+                self.check()
         return self
 
-    def _centre(self, models: dict, tokens: int, centred: torch.Tensor) -> tuple[dict, tuple | None]:
+    def check(self) -> "MomentAccumulator":
+        """Read the deferred checks (`check_every`) of the batches added since the last read: one host
+        read; raises one line naming the first bad batch. Nothing to read when each batch was checked
+        before it was added. Returns self."""
+        if self._deferred is not None:
+            self._deferred.read(self.batches_)
+        return self
+
+    def _check_interval(self) -> int | None:
+        """Batches between reads of the deferred checks, or None: each batch is checked before it is added."""
+        if self.dtype == "float64":  # it rescales a batch float32 cannot square, before adding it
+            return None
+        if self.check_every is not None:
+            return self.check_every
+        return None if torch.device(self.device).type == "cpu" else DEVICE_CHECK_EVERY
+
+    def _centre(self, models: dict, tokens: int, centred: torch.Tensor) -> tuple[dict, BatchChecks]:
         """Steps 1-2 into the float32 batch matrix `centred` [tokens + 1, all units]; returns the batch
-        means (float64 [units_m] per model) and, if some unit's deviations cannot be squared in float32,
-        (model, unit set, unit, its largest |deviation|) of the first such unit, else None."""
-        batch_mean = {}
-        limit = _FLOAT32_SQUARE_MAX / (self.count_ + tokens) ** 0.5  # the Gram sums count_ + tokens squares
+        means (float64 [units_m] per model) and the batch's checks, on the device (nothing is read)."""
+        batch_mean, finite, peaks, rows = {}, [], [], []
+        limit = FLOAT32_SQUARE_MAX / (self.count_ + tokens) ** 0.5  # the Gram sums count_ + tokens squares
         for m in self.models:
             # 1) Centre on the batch mean, so the GEMMs below see small numbers (the one-pass
             #    sum(xy) - sum(x)sum(y)/n form cancels badly): subtract a float32 mean while copying
@@ -217,14 +211,10 @@ class MomentAccumulator:
             for s, n in self.layout[m].items():
                 x = models[m][s].to(self.device)
                 mean = x.sum(dim=0, dtype=torch.float32) / tokens
-                if not torch.isfinite(mean).all():  # NaN or inf reach the mean (a free check), or the sum overflowed
-                    _check_finite(x, m, s)
-                    return batch_mean, (m, s, int(x.abs().amax(dim=0).argmax()), float(x.abs().max()))
+                finite.append(torch.isfinite(mean).all())  # NaN or inf reach the mean (a free check), or it overflowed
                 block = centred[:tokens, start:start + n]
                 torch.sub(x, mean, out=block)  # any dtype -> float32 here
-                outside = _outside(block, limit)
-                if outside is not None:
-                    return batch_mean, (m, s, *outside)
+                peaks.append(deviation_peaks(block))
                 rough.append(mean)
                 start += n
             rest = centred[:tokens, lo:hi].sum(dim=0) / tokens
@@ -233,12 +223,9 @@ class MomentAccumulator:
         #    rides along as one extra row of the batch matrix, so the GEMMs below add it for free.
         weight = self.count_ * tokens / (self.count_ + tokens)
         for m in self.models:
-            row = weight ** 0.5 * (batch_mean[m] - self.mean_[m])  # float64 [units_m]
-            if not bool((row.abs() <= limit).all()):
-                unit = int(row.abs().argmax())
-                return batch_mean, (m, self._set_of(m, unit), unit, float(row.abs().max()))
-            centred[tokens, self.offsets[m]:self.offsets[m] + self.sizes[m]] = row.float()
-        return batch_mean, None
+            rows.append(weight ** 0.5 * (batch_mean[m] - self.mean_[m]))  # float64 [units_m]
+            centred[tokens, self.offsets[m]:self.offsets[m] + self.sizes[m]] = rows[-1].float()
+        return batch_mean, BatchChecks(torch.stack(finite), torch.cat(peaks), torch.cat(rows), limit)
 
     def _centre_scaled(self, models: dict, tokens: int, centred: torch.Tensor, outside: tuple
                        ) -> tuple[dict, torch.Tensor]:
@@ -246,13 +233,8 @@ class MomentAccumulator:
         unit scaled by a power of two (exact) that brings its largest |deviation| into [1/2, 1), so the
         float32 GEMMs stay in range; returns the batch means and the powers of two [all units] that
         `_add_product` multiplies back. A float32 state cannot hold such moments: one line says so."""
-        model, unit_set, unit, peak = outside
         if self.dtype == "float32":
-            raise UniversalityError(
-                f"model {model!r}, unit set {unit_set!r}: unit {unit} varies by up to {peak:.3g} around its batch "
-                "mean, which float32 moments cannot square without overflow or underflow; use dtype='float64' "
-                "(accumulate = 'float64' in a run's [compare]) or multiply the activations by a constant "
-                "(correlations do not change)")
+            refuse_float32(*outside)
         wide = torch.empty(tokens + 1, self.total_units, dtype=torch.float64, device=self.device)
         batch_mean, weight = {}, self.count_ * tokens / (self.count_ + tokens)
         for m in self.models:
@@ -260,14 +242,14 @@ class MomentAccumulator:
             for s, n in self.layout[m].items():
                 x = models[m][s].to(self.device, torch.float64)
                 means.append(x.mean(dim=0))
-                _check_finite(means[-1], m, s, x)
+                check_finite(means[-1], m, s, x)
                 torch.sub(x, means[-1], out=wide[:tokens, start:start + n])
                 start += n
             batch_mean[m] = torch.cat(means)
             wide[tokens, self.offsets[m]:start] = weight ** 0.5 * (batch_mean[m] - self.mean_[m])
         peak = wide.abs().amax(dim=0)  # [all units]
-        too_large = ~(peak * (self.count_ + tokens) ** 0.5 <= _FLOAT64_SQUARE_MAX)  # NaN (inf - inf) too
-        bad = too_large | ((peak > 0) & (peak < 1 / _FLOAT64_SQUARE_MAX))
+        too_large = ~(peak * (self.count_ + tokens) ** 0.5 <= FLOAT64_SQUARE_MAX)  # NaN (inf - inf) too
+        bad = too_large | ((peak > 0) & (peak < 1 / FLOAT64_SQUARE_MAX))
         if bad.any():
             index = int(bad.nonzero()[0])
             m = next(m for m in reversed(self.models) if self.offsets[m] <= index)
@@ -290,22 +272,29 @@ class MomentAccumulator:
         raise IndexError(unit)
 
     def merge(self, other: "MomentAccumulator") -> "MomentAccumulator":
-        """A new accumulator holding both streams (Chan's update); neither input changes."""
+        """Add the stream of `other` (same layout and blocks) into this state, in place, by Chan's update;
+        returns self, and `other` is unchanged. Neither state is copied: each block of `other` is added in
+        place, then the shift of means as a rank-one update in place. For a new state: `a.copy().merge(b)`."""
         if other.layout != self.layout:
             raise UniversalityError("cannot merge moment states of different layouts (models, unit sets or sizes differ)")
         if set(other.blocks_) != set(self.blocks_):
             raise UniversalityError("cannot merge moment states holding different blocks (passes of different plans)")
-        merged = self.copy()
-        for block, value in other.blocks_.items():
-            merged.blocks_[block] += value.to(merged.blocks_[block].dtype)
-        merged._correct_comoments(other.count_, other.mean_)
-        merged._move_means(other.count_, other.mean_)
-        merged.batches_ = self.batches_ + other.batches_
-        return merged
+        self.check()
+        other.check()
+        # 1) C = C_a + C_b, block by block (a block of the other dtype is cast inside the add, not copied)
+        for block, value in self.blocks_.items():
+            value.add_(other.blocks_[block])
+        # 2) C += (n_a n_b / n) delta delta^T, delta = mean_b - mean_a;  3) the means move by n_b / n
+        self._correct_comoments(other.count_, other.mean_)
+        self._move_means(other.count_, other.mean_)
+        self.batches_ += other.batches_
+        return self
 
     def copy(self) -> "MomentAccumulator":
+        """A new accumulator holding the same state (its deferred checks read first)."""
+        self.check()
         twin = MomentAccumulator(self.layout, dtype=self.dtype, device="meta",
-                                 blocks=None if self.is_default else list(self.blocks_))
+                                 blocks=None if self.is_default else list(self.blocks_), check_every=self.check_every)
         twin.device, twin.count_, twin.batches_ = self.device, self.count_, self.batches_
         twin.mean_ = {m: v.clone() for m, v in self.mean_.items()}
         twin.blocks_ = {block: value.clone() for block, value in self.blocks_.items()}
@@ -313,9 +302,10 @@ class MomentAccumulator:
 
     def end_stream(self) -> "MomentAccumulator":
         """Free the batch scratch matrix ([batch + 1, all units] float32) once the stream is done, so a
-        finished state holds only its moments; the next `update` allocates it again. Returns self."""
+        finished state holds only its moments, and read the deferred checks; the next `update` allocates
+        it again. Returns self."""
         self._scratch = None
-        return self
+        return self.check()
 
     def _buffer(self, tokens: int) -> torch.Tensor:
         """A float32 [tokens, all units] scratch matrix, kept between batches: allocating a fresh one
@@ -363,26 +353,3 @@ def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, 
     step = max(1, PRODUCT_TILE // max(left.shape[1], 1))
     for start in range(0, right.shape[1], step):
         target[:, start:start + step].add_(left.T @ right[:, start:start + step])  # float32 GEMM
-
-
-def _outside(block: torch.Tensor, limit: float) -> tuple[int, float] | None:
-    """(unit, largest |deviation|) of the first unit of a centred float32 block [tokens, units] whose
-    squares float32 cannot sum: |deviation| above `limit` or, unless 0, below 2^-60 (squares under
-    float32's normal range lose their digits). None if every unit is fine. NaN counts as outside."""
-    peak = torch.maximum(block.amax(dim=0), -block.amin(dim=0))  # [units]; aminmax is 10x slower on a column slice
-    fine = (peak == 0) | ((peak >= _FLOAT32_DEVIATION_MIN) & (peak <= limit))
-    if bool(fine.all()):
-        return None
-    unit = int((~fine).nonzero()[0])
-    return unit, float(peak[unit])
-
-
-def _check_finite(values: torch.Tensor, model: str, unit_set: str, x: torch.Tensor | None = None) -> None:
-    """One line if `values` (activations, or their mean) hold NaN or inf; with `x` given, a non-finite
-    mean of finite activations means their sum overflowed float64."""
-    if bool(torch.isfinite(values).all()):
-        return
-    if x is not None and bool(torch.isfinite(x).all()):
-        raise UniversalityError(f"model {model!r}, unit set {unit_set!r}: activations sum beyond float64 range; "
-                                "multiply them by a small constant (correlations do not change)")
-    raise UniversalityError(f"model {model!r}, unit set {unit_set!r} has NaN or inf activations; pass finite values")

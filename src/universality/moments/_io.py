@@ -31,7 +31,9 @@ _COMPANION = "companion/"  # prefix of the tensors saved beside the moments (ret
 def save_moments(acc: MomentAccumulator, directory: str | Path, *, extra: dict | None = None,
                  companions: dict[str, torch.Tensor] | None = None) -> None:
     """Write `acc` (and `extra`, JSON-able, and `companions`: tensors streamed beside the moments, e.g.
-    `TopActivations.state_dict()`) into `directory/state.safetensors`, atomically as a whole."""
+    `TopActivations.state_dict()`) into `directory/state.safetensors`, atomically as a whole; `acc`'s
+    deferred checks are read first (`MomentAccumulator.check`), so no unchecked batch is saved."""
+    acc.check()
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in _tensors(acc).items()}
     tensors |= {f"{_COMPANION}{name}": t.detach().contiguous().cpu() for name, t in (companions or {}).items()}
     manifest = {

@@ -191,7 +191,7 @@ def test_a_run_in_sketch_mode_with_the_whole_stream_as_subsample_gives_the_exact
     for name in ("units", "pairs"):
         got = pd.read_parquet(sketch.run_dir / "tables" / f"{name}.parquet").drop(columns="barely_seen",
                                                                                   errors="ignore")
-        want = pd.read_parquet(exact.run_dir / "tables" / f"{name}.parquet")
+        want = pd.read_parquet(exact.run_dir / "tables" / f"{name}.parquet")[got.columns]  # no calibration in a sketch
         # the exact run accumulates in float32 (about 1e-6 from float64), the refine pass in float64
         pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=0, atol=1e-5)
     seen = []

@@ -134,9 +134,24 @@ def main() -> None:
     figures["rotation_s_16384"] = rotation_seconds(16384, "fast", threads=args.threads, repeats=1)
     figures["rotation_haar_s_16384_projected"] = figures["rotation_s_3072"] * (16384 / 3072) ** 3  # O(n^3)
     figures |= _ray_figures(args)
+    figures |= _sketch_figures(args)
     for name, value in figures.items():
         print(f"{name:>28}: {value:.4g}")
     print(json.dumps(figures))
+
+
+def _sketch_figures(args) -> dict[str, float]:
+    """Sketch and refine against exact mode on one stream (`bench_sketch.measure`), at a size this
+    benchmark can afford: 4 models x 2048 units (sets of 256-768), 2% of 40960 tokens. The issue's
+    4 x 8192 figures take about an hour: `bench_sketch.py --tokens 65536 --regenerate` (README)."""
+    from bench_sketch import measure
+    tokens = 8192 if args.quick else 40960
+    result = measure(sets=(256, 512, 768, 512), tokens=tokens, subsample=0.02, repeats=1, threads=args.threads,
+                     log=lambda line: None)
+    return {"sketch_speedup": result["speedup"], "sketch_partners_changed": result["partner_changed"],
+            "sketch_universal_symdiff": result["universal_difference_fraction"],
+            "sketch_universal_symdiff_exact_other_rotations":
+                result["exact_other_rotations"]["universal_difference_fraction"]}
 
 
 if __name__ == "__main__":

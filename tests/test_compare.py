@@ -8,6 +8,8 @@ from universality import UniversalityError, compare_activations
 from universality.compare import rotation
 from universality.moments import MomentAccumulator
 
+from _planned import budget_for
+
 
 def _chunks(models, size):
     tokens = next(iter(next(iter(models.values())).values())).shape[0]
@@ -176,3 +178,35 @@ def test_a_finished_comparison_holds_no_batch_buffer_and_correlation_is_unchange
     corr = result.correlation("a", "b")
     assert corr.dtype == torch.float64
     assert torch.allclose(corr[[0, 1], [1, 0]], torch.ones(2, dtype=torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_the_peeked_first_batch_is_not_held_while_later_batches_stream(monkeypatch, passes):
+    """compare_activations peeks at batch 0 for the layout: neither that batch nor its checked copy is
+    held once later batches stream (each pinned a batch of memory through the passes: 0.12 of the
+    budget in benchmarks/bench_scale.py)."""
+    import gc
+    import weakref
+
+    import universality.compare._activations as activations
+    held, alive = [], []
+
+    def peeked(batch):
+        models, tokens = first_batch(batch)
+        held.extend(weakref.ref(x) for sets in (*batch.values(), *models.values()) for x in sets.values())
+        return models, tokens
+    first_batch = activations.first_batch
+    monkeypatch.setattr(activations, "first_batch", peeked)
+
+    def batches():
+        g = torch.Generator().manual_seed(0)
+        for i in range(4):
+            if i == 3:  # batch 2 is still in the stream's hands, batches 0 and 1 are done
+                gc.collect()
+                alive.append(sum(ref() is not None for ref in held))
+            yield {m: {s: torch.randn(50, 10, generator=g) for s in ("s", "t")} for m in ("a", "b")}
+    layout = {m: {"s": 10, "t": 10} for m in ("a", "b")}
+    budget = None if passes == 1 else budget_for(layout, passes, batch_tokens=50, rotations=1)
+    result = compare_activations(batches, memory_budget=budget)
+    assert len(result.plan.passes) == passes and len(held) == 8
+    assert set(alive) == {0}

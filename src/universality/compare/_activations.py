@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Iterable, Mapping
 
 from .._defaults import THRESHOLD
 from .._inputs import check_device
@@ -111,25 +111,31 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
     stream = iter(make())
     first = next(stream, None)
     models, tokens = first_batch(first)
+    layout = layout_of(models)
+    del models  # its tensors are the first batch's: not held through the passes
     if mode == "sketch":
         if not reusable:
             raise UniversalityError("mode='sketch' streams the batches twice (subsample, then candidates), but batches "
                                     "is a one-shot iterator; pass a callable returning a fresh iterable or a list")
-        return compare_sketch(make, layout_of(models), tokens, subsample=subsample, candidates=candidates,
+        return compare_sketch(make, layout, tokens, subsample=subsample, candidates=candidates,
                               threshold=threshold, rotations=rotations, seed=seed, device=device, dtype=dtype,
                               budget=budget, rotation=rotation)
-    plan = plan_passes(layout_of(models), budget=budget, dtype=dtype, batch_tokens=tokens, rotations=rotations,
+    plan = plan_passes(layout, budget=budget, dtype=dtype, batch_tokens=tokens, rotations=rotations,
                        rotation=rotation)
     if len(plan.passes) > 1 and not reusable:
         raise UniversalityError(f"memory_budget={memory_budget!r} needs {len(plan.passes)} passes over the data, but "
                                 "batches is a one-shot iterator; pass a callable returning a fresh iterable "
                                 "(e.g. lambda: make_batches()) or a list")
-    opened = [[first]]  # the peeked first batch, handed over once: not held through later passes
+    opened = [first]  # the peeked first batch, handed over once: not held through the passes
     del first
+
+    def resumed():
+        yield opened.pop()  # bound to no name, so held only while it is streamed (a chain held it to the end)
+        yield from stream
 
     def source(start: int):
         if opened and start == 0:  # the first pass continues the stream already opened
-            return itertools.chain(opened.pop(), stream)
+            return resumed()
         return skip(make, start)
     return run_plan(plan, source, threshold=threshold, rotations=rotations, seed=seed, device=device,
                     rotation_kind=rotation)

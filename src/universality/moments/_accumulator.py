@@ -337,19 +337,16 @@ def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor, 
                  rows: tuple = (0, None), columns: tuple = (0, None)) -> None:
     """target += left^T right for float32 [tokens, a] and [tokens, b]: the hot GEMM, in place.
 
-    With `unscale` (powers of two [all units] from a scaled batch), the product is multiplied back,
-    entry (i, j) by unscale[rows][i] * unscale[columns][j], in float64."""
-    if right.shape[1] == 0:
-        return
-    if unscale is not None:
-        product = (left.T @ right).double()  # float32 GEMM of deviations scaled into [-1, 1]
-        product.mul_(unscale[rows[0]:rows[1], None]).mul_(unscale[None, columns[0]:columns[1]])
-        target.add_(product)
-        return
-    # Each batch's product goes into a fresh buffer, then one add into the state, column tile by
-    # column tile (at most PRODUCT_TILE entries at a time). Not addmm_ into the state: a GEMM with
-    # beta = 1 adds its partial sums straight into the running total and rounds each at the total's
-    # magnitude (a float32 Gram was 1.6% off after 153 batches of 65536 tokens, against 8e-6 here).
+    Column tile by column tile (at most PRODUCT_TILE entries at a time), each tile's product into a
+    fresh buffer, then one add into the state. Not addmm_ into the state: a GEMM with beta = 1 adds
+    its partial sums straight into the running total and rounds each at the total's magnitude (a
+    float32 Gram was 1.6% off after 153 batches of 65536 tokens, against 8e-6 here). With `unscale`
+    (powers of two [all units] from a scaled batch), each tile is multiplied back, entry (i, j) by
+    unscale[rows][i] * unscale[columns][j], in float64 (one tile's temporary)."""
     step = max(1, PRODUCT_TILE // max(left.shape[1], 1))
     for start in range(0, right.shape[1], step):
-        target[:, start:start + step].add_(left.T @ right[:, start:start + step])  # float32 GEMM
+        tile = left.T @ right[:, start:start + step]  # float32 GEMM [a, <= step]
+        if unscale is not None:  # the deviations were scaled into [-1, 1]
+            tile = tile.double().mul_(unscale[rows[0]:rows[1], None])
+            tile.mul_(unscale[None, columns[0] + start:columns[0] + start + tile.shape[1]])
+        target[:, start:start + step].add_(tile)

@@ -7,6 +7,7 @@ import torch
 
 from universality.dynamics import universality_over_training
 from universality.errors import UniversalityError
+from test_pipeline import SMALL
 
 STEPS = [0, 10, 100, 1000]
 MODELS, UNITS, TOKENS = ("a", "b", "c"), 32, 2000
@@ -169,29 +170,7 @@ def test_emergence_is_placed_on_the_loss_curve(result):
     assert row.final_universal_units == 27 and row.final_pct_universal == pytest.approx(900 / 32)
 
 
-LANGUAGE = """
-name = "small"
-seeds = [0, 1, 2]
-[language]
-seq_len = 32
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-d_mlp = 64
-activation = "relu"
-[train]
-steps = 40
-batch_size = 16
-log_every = 10
-checkpoints = 4
-threads = 1
-[collect]
-rows = 96
-batch_rows = 16
-[compare]
-rotations = 2
-threshold = 0.2
+LANGUAGE = SMALL.replace("log_every = 10\n", "log_every = 10\ncheckpoints = 4\nthreads = 1\n") + """
 [calibration]
 enabled = false
 [training_dynamics]

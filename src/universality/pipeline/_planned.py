@@ -89,12 +89,10 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
     tables_print = fingerprint(moments=moments_print, compare=settings)
     store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, plan=plan.to_dict()["passes"]),
                          TopActivations(layout, k=compare.top_k))
-    saved = saved_tables(run_dir / "tables", "compare", tables_print)
-    if saved is not None and store.completed()[0] == len(plan.passes):
-        first, _ = store.load(0)
+    saved = _saved_comparison(run_dir, tables_print, store, len(plan.passes), compare, plan)
+    if saved is not None:
         on_progress("stream activations", total, total)
-        return (Comparison(first, saved["units"], saved["pairs"], threshold=compare.threshold,
-                           rotations=compare.rotations, seed=compare.seed, plan=plan), store.top)
+        return saved, store.top
     try:
         _check_first_batch(batches, layout, batch_tokens)
     except UniversalityError as error:
@@ -146,11 +144,7 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         cache.remove()
     if calibrate:
         comparison = comparison.calibrate(rotations=calibration.rotations, alpha=calibration.alpha)
-    tables = table_step(run_dir / "tables", "compare", tables_print,
-                        lambda: {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers},
-                        settings=settings)
-    comparison.units, comparison.pairs = tables["units"], tables["pairs"]
-    return comparison, store.top
+    return _with_saved_tables(run_dir, tables_print, comparison, settings), store.top
 
 
 def _sketch_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int, batches, *, layout: Layout,
@@ -168,12 +162,10 @@ def _sketch_and_compare(run_name: str, moments_print: str, run_dir: Path, total:
     store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, sketch=settings,
                                                           dtype=compare.accumulate),
                          TopActivations(layout, k=compare.top_k))
-    saved = saved_tables(run_dir / "tables", "compare", tables_print)
-    if saved is not None and store.completed()[0] == 1:
-        first, _ = store.load(0)
+    saved = _saved_comparison(run_dir, tables_print, store, 1, compare, None)
+    if saved is not None:
         on_progress("stream activations (sketch)", total, total)
-        return (Comparison(first, saved["units"], saved["pairs"], threshold=compare.threshold,
-                           rotations=compare.rotations, seed=compare.seed), store.top)
+        return saved, store.top
     try:
         _check_first_batch(batches, layout, batch_tokens)
     except UniversalityError as error:
@@ -196,11 +188,28 @@ def _sketch_and_compare(run_name: str, moments_print: str, run_dir: Path, total:
     except UniversalityError as error:
         raise UniversalityError(f"run {run_name}, evaluation {error}") from None
     store.finish(0, comparison.moments, None)
+    return _with_saved_tables(run_dir, tables_print, comparison, settings), store.top
+
+
+def _saved_comparison(run_dir: Path, tables_print: str, store: "_RunDirStore", passes: int, compare: CompareConfig,
+                      plan: Plan | None) -> Comparison | None:
+    """The comparison already made from these inputs: its intact tables (step "compare") and the saved
+    state of all `passes`; None when either is missing."""
+    saved = saved_tables(run_dir / "tables", "compare", tables_print)
+    if saved is None or store.completed()[0] != passes:
+        return None
+    first, _ = store.load(0)
+    return Comparison(first, saved["units"], saved["pairs"], threshold=compare.threshold,
+                      rotations=compare.rotations, seed=compare.seed, plan=plan)
+
+
+def _with_saved_tables(run_dir: Path, tables_print: str, comparison: Comparison, settings: dict) -> Comparison:
+    """`comparison` with its tables saved as step "compare" (or read back when saved from these inputs)."""
     tables = table_step(run_dir / "tables", "compare", tables_print,
                         lambda: {"units": comparison.units, "pairs": comparison.pairs, "layers": comparison.layers},
                         settings=settings)
     comparison.units, comparison.pairs = tables["units"], tables["pairs"]
-    return comparison, store.top
+    return comparison
 
 
 def _check_first_batch(batches: Callable[[int], Iterator], layout: Layout, batch_tokens: int) -> None:

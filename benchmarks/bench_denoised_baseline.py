@@ -20,7 +20,7 @@ import json
 import torch
 
 from universality.compare._baseline import haar_rotation
-from universality.compare._sketch import denoised_baseline
+from universality.compare._sketch_baselines import denoised_baseline
 
 REGIMES = [  # (rank, weight, width, tokens, subsample)
     (8, 1.0, 256, 40_000, 1_000),  # strong low-rank latent: rotated correlations spread widely

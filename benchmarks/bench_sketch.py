@@ -21,7 +21,8 @@ holding it (its time taken out), for streams larger than memory.
 
 Agreement is over the `pairs` rows of live units (`partner_changed`; `_seen`: without the units the
 sketch flags barely_seen; max |difference| of max_corr) and over units (excess_corr, baselines,
-universal sets: symmetric difference / exact's universal count). Times are medians over `repeats`
+universal sets: symmetric difference / exact's universal count); `baseline_exact` counts the units
+near the threshold whose baselines the sketch made exact over all tokens (`compare._sketch_baselines`). Times are medians over `repeats`
 runs of each mode, alternated. Every run is timed by phase, by wrapping the library's methods (not
 by changing them): `stream` (moment updates: exact's, or the sketch's pass 1 on the subsample),
 `refine` (the sketch's pass 2), `candidates` (the top-m reduction) and `fixed`, the rest: above all
@@ -163,6 +164,7 @@ def agreement(exact, sketch) -> dict:
         "universal_difference_fraction": float((a != b).sum() / max(a.sum(), 1)),
         "universal_missed_barely_seen": int((a & ~b & barely).sum()),
         "barely_seen": int(barely.sum()), "live_units": int(live.sum()),
+        "baseline_exact": int(sketch.units["baseline_exact"].sum()) if "baseline_exact" in sketch.units else 0,
     }
 
 

@@ -69,7 +69,7 @@ def test_sketch_finds_exact_best_partners_and_universal_set_on_planted_universal
     assert (x["partner_unit"].to_numpy() == y["partner_unit"].to_numpy()).all()
     assert (x["partner_unit_set"].to_numpy() == y["partner_unit_set"].to_numpy()).all()
     np.testing.assert_allclose(y["max_corr"], x["max_corr"], atol=1e-6, rtol=0)
-    assert list(sketch.units.columns) == list(exact.units.columns) + ["barely_seen"]
+    assert list(sketch.units.columns) == list(exact.units.columns) + ["barely_seen", "baseline_exact"]
     assert list(sketch.pairs.columns) == list(exact.pairs.columns)
 
 
@@ -189,7 +189,7 @@ def test_a_run_in_sketch_mode_with_the_whole_stream_as_subsample_gives_the_exact
         sketch = run_experiment(parse_config(tomllib.loads(sketch_text)), runs_dir=tmp_path)
     assert "barely_seen" in sketch.comparison.units
     for name in ("units", "pairs"):
-        got = pd.read_parquet(sketch.run_dir / "tables" / f"{name}.parquet").drop(columns="barely_seen",
+        got = pd.read_parquet(sketch.run_dir / "tables" / f"{name}.parquet").drop(columns=["barely_seen", "baseline_exact"],
                                                                                   errors="ignore")
         want = pd.read_parquet(exact.run_dir / "tables" / f"{name}.parquet")[got.columns]  # no calibration in a sketch
         # the exact run accumulates in float32 (about 1e-6 from float64), the refine pass in float64
@@ -212,3 +212,62 @@ def test_bad_sketch_settings_in_a_config_are_one_line(extra, message):
     with pytest.raises(UniversalityError) as error:
         parse_config(tomllib.loads(SMALL + "\n[scale]\n" + extra))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_row_baselines_over_the_whole_stream_equal_exact_modes_baselines_with_the_same_rotations():
+    """`exact_row_baselines` from every unit's full rows, with the subsample being the whole stream
+    (so the rotated variances are exact too), gives exact mode's baseline per rotation: the same
+    rotations (shared by key) applied to the same moments, float64 here against float32 there."""
+    from universality.compare._maxima import baseline_scales
+    from universality.compare._refine import CandidateMoments
+    from universality.compare._sketch_baselines import exact_row_baselines
+    from universality.moments import MomentAccumulator
+    torch.set_num_threads(2)
+    acts, sizes = _activations(), {m: sum(SETS) for m in MODELS}
+    batches = _batches(acts)[:5]
+    exact = compare_activations(batches, rotations=2, seed=7, rotation="fast")
+    acc = MomentAccumulator({m: dict(zip(("s0", "s1"), SETS)) for m in MODELS}, dtype="float64")
+    refine = CandidateMoments(acc.layout, torch.tensor([[0, 100]]), torch.full((300,), 0.5, dtype=torch.float64),
+                              rows=torch.arange(300))
+    for batch in batches:
+        acc.update(batch)
+        refine.update(batch)
+    found = exact_row_baselines(refine, acc.gram_, baseline_scales(acc, rotations=2, seed=7, kind="fast"))
+    assert set(found) == {(a, b) for a in MODELS for b in MODELS if a != b}
+    for (a, b), (units, values) in found.items():
+        assert units.tolist() == list(range(sizes[a]))
+        rows = exact.pairs[(exact.pairs["model"] == a) & (exact.pairs["other_model"] == b)]
+        for r in range(2):
+            got = np.where(np.isneginf(values[r].numpy()), np.nan, values[r].numpy())  # -inf: a dead unit
+            np.testing.assert_allclose(got, rows[f"baseline_max_corr_r{r}"].to_numpy(), atol=2e-5, rtol=0)
+
+
+def test_units_near_the_threshold_get_exact_baselines_and_exact_modes_universal_flags():
+    """Narrow sets (3 models x 96 units, a rank-8 latent) with 24 units copying shared features at
+    correlations spread across the threshold, 800 subsample tokens of 40000: every unit whose exact
+    excess is within 0.05 of 0.5 is marked baseline_exact, those units' baselines are exact mode's up to
+    the rotated variances' subsample correlations (relative error about 1 / sqrt(800): here up to 0.0054,
+    bound 0.01, mean bound 0.003), and the universal flags agree with exact mode's except within that
+    distance of the threshold."""
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(11)
+    tokens, width, shared = 40_000, 96, 24
+    latent = torch.randn(tokens, 8, generator=g)
+    features = torch.randn(tokens, shared, generator=g)
+    noise = torch.linspace(0.3, 1.6, shared)  # partner correlations from about 0.9 down to about 0.3
+    acts = {}
+    for m in MODELS:
+        x = latent @ (0.4 * torch.randn(8, width, generator=g)) + torch.randn(tokens, width, generator=g)
+        x[:, torch.randperm(width, generator=g)[:shared]] = features + noise * torch.randn(tokens, shared, generator=g)
+        acts[m] = {"s": x}
+    batches = [{m: {"s": x["s"][i:i + 4000]} for m, x in acts.items()} for i in range(0, tokens, 4000)]
+    exact = compare_activations(batches, seed=3)
+    sketch = compare_activations(batches, mode="sketch", subsample=0.02, candidates=4, seed=3)
+    excess = exact.units["excess_corr"].to_numpy()
+    marked = sketch.units["baseline_exact"].to_numpy()
+    assert marked[np.abs(excess - 0.5) < 0.05].all() and 0 < marked.sum() < len(marked) / 2
+    gap = np.abs(sketch.units["mean_baseline"].to_numpy() - exact.units["mean_baseline"].to_numpy())[marked]
+    assert gap.max() < 0.01 and gap.mean() < 0.003
+    differ = sketch.units["universal"].to_numpy() != exact.units["universal"].to_numpy()
+    assert (np.abs(excess[differ] - 0.5) < 0.01).all()
+    assert exact.units["universal"].sum() > 10

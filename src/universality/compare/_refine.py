@@ -9,6 +9,7 @@ State (global unit indices, models in stream order, unit sets concatenated):
 | `mean_`      | float64 [units]  | mean of the scaled activations x_i * scale_i                     |
 | `variance_`  | float64 [units]  | sum of squared deviations from the mean (scaled)                 |
 | `comoment_`  | float64 [pairs]  | sum (x_i - mean_i)(x_j - mean_j) (scaled) for each pair (i, j)   |
+| `row_comoment_` | float64 [rows, units] | the same for every unit j and each unit i of `rows`         |
 
 Each batch is centred on its own mean (a float32 mean subtracted in float32, then scaled; the
 residual mean, float64, is taken out of the products exactly: sum (d_i - r_i)(d_j - r_j) = sum d_i d_j - n r_i r_j),
@@ -18,7 +19,8 @@ means. The products are one sampled dense-dense matrix product per tile of `_TOK
 pair, read from a [units, tokens] tile that stays in cache, instead of a gather of [pairs, tokens]
 rows (10-60x slower in measurements). Every unit is multiplied by a power of two (`scale`, exact)
 that brings its spread near 1, so float32 products neither overflow nor underflow; correlations do
-not depend on it.
+not depend on it. The full rows of `rows` (units whose rotation baseline the sketch makes exact) are
+one dense GEMM per batch, [rows, tokens] x [tokens, units].
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ import warnings
 import torch
 
 from .._defaults import is_dead
+from .._threads import torch_threads
 from ..errors import UniversalityError
 from ..moments import normalize_batch
 
 __all__ = ["CandidateMoments"]
 
 _TOKENS = 128  # tokens per product tile: [units, 128] float32 is 16 MB at 32768 units, within L3
+# Threads for the sampled products (CPU). Their work is many small memory-bound ops (per tile a
+# transpose, a sampled product, sums), each of which waits for every thread to be scheduled: on this
+# shared 2-core machine, 1 thread ran them at 0.17 ms per token (4 x 8192 units, 786k pairs) and 2
+# threads at 1.04 ms. The rows' GEMM runs on the caller's threads.
+_TILE_THREADS = 1
 
 
 class CandidateMoments:
@@ -47,6 +55,8 @@ class CandidateMoments:
     scale : float64 Tensor [units]
         Powers of two multiplying each unit before its products.
     device : str, default='cpu'
+    rows : int64 Tensor [rows], optional
+        Global indices of units whose co-moments with every unit are accumulated (`row_comoment_`).
 
     >>> import torch
     >>> x = torch.randn(50, 2)
@@ -56,24 +66,27 @@ class CandidateMoments:
     True
     """
 
-    def __init__(self, layout: dict, pairs: torch.Tensor, scale: torch.Tensor, device: str = "cpu"):
+    def __init__(self, layout: dict, pairs: torch.Tensor, scale: torch.Tensor, device: str = "cpu",
+                 rows: torch.Tensor | None = None):
         self.layout = {model: dict(sets) for model, sets in layout.items()}
         self.total_units = sum(sum(sets.values()) for sets in self.layout.values())
         self.device = device
         self.pairs = pairs.to(device)
         self._rows, self._columns = (self.pairs[:, k].clone(memory_format=torch.contiguous_format) for k in (0, 1))
         self.scale = scale.to(device, torch.float32)
-        rows = torch.bincount(self._rows, minlength=self.total_units).cumsum(0)
+        row_ends = torch.bincount(self._rows, minlength=self.total_units).cumsum(0)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": sampled_addmm is all we use
             warnings.simplefilter("ignore", UserWarning)
             self._pattern = torch.sparse_csr_tensor(  # the pairs as a CSR pattern [units, units], values unused
-                torch.cat([rows.new_zeros(1), rows]), self._columns,
+                torch.cat([row_ends.new_zeros(1), row_ends]), self._columns,
                 torch.zeros(len(self.pairs), device=device), size=(self.total_units, self.total_units),
                 check_invariants=True)
         self.count_ = 0
         self.mean_ = torch.zeros(self.total_units, dtype=torch.float64, device=device)
         self.variance_ = torch.zeros_like(self.mean_)
         self.comoment_ = torch.zeros(len(self.pairs), dtype=torch.float64, device=device)
+        self.rows = (torch.zeros(0, dtype=torch.int64) if rows is None else rows).to(device)
+        self.row_comoment_ = torch.zeros(len(self.rows), self.total_units, dtype=torch.float64, device=device)
         self._scratch = None
 
     def update(self, batch) -> "CandidateMoments":
@@ -86,20 +99,24 @@ class CandidateMoments:
         residual = centred.sum(dim=0).double() / tokens  # [units], ~eps32 |mean|: float32 suffices
         products = torch.zeros_like(self.comoment_)
         squares = torch.zeros_like(self.mean_)
-        for start in range(0, tokens, _TOKENS):
-            tile = centred[start:start + _TOKENS].T.contiguous()  # [units, tile tokens]
-            products += torch.sparse.sampled_addmm(self._pattern, tile, tile.T, beta=0.0).values()
-            squares += torch.linalg.vector_norm(tile, dim=1).double().square()
+        with torch_threads(_TILE_THREADS):
+            for start in range(0, tokens, _TOKENS):
+                tile = centred[start:start + _TOKENS].T.contiguous()  # [units, tile tokens]
+                products += torch.sparse.sampled_addmm(self._pattern, tile, tile.T, beta=0.0).values()
+                squares += torch.linalg.vector_norm(tile, dim=1).double().square()
         i, j = self._rows, self._columns
         products -= tokens * residual[i] * residual[j]
         squares -= tokens * residual.square()
+        row_products = (centred[:, self.rows].T @ centred).double()  # [rows, units]
+        row_products -= tokens * residual[self.rows, None] * residual[None, :]
         mean = mean + residual
-        if not (bool(torch.isfinite(products).all()) and bool(torch.isfinite(squares).all())):
+        if not all(bool(torch.isfinite(x).all()) for x in (products, squares, row_products)):
             raise UniversalityError("activations beyond float32 range relative to their subsample spread (a unit "
                                     "the subsample barely saw); multiply them by a constant or raise subsample")
         weight = self.count_ * tokens / (self.count_ + tokens)  # Chan's update
         delta = mean - self.mean_
         self.comoment_ += products + weight * delta[i] * delta[j]
+        self.row_comoment_ += row_products.add_(weight * delta[self.rows, None] * delta[None, :])
         self.variance_ += squares + weight * delta.square()
         self.mean_ += delta * (tokens / (self.count_ + tokens))
         self.count_ += tokens

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from .._defaults import is_dead
-from .._threads import torch_threads
 from ..errors import UniversalityError, short_repr
 from ..moments import normalize_batch, plan_passes
 from ._candidates import TopCandidates
@@ -33,9 +32,10 @@ from ._comparison import Comparison
 from ._maxima import PairMaxima, baseline_scales
 from ._passes import stream_passes
 from ._refine import CandidateMoments
+from ._sketch_baselines import denoised_baseline, exact_row_baselines, margin_for, units_near_threshold
 from ._universality import tables_from_maxima
 
-__all__ = ["compare_sketch", "check_sketch_settings", "subsample_rows", "denoised_baseline", "DEFAULT_SUBSAMPLE", "DEFAULT_CANDIDATES",
+__all__ = ["compare_sketch", "check_sketch_settings", "subsample_rows", "DEFAULT_SUBSAMPLE", "DEFAULT_CANDIDATES",
            "MIN_SEEN_TOKENS"]
 
 DEFAULT_SUBSAMPLE = 0.02  # pass 1 costs 2% of an exact pass
@@ -44,11 +44,6 @@ DEFAULT_CANDIDATES = 8
 # subsample correlations rest on so few tokens (standard error >= 1/sqrt(32) = 0.18) that they
 # cannot rank its partners.
 MIN_SEEN_TOKENS = 32
-# Threads for the refine pass (CPU). Its work is many small memory-bound ops (per 128-token tile a
-# transpose, a sampled product, sums), each of which waits for every thread to be scheduled: on this
-# shared 2-core machine, 1 thread ran it at 0.17 ms per token (4 x 8192 units, 786k pairs) and 2
-# threads at 1.04 ms.
-_REFINE_THREADS = 1
 _SUBSAMPLE_KEY = 0x5B5A  # keeps subsample seeds apart from rotation seeds (both SeedSequence words)
 
 
@@ -93,11 +88,13 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     The rotation baseline comes from the subsample: it is a null max, and what sets it is the spread of
     a unit's correlations with the rotated units of b, which a few thousand tokens estimate well,
     unlike which unit of b is the max (a statistic of the whole distribution, not of one pair). Its
-    one bias, the subsample's extra sampling noise, is taken out by `denoised_baseline`: the mean
+    mean bias, the subsample's extra sampling noise, is taken out by `denoised_baseline`: the mean
     over units of (sketch - exact) went from +0.067 (327 subsample tokens) to +0.00003 (1308 of 65536
-    tokens) at 4 x 8192 units in sets of 1024-3072 (benchmarks/bench_sketch.py); its per-unit noise
-    remains (max |difference| 0.064, against 0.077 between two exact runs with other rotations). Pass 1 therefore reduces the cross blocks to the maxima with those
-    spreads (`PairMaxima(spread=True)`) beside the candidates, and pass 2 never touches rotated units.
+    tokens) at 4 x 8192 units in sets of 1024-3072 (benchmarks/bench_sketch.py). Its per-unit noise and
+    per-kind bias remain, so the units within `margin_for(subsample tokens)` of the threshold after
+    pass 1 get exact baselines over all tokens (`compare._sketch_baselines`; `units.baseline_exact`).
+    Pass 1 therefore reduces the cross blocks to the maxima with their spreads
+    (`PairMaxima(spread=True)`) beside the candidates.
 
     `Comparison.moments` holds the subsample's means and Grams (pass 1; its cross blocks are dropped),
     `Comparison.plan` pass 1's plan. A unit is `barely_seen` when it is live over all tokens but fewer
@@ -142,13 +139,17 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     except UniversalityError as error:
         raise UniversalityError(f"pass 1 (subsample={subsample:g}): {error}") from None
     moments.is_default = False  # the cross blocks were reduced (and were the subsample's only)
-    refine, seen = _refine(make, layout, top.pairs(), moments, subsample=subsample, seed=seed, device=device)
+    near = units_near_threshold(top, baseline, threshold=threshold, margin=margin_for(moments.count_),
+                                subsample_tokens=moments.count_, tokens=round(moments.count_ / subsample))
+    refine, seen = _refine(make, layout, top.pairs(), near, moments, subsample=subsample, seed=seed, device=device)
     maxima = PairMaxima(layout, rotations).load_state_dict(
-        _state(refine, baseline, layout, subsample_tokens=moments.count_))
+        _state(refine, baseline, exact_row_baselines(refine, moments.gram_, scales[0]), layout,
+               subsample_tokens=moments.count_))
     dead = {m: part.cpu().numpy() for m, part in _split(is_dead(refine.variance_ / refine.count_, refine.mean_),
                                                         layout).items()}
     units, pairs = tables_from_maxima(maxima, dead, threshold=threshold)
     units["barely_seen"] = ~units["dead"].to_numpy() & (seen < MIN_SEEN_TOKENS)
+    units["baseline_exact"] = np.isin(np.arange(len(units)), near.numpy())
     if units["barely_seen"].any():
         warnings.warn(f"{int(units['barely_seen'].sum())} of {int((~units['dead']).sum())} live units moved on fewer "
                       f"than {MIN_SEEN_TOKENS} of the {moments.count_} subsample tokens (units.barely_seen): their "
@@ -156,26 +157,26 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     return Comparison(moments, units, pairs, threshold=threshold, rotations=rotations, seed=seed, plan=plan)
 
 
-def _refine(make, layout: dict, pairs: torch.Tensor, moments, *, subsample: float, seed: int, device: str
-            ) -> tuple[CandidateMoments, np.ndarray]:
-    """Pass 2 over every batch: the candidates' moments, and per unit the subsample tokens off its
-    floor and ceiling atoms (int64 [all units]); checks that the subsample is pass 1's."""
+def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments, *, subsample: float, seed: int,
+            device: str) -> tuple[CandidateMoments, np.ndarray]:
+    """Pass 2 over every batch: the candidates' moments and the full rows of the units `rows`, and
+    per unit the subsample tokens off its floor and ceiling atoms (int64 [all units]); checks that the
+    subsample is pass 1's."""
     variance = torch.cat([moments.variance(m) for m in layout]) / moments.count_
     spread = variance.sqrt()
     exponent = torch.frexp(spread).exponent  # spread = f 2^e, f in [1/2, 1)
     scale = torch.where((spread > 0) & torch.isfinite(spread), torch.ldexp(torch.ones_like(spread), -exponent), 1.0)
-    refine = CandidateMoments(layout, pairs, scale, device=device)
+    refine = CandidateMoments(layout, pairs, scale, device=device, rows=rows)
     atoms = _Atoms(sum(sum(sets.values()) for sets in layout.values()))
-    with torch_threads(_REFINE_THREADS):
-        for index, batch in enumerate(make()):
-            models = _normalized(batch, layout, index, "pass 2 (refine), ")
-            try:
-                refine.update(models)
-            except UniversalityError as error:
-                raise UniversalityError(f"pass 2 (refine), batch {index}: {error}") from None
-            rows = subsample_rows(subsample, seed, index, _tokens(models))
-            atoms.update(torch.cat([x[rows.to(x.device)].to("cpu", torch.float64) for sets in models.values()
-                                    for x in sets.values()], dim=1))
+    for index, batch in enumerate(make()):
+        models = _normalized(batch, layout, index, "pass 2 (refine), ")
+        try:
+            refine.update(models)
+        except UniversalityError as error:
+            raise UniversalityError(f"pass 2 (refine), batch {index}: {error}") from None
+        kept = subsample_rows(subsample, seed, index, _tokens(models))
+        atoms.update(torch.cat([x[kept.to(x.device)].to("cpu", torch.float64) for sets in models.values()
+                                for x in sets.values()], dim=1))
     mean = torch.cat([moments.mean_[m].cpu() for m in layout])
     gap = (atoms.total / max(atoms.count, 1) - mean).abs()
     if atoms.count != moments.count_ or bool((gap > 1e-5 * spread.cpu() + 1e-6 * mean.abs() + 1e-30).any()):
@@ -213,11 +214,12 @@ class _Atoms:
         return self.count - torch.maximum(self.at_low, self.at_high)
 
 
-def _state(refine: CandidateMoments, baseline: PairMaxima, layout: dict, *, subsample_tokens: int
+def _state(refine: CandidateMoments, baseline: PairMaxima, exact: dict, layout: dict, *, subsample_tokens: int
            ) -> dict[str, torch.Tensor]:
     """A `PairMaxima.state_dict`: max correlation and partner over each unit's candidate pairs (ties:
     the lower partner index, as the exact max), baselines from the subsample's maxima (`baseline`)
-    with its sampling noise taken out (`denoised_baseline`)."""
+    with its sampling noise taken out (`denoised_baseline`), except the units of `exact`
+    (`exact_row_baselines`), whose baselines are over all tokens."""
     corr = torch.nan_to_num(refine.correlation(), nan=-torch.inf).cpu().numpy()
     rows, columns = (refine.pairs[:, k].cpu().numpy() for k in (0, 1))
     offsets = np.cumsum([0] + [sum(sets.values()) for sets in layout.values()])
@@ -241,34 +243,10 @@ def _state(refine: CandidateMoments, baseline: PairMaxima, layout: dict, *, subs
             state[f"partner/{a}/{b}"] = torch.from_numpy(found)
             state[f"baseline/{a}/{b}"] = denoised_baseline(baseline.baseline[a, b], baseline.rotated_moments[a, b],
                                                            subsample_tokens, refine.count_)
+            if (a, b) in exact:
+                settled, values = exact[a, b]
+                state[f"baseline/{a}/{b}"][:, settled] = values
     return state
-
-
-def denoised_baseline(peak: torch.Tensor, rotated: torch.Tensor, subsample_tokens: int, tokens: int
-                      ) -> torch.Tensor:
-    """The rotation baseline over `tokens` tokens, estimated from its value over the subsample.
-
-    peak : float64 [rotations, units], the subsample's max correlation of each unit with the rotated
-        units of the other model (-inf: none)
-    rotated : float64 [rotations, 3, units], count, sum and sum of squares of those correlations
-
-    A unit's correlations with the n rotated units are its population values, spread with variance
-    v_pop about their mean, plus sampling noise of variance about 1 / T over T tokens (Pearson's r
-    near 0). Rotated units are sums over many units, so both are close to Gaussian, and the max over n
-    sits mean + z_n sqrt(v_pop + 1 / T) with z_n depending on n only. The subsample gives the mean, the
-    spread v = v_pop + 1 / T_sub and its max, so over all tokens the max is about
-
-        mean + (peak - mean) sqrt((max(v - 1 / T_sub, 0) + 1 / T) / v).
-
-    Without it the baseline of a short subsample is biased high (+0.067 at 327 tokens for unit sets of
-    1024-3072, measured by benchmarks/bench_sketch.py) and units just above the threshold were lost."""
-    count, total, squares = rotated.unbind(dim=1)
-    mean = total / count.clamp_min(1)
-    spread = (squares / count.clamp_min(1) - mean.square()).clamp_min(0)
-    population = (spread - 1 / subsample_tokens).clamp_min(0)
-    shrink = ((population + 1 / tokens) / spread).sqrt()
-    shrink = torch.where(spread > 0, shrink.clamp_max(1), 1.0)
-    return torch.where(torch.isfinite(peak), mean + (peak - mean) * shrink, peak)
 
 
 def _normalized(batch, layout: dict, index: int, where: str = "") -> dict:

@@ -126,7 +126,8 @@ def _stream_pass(plan: Plan, index: int, source: Source, device: str, store: Pas
     start = acc.batches_
     if on_pass is not None:
         on_pass(index, start)
-    for number, batch in enumerate(source(start), start=start):
+    number = start  # counted by hand: enumerate's cached result tuple would hold the batch until the next one
+    for batch in source(start):
         try:
             acc.update(batch)
         except UniversalityError as error:
@@ -135,6 +136,7 @@ def _stream_pass(plan: Plan, index: int, source: Source, device: str, store: Pas
         if on_batch is not None:
             on_batch(index, number, acc)
         del batch  # not held while the source builds the next one
+        number += 1
     return _enough_tokens(acc).end_stream()
 
 

@@ -168,7 +168,8 @@ def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments
     scale = torch.where((spread > 0) & torch.isfinite(spread), torch.ldexp(torch.ones_like(spread), -exponent), 1.0)
     refine = CandidateMoments(layout, pairs, scale, device=device, rows=rows)
     atoms = _Atoms(sum(sum(sets.values()) for sets in layout.values()))
-    for index, batch in enumerate(make()):
+    index = 0  # by hand, and each batch let go before the next is built (enumerate would hold it)
+    for batch in make():
         models = _normalized(batch, layout, index, "pass 2 (refine), ")
         try:
             refine.update(models)
@@ -177,6 +178,8 @@ def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments
         kept = subsample_rows(subsample, seed, index, _tokens(models))
         atoms.update(torch.cat([x[kept.to(x.device)].to("cpu", torch.float64) for sets in models.values()
                                 for x in sets.values()], dim=1))
+        del batch, models
+        index += 1
     mean = torch.cat([moments.mean_[m].cpu() for m in layout])
     gap = (atoms.total / max(atoms.count, 1) - mean).abs()
     if atoms.count != moments.count_ or bool((gap > 1e-5 * spread.cpu() + 1e-6 * mean.abs() + 1e-30).any()):

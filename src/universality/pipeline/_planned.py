@@ -106,12 +106,15 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         if source.pass_index > 0 and cache is not None and cache.complete():
             yield from cache.read(start)
             return
-        for number, (batch, token_ids) in enumerate(batches(start), start=start):
+        number = start  # by hand, and each batch let go once yielded: the next is built while none is held
+        for batch, token_ids in batches(start):
             if source.pass_index == 0:
                 store.top.update(batch, token_ids)
                 if cache is not None:
                     cache.write(number, batch)
             yield batch
+            del batch, token_ids
+            number += 1
     source.pass_index = 0
 
     def label(index: int) -> str:

@@ -68,15 +68,17 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         Pass 1 is the exact comparison on a seeded subsample of the tokens, keeping each unit's
         top `candidates` partners in every other model and the rotation baseline; pass 2 streams
         every token for the candidate pairs only. max_corr and partner are exact over all tokens
-        among the candidates; the baseline is the subsample's. `units` gains a column
-        `barely_seen`: live units the subsample saw move on fewer than 32 tokens (NaN if never).
+        among the candidates; the baseline is the subsample's, denoised, except for units whose
+        excess after pass 1 lies within 4 / sqrt(subsample tokens) of the threshold: pass 2 also
+        accumulates their full rows and their baselines are over all tokens. `units` gains
+        `barely_seen` (live units the subsample saw move on fewer than 32 tokens; NaN if never) and
+        `baseline_exact` (the units with baselines over all tokens).
         Streams the batches twice or more: pass a callable or a list. Local backend only.
     subsample : float in (0, 1], default=0.02 (mode='sketch' only)
         Fraction of every batch's tokens pass 1 keeps, drawn from (seed, batch index): a fraction,
         not a count, since a stream's length is unknown until it ends. Pass 1 costs about this
-        fraction of an exact pass plus the rotation baseline (which does not grow with tokens); the
-        baseline is the subsample's, close to the exact one once the subsample is much longer than
-        the unit sets are wide (`compare._sketch.compare_sketch`).
+        fraction of an exact pass plus the rotation baseline (which does not grow with tokens)
+        (`compare._sketch.compare_sketch`).
     candidates : int >= 1, default=8 (mode='sketch' only)
         Candidate partners kept per unit and other model (at most the other model's units).
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._threads import map_single_threaded
 from ..moments import Block, MomentAccumulator
 from ..moments._blocks import unit_set_spans
 from ._correlation import _inverse_std
@@ -28,9 +29,9 @@ from ._rotations import RotationSet
 
 __all__ = ["BaselineScales", "baseline_scales", "PairMaxima"]
 
-# entries of one rotated product held at once (64 MB in float32): rotations are applied in chunks of at
-# most this many entries over a block's rows (a -> b) or columns (b -> a), at least one rotation per chunk;
-# at 2**22, 4 models x 8 sets of 256 units took 416 products and their reductions instead of 144
+# entries of one rotated product held at once per worker (64 MB in float32): rotations are applied in chunks
+# of at most this many entries over a block's rows (a -> b) or columns (b -> a), at least one rotation per
+# chunk; at 2**22, 4 models x 8 sets of 256 units took 416 products and their reductions instead of 144
 _ROTATED_ENTRIES = 2**24
 
 
@@ -50,13 +51,21 @@ def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: 
     """Scales of every unit and of rotated units r = first .. first + rotations - 1 from `acc`'s means and Grams
     (it must hold every Gram). One `RotationSet` per (unit set position, width), shared by all models."""
     inverse_std = {m: _inverse_std(acc, m) for m in acc.models}
-    shared, rotated = {}, {}
-    for m in acc.models:
-        for index, (name, size) in enumerate(acc.layout[m].items()):
-            if (index, size) not in shared:
-                shared[index, size] = RotationSet(kind, seed, index, size, range(first, first + rotations))
-            variances = shared[index, size].rotated_variances(acc.gram_[m][name].double())  # [R, n]
-            rotated[m, name] = (shared[index, size], variances.clamp_min(0).rsqrt())
+    workers = torch.get_num_threads()  # the draws (QRs) and the rotated variances run on single-threaded workers
+    sets = [(m, name, index, size) for m in acc.models for index, (name, size) in enumerate(acc.layout[m].items())]
+    keys = list(dict.fromkeys((index, size) for _, _, index, size in sets))
+
+    def draw(key: tuple[int, int]) -> RotationSet:
+        return RotationSet(kind, seed, *key, range(first, first + rotations))
+
+    shared = dict(zip(keys, map_single_threaded(draw, keys, workers)))
+
+    def inverse_rotated_std(item: tuple) -> torch.Tensor:
+        m, name, index, size = item
+        return shared[index, size].rotated_variances(acc.gram_[m][name].double()).clamp_min(0).rsqrt()  # [R, n]
+
+    inverses = map_single_threaded(inverse_rotated_std, sets, workers)
+    rotated = {(m, name): (shared[index, size], inverse) for (m, name, index, size), inverse in zip(sets, inverses)}
     return BaselineScales(inverse_std, rotated)
 
 
@@ -97,8 +106,9 @@ class PairMaxima:
            chunk of rotations with the rotated units' 1/std folded into Q (`RotationSet`); the rows' 1/std then
            multiply the row maxima (a positive scale does not move a max).
         3) b -> rotated a: the same per unit set of a in the rows, against every column.
+        The unit sets of 2) and 3) run on single-threaded workers (`map_single_threaded`); their maxima are
+        folded in here, in order.
         """
-        spread = self.rotated_moments is not None
         row_spans = self._block_spans(block.row_start, block.row_stop)
         column_spans = self._block_spans(block.column_start, block.column_stop)
         if self.correlations:
@@ -107,28 +117,39 @@ class PairMaxima:
         finite = _finite(values)
         row_scale = torch.cat([scales.inverse_std[a][local] for a, _, _, local in row_spans]).to(values)  # [rows]
         column_scale = torch.cat([scales.inverse_std[b][local] for b, _, _, local in column_spans]).to(values)
-        for b, set_b, columns, local_b in column_spans:  # 2)
-            rotations, inverse = scales.rotated[b, set_b]
-            cross = values[:, columns]  # [rows, n_b]
-            for chunk in self._chunks(cross.numel()):
-                product = rotations.rotate_columns(cross, inverse, chunk)  # [rows, c, n_b]
-                peak, moments = _reduce_rotated(product, 2, row_scale[:, None, None],
-                                                finite and _finite(inverse[chunk]), spread)  # [rows, c], [3, rows, c]
-                for a, _, rows, local_a in row_spans:
-                    _keep_peak(self.baseline[a, b], chunk, local_a, peak[rows].T)
-                    if spread:
-                        self.rotated_moments[a, b][chunk, :, local_a] += moments[:, rows].permute(2, 0, 1)
-        for a, set_a, rows, local_a in row_spans:  # 3)
-            rotations, inverse = scales.rotated[a, set_a]
-            cross = values[rows]  # [n_a, columns]
-            for chunk in self._chunks(cross.numel()):
-                product = rotations.rotate_rows(cross, inverse, chunk)  # [c, n_a, columns]
-                peak, moments = _reduce_rotated(product, 1, column_scale[None, None, :],
-                                                finite and _finite(inverse[chunk]), spread)  # [c, columns], [3, c, cols]
-                for b, _, columns, local_b in column_spans:
-                    _keep_peak(self.baseline[b, a], chunk, local_b, peak[:, columns])
-                    if spread:
-                        self.rotated_moments[b, a][chunk, :, local_b] += moments[:, :, columns].permute(1, 0, 2)
+        jobs = ([(b, set_b, columns, True, row_scale) for b, set_b, columns, _ in column_spans]  # 2)
+                + [(a, set_a, rows, False, column_scale) for a, set_a, rows, _ in row_spans])  # 3)
+        reduced = map_single_threaded(lambda job: self._rotated_maxima(values, *job, scales, finite), jobs,
+                                      torch.get_num_threads())
+        for (rotated, _, _, along_columns, _), chunks in zip(jobs, reduced):
+            fixed_spans = row_spans if along_columns else column_spans
+            for chunk, peak, moments in chunks:
+                for fixed, _, units, local in fixed_spans:
+                    target = self.baseline[fixed, rotated][chunk, local]
+                    torch.maximum(target, peak[:, units], out=target)
+                    if moments is not None:
+                        self.rotated_moments[fixed, rotated][chunk, :, local] += moments[:, :, units]
+
+    def _rotated_maxima(self, values: torch.Tensor, model: str, name: str, span: slice, along_columns: bool,
+                        fixed_scale: torch.Tensor, scales: BaselineScales, finite: bool) -> list[tuple]:
+        """The R rotations of one unit set of the block (its units `span` of the columns when `along_columns`,
+        else of the rows) against every unit on the other side, whose 1/std is `fixed_scale` [units]:
+        [(chunk of rotations, max float64 [c, units], `_moments_along` [c, 3, units] or None)]."""
+        rotations, inverse = scales.rotated[model, name]
+        cross = values[:, span] if along_columns else values[span]  # [rows, n] or [n, columns]
+        spread, out = self.rotated_moments is not None, []
+        for chunk in self._chunks(cross.numel()):
+            finite_chunk = finite and _finite(inverse[chunk])
+            if along_columns:
+                product = rotations.rotate_columns(cross, inverse, chunk)  # [rows, c, n]
+                peak, moments = _reduce_rotated(product, 2, fixed_scale[:, None, None], finite_chunk, spread)
+                out.append((chunk, peak.T, None if moments is None else moments.permute(2, 0, 1)))
+            else:
+                product = rotations.rotate_rows(cross, inverse, chunk)  # [c, n, columns]
+                peak, moments = _reduce_rotated(product, 1, fixed_scale[None, None, :], finite_chunk, spread)
+                out.append((chunk, peak, None if moments is None else moments.permute(1, 0, 2)))
+            del product
+        return out
 
     def _add_max(self, a: str, rows: slice, b: str, columns: slice, cross: torch.Tensor, scales: BaselineScales
                  ) -> None:
@@ -189,12 +210,6 @@ class PairMaxima:
 
 def _finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
-
-
-def _keep_peak(baseline: torch.Tensor, chunk: slice, units: slice, peak: torch.Tensor) -> None:
-    """baseline[chunk, units] = max(baseline[chunk, units], peak): rotated maxima [c, units] folded in."""
-    target = baseline[chunk, units]
-    torch.maximum(target, peak, out=target)
 
 
 def _reduce_rotated(product: torch.Tensor, dim: int, fixed_scale: torch.Tensor, finite: bool, spread: bool

@@ -206,7 +206,8 @@ class RotationSet:
     def __init__(self, kind: str, seed: int, unit_set_index: int, size: int, indices: range):
         drawn = [rotation(kind, seed, unit_set_index, r, size) for r in indices]
         self.size, self.count = size, len(drawn)
-        self.stacked = torch.cat([q.dense() for q in drawn]) if all(isinstance(q, HaarRotation) for q in drawn) else None
+        dense = all(isinstance(q, HaarRotation) for q in drawn)
+        self.stacked = torch.cat([q.dense() for q in drawn]) if dense else None  # [R n, n]
         self.structured = None if self.stacked is not None else drawn  # fast rotations, applied one by one
         self._cast: dict[tuple, torch.Tensor] = {}  # `stacked` in each (device, dtype) it has been applied in
 

@@ -25,8 +25,8 @@ from ..moments import MomentAccumulator
 from ._correlation import dead_units
 from ._maxima import PairMaxima, baseline_scales
 
-__all__ = ["universality_tables", "rotated_maxima", "tables_from_maxima", "layer_summary", "universality_null", "rotation_columns",
-           "unit_index", "model_index"]
+__all__ = ["universality_tables", "rotated_maxima", "tables_from_maxima", "layer_summary", "universality_null",
+           "rotation_columns", "unit_index", "model_index"]
 
 def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int,
                         kind: str = "auto"):

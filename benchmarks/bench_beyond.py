@@ -6,8 +6,13 @@ each at 4 models x 2048 units x 65536 tokens). Not a test; the last line is one 
     .venv/bin/python benchmarks/bench_beyond.py [--layers 8] [--tokens 65536] [--repeats 3]
 
 The stream is `bench_moments.activation_batches` (distinct batches cycled: generation is not timed);
-the state is float32 on 2 threads, as a run's. Each figure is the median over `repeats`, the ratio
-taken against the median streaming time of the same run.
+the state is float32 on 2 threads, as a run's (the similarity pairs and the rotations then run on 2
+single-threaded workers). Each figure is the median over `repeats`, the ratio taken against the median
+streaming time of the same run. Calibration reuses the comparison's one rotation and computes 31.
+
+Measured at the issue's size on 2 cores at load 8-11 (README, "What they cost"): similarity 0.21,
+calibration 0.30 of the stream. Calibration's floor is its FLOP count, 2 R n / tokens = 0.22 of the
+stream's (R = 31 new rotations, n = 256 units per set), plus drawing the rotations: 0.25 is out of reach.
 """
 
 from __future__ import annotations

@@ -91,6 +91,22 @@ def test_calibrating_with_the_comparisons_own_rotations_reuses_them():
     assert (reused.units.calibrated_universal == recomputed.units.calibrated_universal).all()
 
 
+def test_calibrating_beyond_the_comparisons_own_rotations_keeps_them_and_computes_only_the_rest():
+    """A comparison with k rotations lends them as the first k of R: the other R - k maxima come from the state
+    (rotated maxima only); the columns equal those of a comparison made with all R. Fewer than k: its first R."""
+    torch.set_num_threads(2)
+    batches, _ = _planted(seed=3)
+    whole = compare_activations(batches, rotations=6, seed=1)
+    direct = whole.calibrate(rotations=6)
+    for own in (1, 2):
+        extended = compare_activations(batches, rotations=own, seed=1).calibrate(rotations=6)
+        for column in ("baseline_mean", "baseline_std", "z", "p_value", "q_value"):
+            np.testing.assert_allclose(extended.pairs[column], direct.pairs[column], rtol=1e-5, atol=1e-6)
+        assert (extended.units.calibrated_universal == direct.units.calibrated_universal).all()
+    first = whole.pairs[[f"baseline_max_corr_r{r}" for r in range(3)]].to_numpy()
+    np.testing.assert_array_equal(whole.calibrate(rotations=3).pairs.baseline_mean, first.mean(axis=1))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"alpha": 0}, "alpha must be a number in (0, 1)"), ({"alpha": 1.5}, "alpha must be a number in (0, 1)"),
     ({"rotations": 1}, "calibration needs rotations >= 2"), ({"rotations": 0}, "rotations must be an integer >= 1"),

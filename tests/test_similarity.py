@@ -336,6 +336,21 @@ def test_nulls_sit_at_chance_and_are_seeded():
     assert none.null_mean.isna().all() and none.null_std.isna().all()
 
 
+def test_the_table_is_the_same_on_one_thread_and_on_worker_threads():
+    """The pairs run on torch's thread count of single-threaded workers (`map_single_threaded`): each pair's
+    numbers are computed alone, so the table does not depend on the thread count."""
+    models = _models(tokens=400)
+    run = dict(reservoir=400, nulls=2, seed=1)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = compare_representations([models], **run)
+        torch.set_num_threads(2)
+        assert compare_representations([models], **run).equals(alone)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_compare_representations_is_exported():
     assert universality.compare_representations is compare_representations
     assert "compare_representations" in universality.__all__

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -16,7 +17,7 @@ from ..errors import UniversalityError
 from ..moments import MomentAccumulator, load_moments, save_moments
 from ._calibration import DEFAULT_ALPHA, DEFAULT_CALIBRATION_ROTATIONS, calibrated_tables, check_alpha
 from ._correlation import pearson
-from ._universality import layer_summary, rotation_columns, universality_tables
+from ._universality import layer_summary, rotated_maxima, rotation_columns, universality_tables
 
 __all__ = ["Comparison", "compare_moments"]
 
@@ -70,25 +71,24 @@ class Comparison:
                   ) -> "Comparison":
         """This comparison with calibrated universality (`compare._calibration`): `units` gain `z,
         p_value, q_value, calibrated_universal`, `pairs` gain `baseline_mean, baseline_std, z,
-        p_empirical, p_value, q_value`; the paper's columns stay as they are. The `rotations` maxima
-        are this comparison's own when it has exactly that many, else computed again from the state
-        (seeded as the comparison's: its own rotations come first), which needs the cross-moments: a
-        one-pass state."""
+        p_empirical, p_value, q_value`; the paper's columns stay as they are. Of the `rotations` maxima,
+        the first are this comparison's own (seeded alike, its rotations are the first of any count), and
+        those beyond its own are computed from the state ("auto" kind, rotated maxima only), which needs the
+        cross-moments: a one-pass state."""
         check_settings(self.threshold, rotations, self.seed)
         alpha = check_alpha(alpha)
         if rotations < 2:
             raise UniversalityError(f"calibration needs rotations >= 2, got {rotations}; e.g. rotations=32")
-        pairs = self.pairs
-        if len(rotation_columns(pairs)) != rotations:
+        own = self.pairs[rotation_columns(self.pairs) or ["baseline_max_corr"]].to_numpy(float)  # [rows, own]
+        if rotations > own.shape[1]:
             if not self.moments.is_default:
                 raise UniversalityError(
                     f"this comparison has {self.rotations} rotation(s) and its state no longer holds the cross-"
                     f"moments (a multi-pass plan or a sketch reduced them); compare again with rotations={rotations}, "
                     f"or calibrate with rotations={self.rotations}")
-            _, pairs = universality_tables(self.moments, threshold=self.threshold, rotations=rotations,
-                                           seed=self.seed)
-        rotated = pairs[rotation_columns(pairs)].to_numpy(float)
-        units, calibrated = calibrated_tables(self.units, self.pairs, rotated, alpha=alpha)
+            more = rotated_maxima(self.moments, rotations=rotations - own.shape[1], seed=self.seed, first=own.shape[1])
+            own = np.hstack([own, more])
+        units, calibrated = calibrated_tables(self.units, self.pairs, own[:, :rotations], alpha=alpha)
         return Comparison(self.moments, units, calibrated, threshold=self.threshold, rotations=self.rotations,
                           seed=self.seed, plan=self.plan)
 

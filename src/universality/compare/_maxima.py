@@ -3,32 +3,36 @@ ever held beyond one unit-set pair: what makes a memory-budgeted, multi-pass com
 
 Two steps:
 1) `baseline_scales(acc)` from the means and Grams (the first pass of any plan holds every Gram):
-   each unit's 1/std (NaN when dead) and, per unit set and rotation, the rotation Q and the rotated
-   units' 1/std, 1/sqrt(diag(Q G Q^T)).
-2) `PairMaxima.add_block` for every cross-moment block C [rows of a, columns of b], unit-set pair
-   by unit-set pair: rho = C * s_a s_b^T; row max / argmax update a -> b, column max / argmax b -> a;
-   rotated: (C Q_b^T) row max for a -> b and (Q_a C) column max for b -> a.
+   each unit's 1/std (NaN when dead) and, per unit set, its R rotations Q_r (a `RotationSet`) and the
+   rotated units' 1/std, 1/sqrt(diag(Q_r G Q_r^T)).
+2) `PairMaxima.add_block` for every cross-moment block C [rows of a, columns of b]: unit-set pair
+   by unit-set pair rho = C * s_a s_b^T, row max / argmax update a -> b, column max / argmax b -> a;
+   rotated, per unit set and all the block's partners at once: (C Q_b^T) row max for a -> b and
+   (Q_a C) column max for b -> a.
 Maxima of different blocks and passes combine by max, which is exact and order-free (ties keep the
 lower partner index, as one max over the whole row does).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .._threads import map_single_threaded
 from ..moments import Block, MomentAccumulator
 from ..moments._blocks import unit_set_spans
 from ._correlation import _inverse_std
-from ._rotations import HaarRotation, rotation
+from ._rotations import RotationSet
 
 __all__ = ["BaselineScales", "baseline_scales", "PairMaxima"]
 
-# entries of the rotated products held at once per unit-set pair: rotations are reduced in groups of
-# this many entries over the pair's (one rotation at a time when the pair alone is larger)
-_ROTATED_ENTRIES = 2**22
+# entries of one rotated product held at once per worker (64 MB in float32): rotations are applied in chunks
+# of at most this many entries over a block's rows (a -> b) or columns (b -> a), at least one rotation per
+# chunk; at 2**22, 4 models x 8 sets of 256 units took 416 products and their reductions instead of 144
+_ROTATED_ENTRIES = 2**24
 
 
 @dataclass
@@ -36,28 +40,32 @@ class BaselineScales:
     """What the block reduction needs beside the cross blocks, all derived from means and Grams.
 
     inverse_std : {model: float64 [units_m]}, NaN for dead units
-    rotated : {(model, unit_set): [(rotation, float64 [units_s] 1/sqrt(diag Q G Q^T)) per rotation]}
+    rotated : {(model, unit_set): (RotationSet, float64 [rotations, units_s] 1/sqrt(diag Q_r G Q_r^T))}
     """
     inverse_std: dict
     rotated: dict
 
 
-def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: str = "auto") -> BaselineScales:
-    """Scales of every unit and rotated unit from `acc`'s means and Grams (it must hold every Gram).
-    One rotation per (unit set position, rotation index, width) is drawn and shared by all models."""
+def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: str = "auto", first: int = 0
+                    ) -> BaselineScales:
+    """Scales of every unit and of rotated units r = first .. first + rotations - 1 from `acc`'s means and Grams
+    (it must hold every Gram). One `RotationSet` per (unit set position, width), shared by all models."""
     inverse_std = {m: _inverse_std(acc, m) for m in acc.models}
-    shared, rotated = {}, {}
-    for m in acc.models:
-        for index, (name, size) in enumerate(acc.layout[m].items()):
-            grams = acc.gram_[m][name].double()
-            per_rotation = []
-            for r in range(rotations):
-                key = (index, r, size)
-                if key not in shared:
-                    shared[key] = rotation(kind, seed, index, r, size)
-                variance = shared[key].rotated_variances(grams)  # diag(Q G Q^T), float64 [n]
-                per_rotation.append((shared[key], variance.clamp_min(0).rsqrt()))
-            rotated[m, name] = per_rotation
+    workers = torch.get_num_threads()  # the draws (QRs) and the rotated variances run on single-threaded workers
+    sets = [(m, name, index, size) for m in acc.models for index, (name, size) in enumerate(acc.layout[m].items())]
+    keys = list(dict.fromkeys((index, size) for _, _, index, size in sets))
+
+    def draw(key: tuple[int, int]) -> RotationSet:
+        return RotationSet(kind, seed, *key, range(first, first + rotations))
+
+    shared = dict(zip(keys, map_single_threaded(draw, keys, workers)))
+
+    def inverse_rotated_std(item: tuple) -> torch.Tensor:
+        m, name, index, size = item
+        return shared[index, size].rotated_variances(acc.gram_[m][name].double()).clamp_min(0).rsqrt()  # [R, n]
+
+    inverses = map_single_threaded(inverse_rotated_std, sets, workers)
+    rotated = {(m, name): (shared[index, size], inverse) for (m, name, index, size), inverse in zip(sets, inverses)}
     return BaselineScales(inverse_std, rotated)
 
 
@@ -69,12 +77,13 @@ class PairMaxima:
     `baseline[a, b]` [rotations, units_a]. With `spread=True` also `rotated_moments[a, b]`
     [rotations, 3, units_a]: per unit of a, the count, sum and sum of squares of its correlations with
     the live rotated units of b (what `compare._sketch` needs to take the noise of a short stream out of
-    the baseline).
+    the baseline). With `correlations=False` only the baselines are reduced (`max_corr` stays -inf):
+    what calibration adds to a comparison.
     """
 
-    def __init__(self, layout: dict, rotations: int, *, spread: bool = False):
+    def __init__(self, layout: dict, rotations: int, *, spread: bool = False, correlations: bool = True):
         self.layout = {m: dict(sets) for m, sets in layout.items()}
-        self.rotations = rotations
+        self.rotations, self.correlations = rotations, correlations
         self.rotated_moments = {} if spread else None
         self.sizes = {m: sum(sets.values()) for m, sets in self.layout.items()}
         self.max_corr, self.partner, self.baseline = {}, {}, {}
@@ -90,43 +99,71 @@ class PairMaxima:
         self._model_start = {m: min(span[2] for span in self._spans if span[0] == m) for m in self.layout}
 
     def add_block(self, block: Block, values: torch.Tensor, scales: BaselineScales) -> None:
-        """Reduce one cross block `values` [rows, columns] (global unit indices `block`)."""
-        for a, set_a, a0, a1 in self._spans_in(block.row_start, block.row_stop):
-            for b, set_b, b0, b1 in self._spans_in(block.column_start, block.column_stop):
-                sub = values[a0 - block.row_start:a1 - block.row_start, b0 - block.column_start:b1 - block.column_start]
-                self._add_sets(a, set_a, a0, b, set_b, b0, sub, scales)
+        """Reduce one cross block `values` [rows, columns] (global unit indices `block`).
 
-    def _add_sets(self, a, set_a, a0, b, set_b, b0, cross, scales: BaselineScales) -> None:
-        """One unit-set pair: cross [n_a, n_b] in the state's dtype; a0 / b0 are global starts."""
-        dtype = cross.dtype
-        la, lb = a0 - self._model_start[a], b0 - self._model_start[b]  # offsets inside each model
-        rows, columns = slice(la, la + cross.shape[0]), slice(lb, lb + cross.shape[1])
-        scale_a = scales.inverse_std[a][rows].to(dtype)[:, None]  # [n_a, 1]
-        scale_b = scales.inverse_std[b][columns].to(dtype)[None, :]  # [1, n_b]
+        1) Max correlation and partner, unit-set pair by unit-set pair (unless `correlations=False`).
+        2) a -> rotated b: per unit set of b in the columns, every row against R rotations of it, one GEMM per
+           chunk of rotations with the rotated units' 1/std folded into Q (`RotationSet`); the rows' 1/std then
+           multiply the row maxima (a positive scale does not move a max).
+        3) b -> rotated a: the same per unit set of a in the rows, against every column.
+        The unit sets of 2) and 3) run on single-threaded workers (`map_single_threaded`); their maxima are
+        folded in here, in order.
+        """
+        row_spans = self._block_spans(block.row_start, block.row_stop)
+        column_spans = self._block_spans(block.column_start, block.column_stop)
+        if self.correlations:
+            for (a, _, rows, local_a), (b, _, columns, local_b) in itertools.product(row_spans, column_spans):
+                self._add_max(a, local_a, b, local_b, values[rows, columns], scales)
+        finite = _finite(values)
+        row_scale = torch.cat([scales.inverse_std[a][local] for a, _, _, local in row_spans]).to(values)  # [rows]
+        column_scale = torch.cat([scales.inverse_std[b][local] for b, _, _, local in column_spans]).to(values)
+        jobs = ([(b, set_b, columns, True, row_scale) for b, set_b, columns, _ in column_spans]  # 2)
+                + [(a, set_a, rows, False, column_scale) for a, set_a, rows, _ in row_spans])  # 3)
+        reduced = map_single_threaded(lambda job: self._rotated_maxima(values, *job, scales, finite), jobs,
+                                      torch.get_num_threads())
+        for (rotated, _, _, along_columns, _), chunks in zip(jobs, reduced):
+            fixed_spans = row_spans if along_columns else column_spans
+            for chunk, peak, moments in chunks:
+                for fixed, _, units, local in fixed_spans:
+                    target = self.baseline[fixed, rotated][chunk, local]
+                    torch.maximum(target, peak[:, units], out=target)
+                    if moments is not None:
+                        self.rotated_moments[fixed, rotated][chunk, :, local] += moments[:, :, units]
+
+    def _rotated_maxima(self, values: torch.Tensor, model: str, name: str, span: slice, along_columns: bool,
+                        fixed_scale: torch.Tensor, scales: BaselineScales, finite: bool) -> list[tuple]:
+        """The R rotations of one unit set of the block (its units `span` of the columns when `along_columns`,
+        else of the rows) against every unit on the other side, whose 1/std is `fixed_scale` [units]:
+        [(chunk of rotations, max float64 [c, units], `_moments_along` [c, 3, units] or None)]."""
+        rotations, inverse = scales.rotated[model, name]
+        cross = values[:, span] if along_columns else values[span]  # [rows, n] or [n, columns]
+        spread, out = self.rotated_moments is not None, []
+        for chunk in self._chunks(cross.numel()):
+            finite_chunk = finite and _finite(inverse[chunk])
+            if along_columns:
+                product = rotations.rotate_columns(cross, inverse, chunk)  # [rows, c, n]
+                peak, moments = _reduce_rotated(product, 2, fixed_scale[:, None, None], finite_chunk, spread)
+                out.append((chunk, peak.T, None if moments is None else moments.permute(2, 0, 1)))
+            else:
+                product = rotations.rotate_rows(cross, inverse, chunk)  # [c, n, columns]
+                peak, moments = _reduce_rotated(product, 1, fixed_scale[None, None, :], finite_chunk, spread)
+                out.append((chunk, peak, None if moments is None else moments.permute(1, 0, 2)))
+            del product
+        return out
+
+    def _add_max(self, a: str, rows: slice, b: str, columns: slice, cross: torch.Tensor, scales: BaselineScales
+                 ) -> None:
+        """Max correlation and partner of one unit-set pair: cross [n_a, n_b]; rows / columns index inside a / b."""
+        scale_a = scales.inverse_std[a][rows].to(cross)[:, None]  # [n_a, 1]
+        scale_b = scales.inverse_std[b][columns].to(cross)[None, :]  # [1, n_b]
         corr = torch.nan_to_num(cross * scale_a * scale_b, nan=-torch.inf)  # [n_a, n_b]
-        _keep_max(self.max_corr[a, b], self.partner[a, b], rows, *corr.max(dim=1), lb)
-        _keep_max(self.max_corr[b, a], self.partner[b, a], columns, *corr.max(dim=0), la)
-        del corr
-        rotated_b, rotated_a = scales.rotated[b, set_b], scales.rotated[a, set_a]
-        step = max(1, _ROTATED_ENTRIES // cross.numel())  # rotations reduced together: one GEMM each way
-        for r0 in range(0, self.rotations, step):
-            chunk = slice(r0, min(r0 + step, self.rotations))
-            inverse_b = torch.stack([s for _, s in rotated_b[chunk]]).to(dtype)  # [c, n_b]
-            inverse_a = torch.stack([s for _, s in rotated_a[chunk]]).to(dtype)  # [c, n_a]
-            forward = _rotate_columns([q for q, _ in rotated_b[chunk]], cross)  # C Q_b^T: [n_a, c, n_b]
-            forward.mul_(scale_a[:, :, None]).mul_(inverse_b[None])
-            peak = forward.nan_to_num_(nan=-torch.inf).amax(dim=2).T.double().cpu()  # [c, n_a]
-            torch.maximum(self.baseline[a, b][chunk, rows], peak, out=self.baseline[a, b][chunk, rows])
-            if self.rotated_moments is not None:
-                self.rotated_moments[a, b][chunk, :, rows] += _moments_along(forward, dim=2).permute(2, 0, 1)
-            del forward
-            backward = _rotate_rows([q for q, _ in rotated_a[chunk]], cross)  # Q_a C: [c, n_a, n_b]
-            backward.mul_(inverse_a[:, :, None]).mul_(scale_b)
-            peak = backward.nan_to_num_(nan=-torch.inf).amax(dim=1).double().cpu()  # [c, n_b]
-            torch.maximum(self.baseline[b, a][chunk, columns], peak, out=self.baseline[b, a][chunk, columns])
-            if self.rotated_moments is not None:
-                self.rotated_moments[b, a][chunk, :, columns] += _moments_along(backward, dim=1).permute(1, 0, 2)
-            del backward
+        _keep_max(self.max_corr[a, b], self.partner[a, b], rows, *corr.max(dim=1), columns.start)
+        _keep_max(self.max_corr[b, a], self.partner[b, a], columns, *corr.max(dim=0), rows.start)
+
+    def _chunks(self, entries: int) -> list[slice]:
+        """Rotation ranges whose products of `entries` entries each fit in `_ROTATED_ENTRIES` together."""
+        step = max(1, _ROTATED_ENTRIES // entries)
+        return [slice(r0, min(r0 + step, self.rotations)) for r0 in range(0, self.rotations, step)]
 
     def update(self, other: "PairMaxima") -> "PairMaxima":
         """Fold `other` (maxima of other blocks of the same layout) into self; returns self."""
@@ -161,35 +198,41 @@ class PairMaxima:
         baseline[np.isinf(baseline)] = np.nan
         return max_corr, partner, baseline
 
-    def _spans_in(self, start: int, stop: int) -> list[tuple[str, str, int, int]]:
-        """(model, unit set, global start, global stop) of each unit set inside [start, stop)."""
+    def _block_spans(self, start: int, stop: int) -> list[tuple[str, str, slice, slice]]:
+        """(model, unit set, its units in the block [start, stop), its units inside the model) of each unit set
+        inside [start, stop) of the global order."""
         inside = [span for span in self._spans if start <= span[2] and span[3] <= stop]
         if sum(span[3] - span[2] for span in inside) != stop - start:
             raise ValueError(f"block [{start}, {stop}) is not cut at unit-set boundaries")
-        return inside
+        return [(m, name, slice(s0 - start, s1 - start), slice(s0 - self._model_start[m], s1 - self._model_start[m]))
+                for m, name, s0, s1 in inside]
 
 
-def _rotate_columns(rotations: list, cross: torch.Tensor) -> torch.Tensor:
-    """cross [n_a, n_b] times each Q^T: [n_a, len(rotations), n_b]; dense (Haar) rotations stacked into
-    one GEMM (32 rotations of 256-wide sets ran 12x slower one GEMM each)."""
-    if all(isinstance(q, HaarRotation) for q in rotations):
-        stacked = torch.cat([q.dense().to(cross.device, cross.dtype) for q in rotations])  # [c n_b, n_b]
-        return (cross @ stacked.T).view(cross.shape[0], len(rotations), cross.shape[1])
-    return torch.stack([q.rotate_columns(cross) for q in rotations], dim=1)
+def _finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
 
 
-def _rotate_rows(rotations: list, cross: torch.Tensor) -> torch.Tensor:
-    """Each Q times cross [n_a, n_b]: [len(rotations), n_a, n_b] (dense rotations in one GEMM)."""
-    if all(isinstance(q, HaarRotation) for q in rotations):
-        stacked = torch.cat([q.dense().to(cross.device, cross.dtype) for q in rotations])  # [c n_a, n_a]
-        return (stacked @ cross).view(len(rotations), *cross.shape)
-    return torch.stack([q.rotate_rows(cross) for q in rotations])
+def _reduce_rotated(product: torch.Tensor, dim: int, fixed_scale: torch.Tensor, finite: bool, spread: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotated correlations reduced over the rotated units, dimension `dim` of `product` (rotated units
+    already scaled), once the fixed side's 1/std `fixed_scale` (broadcast to `product`, NaN: dead) applies:
+    (max over `dim` float64 on the host, -inf where none is finite; and with `spread`, `_moments_along`).
+    `finite`: every input was finite, so `product` is: then the fixed scale multiplies the maxima only."""
+    if not finite:
+        torch.nan_to_num(product, nan=-torch.inf, out=product)
+    moments = None
+    if spread:  # the moments need every correlation itself
+        product.mul_(fixed_scale)
+        peak = product.amax(dim=dim)
+        moments = _moments_along(product, dim)  # overwrites product
+    else:
+        peak = product.amax(dim=dim) * fixed_scale.squeeze(dim)
+    return torch.nan_to_num(peak, nan=-torch.inf).double().cpu(), moments
 
 
 def _moments_along(corr: torch.Tensor, dim: int) -> torch.Tensor:
-    """Count, sum and sum of squares of the finite entries of `corr` along `dim`: float64 [3, other dims]
-    (a dead unit's correlations are -inf by then). Overwrites `corr` (its non-finite entries with 0,
-    then every entry with its square): in place and
+    """Count, sum and sum of squares of the finite entries of `corr` along `dim`: float64 [3, other dims].
+    Overwrites `corr` (its non-finite entries with 0, then every entry with its square): in place and
     summed in its own dtype, it costs a third of the float64 temporaries it replaced (a float32 sum of
     a few thousand correlations is within 1e-6 relative, far below what the spread is used for)."""
     count = torch.isfinite(corr).sum(dim)

@@ -56,7 +56,7 @@ from .._threads import torch_threads
 from ..errors import UniversalityError
 from ._baseline import haar_rotation
 
-__all__ = ["Rotation", "HaarRotation", "FastRotation", "rotation", "ROTATION_KINDS", "BLOCK"]
+__all__ = ["Rotation", "HaarRotation", "FastRotation", "RotationSet", "rotation", "ROTATION_KINDS", "BLOCK"]
 
 ROTATION_KINDS = ("auto", "haar", "fast")  # auto: haar up to _defaults.HAAR_MAX_WIDTH units, else fast
 BLOCK = 128  # largest Haar block of the fast kind
@@ -65,6 +65,8 @@ BLOCK = 128  # largest Haar block of the fast kind
 # 4.0 s (the issue saw 2.5 s and 11-12 s on a busy machine); 128 QRs of 128 x 128 at load 3:
 # 0.18 s and 1.26 s. One thread loses at most 2x when idle and never waits on a busy core.
 _QR_THREADS = 1
+# entries of Q_r G (rotated variances) formed at once by a `RotationSet`: 32 MB in float64
+_STACKED_ENTRIES = 2**22
 
 
 class Rotation(Protocol):
@@ -184,6 +186,65 @@ class FastRotation:
                 start = stop
             x = out
         return x
+
+
+class RotationSet:
+    """Rotations r in `indices` of one unit set (`rotation` keys seed, unit set index, r, size), shared by
+    every model that has the set, applied many at a time with each rotated unit scaled (the baseline's 1/std).
+
+    Dense (Haar) rotations are held stacked, float64 [R n, n] (rows i n .. i n + n - 1 hold the i-th), so a
+    chunk of them is one GEMM with its scales folded into Q's rows: C (D_r Q_r)^T for every r at once.
+
+    Parameters
+    ----------
+    kind : {'auto', 'haar', 'fast'}
+    seed, unit_set_index : int >= 0
+    size : int >= 1, the set's width n
+    indices : range of rotation indices r >= 0 (R of them)
+    """
+
+    def __init__(self, kind: str, seed: int, unit_set_index: int, size: int, indices: range):
+        drawn = [rotation(kind, seed, unit_set_index, r, size) for r in indices]
+        self.size, self.count = size, len(drawn)
+        dense = all(isinstance(q, HaarRotation) for q in drawn)
+        self.stacked = torch.cat([q.dense() for q in drawn]) if dense else None  # [R n, n]
+        self.structured = None if self.stacked is not None else drawn  # fast rotations, applied one by one
+        self._cast: dict[tuple, torch.Tensor] = {}  # `stacked` in each (device, dtype) it has been applied in
+
+    def rotated_variances(self, gram: torch.Tensor) -> torch.Tensor:
+        """diag(Q_r G Q_r^T) for every r: float64 [R, n], for a symmetric Gram G [n, n] float64."""
+        if self.structured is not None:
+            return torch.stack([q.rotated_variances(gram) for q in self.structured])
+        step = max(1, _STACKED_ENTRIES // self.size**2)
+        out = []
+        for r0 in range(0, self.count, step):
+            q = self.stacked[r0 * self.size:min(r0 + step, self.count) * self.size].to(gram.device)  # [c n, n]
+            out.append(((q @ gram) * q).sum(dim=1))
+        return torch.cat(out).view(self.count, self.size)
+
+    def rotate_columns(self, x: torch.Tensor, scales: torch.Tensor, chunk: slice) -> torch.Tensor:
+        """x Q_r^T with rotated unit k scaled by scales[r, k], for r in `chunk` (positions in `indices`):
+        x [rows, n], scales float64 [R, n] -> [rows, c, n] in x's dtype and device."""
+        if self.structured is None:
+            return (x @ self._scaled_stack(scales, chunk, x).T).view(x.shape[0], -1, self.size)
+        out = torch.stack([q.rotate_columns(x) for q in self.structured[chunk]], dim=1)
+        return out.mul_(scales[chunk].to(x))
+
+    def rotate_rows(self, x: torch.Tensor, scales: torch.Tensor, chunk: slice) -> torch.Tensor:
+        """Q_r x with rotated unit k scaled by scales[r, k], for r in `chunk` (positions in `indices`):
+        x [n, columns], scales float64 [R, n] -> [c, n, columns] in x's dtype and device."""
+        if self.structured is None:
+            return (self._scaled_stack(scales, chunk, x) @ x).view(-1, self.size, x.shape[1])
+        out = torch.stack([q.rotate_rows(x) for q in self.structured[chunk]])
+        return out.mul_(scales[chunk].to(x)[:, :, None])
+
+    def _scaled_stack(self, scales: torch.Tensor, chunk: slice, like: torch.Tensor) -> torch.Tensor:
+        """D_r Q_r stacked for r in `chunk`, in `like`'s dtype and device: [c n, n]."""
+        key = (like.device, like.dtype)
+        if key not in self._cast:
+            self._cast[key] = self.stacked.to(like)
+        rows = slice(chunk.start * self.size, chunk.stop * self.size)
+        return self._cast[key][rows] * scales[chunk].to(like).reshape(-1, 1)
 
 
 def rotation(kind: str, seed: int, unit_set_index: int, rotation_index: int, size: int) -> Rotation:

@@ -101,7 +101,7 @@ def exact_row_baselines(refine: CandidateMoments, subsample_grams: dict, scales:
     inverse_row = variance[rows].rsqrt()
     sizes = {model: sum(sets.values()) for model, sets in refine.layout.items()}
     starts = dict(zip(sizes, itertools.accumulate([0, *sizes.values()])))
-    rotations = len(next(iter(scales.rotated.values())))
+    rotations = next(iter(scales.rotated.values()))[1].shape[0]
     result = {}
     for a, size_a in sizes.items():
         mine = (rows >= starts[a]) & (rows < starts[a] + size_a)
@@ -116,10 +116,12 @@ def exact_row_baselines(refine: CandidateMoments, subsample_grams: dict, scales:
             for name, width in sets.items():
                 columns = slice(set_start, set_start + width)
                 gram = _gram_over_all_tokens(subsample_grams[b][name].double().cpu(), variance[columns])
-                for r, (q, _) in enumerate(scales.rotated[b, name]):
-                    rotated_inverse = q.rotated_variances(gram).clamp_min(0).rsqrt()  # [width]
-                    corr = q.rotate_columns(cross_rows[:, columns]) * inverse * rotated_inverse
-                    torch.maximum(peak[r], torch.nan_to_num(corr, nan=-torch.inf).amax(dim=1), out=peak[r])
+                rotated, _ = scales.rotated[b, name]
+                rotated_inverse = rotated.rotated_variances(gram).clamp_min(0).rsqrt()  # [rotations, width]
+                for r in range(rotations):
+                    corr = rotated.rotate_columns(cross_rows[:, columns], rotated_inverse, slice(r, r + 1))[:, 0]
+                    corr = torch.nan_to_num(corr * inverse, nan=-torch.inf)  # [units, width]
+                    torch.maximum(peak[r], corr.amax(dim=1), out=peak[r])
                 set_start += width
             result[a, b] = (rows[mine] - starts[a], peak)
     return result

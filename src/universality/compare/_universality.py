@@ -25,8 +25,8 @@ from ..moments import MomentAccumulator
 from ._correlation import dead_units
 from ._maxima import PairMaxima, baseline_scales
 
-__all__ = ["universality_tables", "tables_from_maxima", "layer_summary", "universality_null", "rotation_columns",
-           "unit_index", "model_index"]
+__all__ = ["universality_tables", "rotated_maxima", "tables_from_maxima", "layer_summary", "universality_null",
+           "rotation_columns", "unit_index", "model_index"]
 
 def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: int, seed: int,
                         kind: str = "auto"):
@@ -38,6 +38,18 @@ def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: 
         if not block.is_gram:
             maxima.add_block(block, values, scales)
     return tables_from_maxima(maxima, {m: dead_units(acc, m).numpy() for m in acc.models}, threshold=threshold)
+
+
+def rotated_maxima(acc: MomentAccumulator, *, rotations: int, seed: int, first: int = 0) -> np.ndarray:
+    """The maxima of rotations first .. first + rotations - 1 ("auto" kind) for every row of the `pairs` table
+    (`tables_from_maxima`'s order: model, other model, unit), without the max correlations:
+    float64 [pairs rows, rotations], NaN where no rotated unit is live."""
+    scales = baseline_scales(acc, rotations=rotations, seed=seed, first=first)
+    maxima = PairMaxima(acc.layout, rotations, correlations=False)
+    for block, values in acc.blocks_.items():
+        if not block.is_gram:
+            maxima.add_block(block, values, scales)
+    return np.concatenate([maxima.finished(a, b)[2].T for a in acc.models for b in acc.models if b != a])
 
 
 def tables_from_maxima(maxima: PairMaxima, dead: dict[str, np.ndarray], *, threshold: float):

@@ -23,6 +23,7 @@ import math
 import pandas as pd
 import torch
 
+from .._threads import map_single_threaded
 from ..moments import MomentAccumulator
 from ._blocks import cross_moment, unit_sets
 from ._state_metrics import STATE_METRICS, eigen_cross, spectrum, state_scores
@@ -45,10 +46,16 @@ def similarity_table(acc: MomentAccumulator, rows: dict | None, *, metrics, k: i
                      nulls: int, within_models: bool = True) -> pd.DataFrame:
     """The table (`COLUMNS`) for `acc` (holding `similarity_blocks`) and the reservoir `rows`
     ({model: {unit_set: [rows, units]}}, or None when no metric or null needs them).
-    `within_models=False`: only pairs of unit sets of different models (what `default_blocks` hold)."""
+    `within_models=False`: only pairs of unit sets of different models (what `default_blocks` hold).
+    Each unit set is decomposed once (`spectrum`); the pairs, independent small decompositions, run on
+    torch's thread count of single-threaded workers (`map_single_threaded`)."""
     keys = list(unit_sets(acc.layout))
+    workers = torch.get_num_threads()
     state = [m for m in metrics if m in STATE_METRICS]
-    spectra = {key: spectrum(acc.gram_[key[0]][key[1]], acc.count_) for key in keys} if state else {}
+    spectra = {}
+    if state:
+        decomposed = map_single_threaded(lambda key: spectrum(acc.gram_[key[0]][key[1]], acc.count_), keys, workers)
+        spectra = dict(zip(keys, decomposed))
     sides, sampled, knn, orders = {}, {}, {}, []
     if rows is not None:
         sides = {key: token_side(rows[key[0]][key[1]]) for key in keys}
@@ -58,10 +65,10 @@ def similarity_table(acc: MomentAccumulator, rows: dict | None, *, metrics, k: i
             sampled = {key: spectrum(side.centred.T @ side.centred, count) for key, side in sides.items()}
         if "mutual_knn" in metrics:
             knn = {key: neighbours(rows[key[0]][key[1]], k) for key in keys}
-    records = []
-    for a, b in itertools.combinations(keys, 2):
-        if not within_models and a[0] == b[0]:
-            continue
+
+    def pair_records(pair: tuple) -> list[tuple]:
+        """The table rows of one pair (a, b) of unit sets."""
+        a, b = pair
         values, runs = {}, [{} for _ in orders]
         if state:
             t = eigen_cross(cross_moment(acc, a, b), spectra[a], spectra[b], acc.count_)
@@ -79,7 +86,10 @@ def similarity_table(acc: MomentAccumulator, rows: dict | None, *, metrics, k: i
                 run["debiased_cka"] = debiased_cka_from(sides[a], sides[b], cross, order)
             if "mutual_knn" in metrics:
                 run["mutual_knn"] = knn_overlap(knn[a], shuffled_neighbours(knn[b], order))
-        records += [(*a, *b, name, value, *_spread([run[name] for run in runs])) for name, value in values.items()]
+        return [(*a, *b, name, value, *_spread([run[name] for run in runs])) for name, value in values.items()]
+
+    pairs = [(a, b) for a, b in itertools.combinations(keys, 2) if within_models or a[0] != b[0]]
+    records = [row for rows_of_pair in map_single_threaded(pair_records, pairs, workers) for row in rows_of_pair]
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 

@@ -271,3 +271,29 @@ def test_units_near_the_threshold_get_exact_baselines_and_exact_modes_universal_
     differ = sketch.units["universal"].to_numpy() != exact.units["universal"].to_numpy()
     assert (np.abs(excess[differ] - 0.5) < 0.01).all()
     assert exact.units["universal"].sum() > 10
+
+
+def test_full_rows_beyond_the_memory_budget_are_left_to_the_denoised_baseline_with_a_warning():
+    """Near-threshold units under a memory budget that holds, beside pass 1's resident memory, the full
+    rows of a few units (beside the largest block, which pass 1 needs): those closest to the threshold
+    get exact baselines, the rest keep the denoised one, and a warning counts them."""
+    from universality.compare._sketch import _ROW_BYTES
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(11)
+    tokens, width, shared = 20_000, 96, 24
+    features = torch.randn(tokens, shared, generator=g)
+    noise = torch.linspace(0.3, 1.6, shared)
+    acts = {}
+    for m in MODELS:
+        x = torch.randn(tokens, width, generator=g)
+        x[:, torch.randperm(width, generator=g)[:shared]] = features + noise * torch.randn(tokens, shared, generator=g)
+        acts[m] = {"s": x}
+    batches = [{m: {"s": x["s"][i:i + 4000]} for m, x in acts.items()} for i in range(0, tokens, 4000)]
+    free = compare_activations(batches, mode="sketch", subsample=0.04, candidates=4, seed=3)
+    row = _ROW_BYTES * 3 * width
+    budget = sum(free.plan.resident.values()) + 8 * width * width + 5 * row  # a float64 block, 5 rows more
+    with pytest.warns(UserWarning, match=r"^\d+ units within 0\.\d+ of the threshold keep the subsample's denoised"):
+        capped = compare_activations(batches, mode="sketch", subsample=0.04, candidates=4, seed=3,
+                                     memory_budget=budget)
+    assert capped.units["baseline_exact"].sum() == (8 * width * width) // row + 5 < free.units["baseline_exact"].sum()
+    assert capped.units["baseline_exact"].to_numpy()[~free.units["baseline_exact"].to_numpy()].sum() == 0

@@ -44,6 +44,9 @@ DEFAULT_CANDIDATES = 8
 # subsample correlations rest on so few tokens (standard error >= 1/sqrt(32) = 0.18) that they
 # cannot rank its partners.
 MIN_SEEN_TOKENS = 32
+# Bytes per unit of one full row in pass 2: its float64 total, the batch's float32 product and its
+# float64 copy (`CandidateMoments.row_comoment_`).
+_ROW_BYTES = 20
 _SUBSAMPLE_KEY = 0x5B5A  # keeps subsample seeds apart from rotation seeds (both SeedSequence words)
 
 
@@ -139,8 +142,16 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     except UniversalityError as error:
         raise UniversalityError(f"pass 1 (subsample={subsample:g}): {error}") from None
     moments.is_default = False  # the cross blocks were reduced (and were the subsample's only)
-    near = units_near_threshold(top, baseline, threshold=threshold, margin=margin_for(moments.count_),
-                                subsample_tokens=moments.count_, tokens=round(moments.count_ / subsample))
+    total_units = sum(sum(sets.values()) for sets in layout.values())
+    # pass 2 holds about pass 1's resident memory (batch, scratch, Grams) beside the full rows
+    limit = None if budget is None else max(0, budget - sum(plan.resident.values())) // (_ROW_BYTES * total_units)
+    near, left_out = units_near_threshold(top, baseline, threshold=threshold, margin=margin_for(moments.count_),
+                                          subsample_tokens=moments.count_, tokens=round(moments.count_ / subsample),
+                                          limit=limit)
+    if left_out:
+        warnings.warn(f"{left_out} units within {margin_for(moments.count_):.3f} of the threshold keep the subsample's "
+                      f"denoised baseline: the full rows of the {len(near)} closest fill the memory budget "
+                      "(units.baseline_exact); raise memory_budget to settle them all", stacklevel=3)
     refine, seen = _refine(make, layout, top.pairs(), near, moments, subsample=subsample, seed=seed, device=device)
     maxima = PairMaxima(layout, rotations).load_state_dict(
         _state(refine, baseline, exact_row_baselines(refine, moments.gram_, scales[0]), layout,

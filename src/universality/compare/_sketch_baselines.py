@@ -67,11 +67,12 @@ def denoised_baseline(peak: torch.Tensor, rotated: torch.Tensor, subsample_token
 
 
 def units_near_threshold(top: TopCandidates, baseline: PairMaxima, *, threshold: float, margin: float,
-                         subsample_tokens: int, tokens: int) -> torch.Tensor:
+                         subsample_tokens: int, tokens: int, limit: int | None = None) -> tuple[torch.Tensor, int]:
     """Global indices (int64 [near], sorted) of the units whose excess estimated after pass 1 lies
-    within `margin` of `threshold`: the subsample's largest correlation with each other model (the
-    top candidate's) minus the denoised baseline for `tokens` tokens, averaged as the tables do."""
-    near = []
+    within `margin` of `threshold` (the subsample's largest correlation with each other model, the top
+    candidate's, minus the denoised baseline for `tokens` tokens, averaged as the tables do), at most
+    `limit` of them, the closest to the threshold; and how many more were within the margin."""
+    distance = []
     for a in top.layout:
         maxima, baselines = [], []
         for b in top.layout:
@@ -80,8 +81,11 @@ def units_near_threshold(top: TopCandidates, baseline: PairMaxima, *, threshold:
                 baselines.append(denoised_baseline(baseline.baseline[a, b], baseline.rotated_moments[a, b],
                                                    subsample_tokens, tokens).mean(dim=0))
         excess = _nanmean(torch.stack(maxima)) - _nanmean(torch.stack(baselines))  # [units_a], NaN: dead
-        near.append(torch.nonzero((excess - threshold).abs() <= margin).flatten() + top.offsets[a])
-    return torch.cat(near)
+        distance.append((excess - threshold).abs())
+    distance = torch.cat(distance)  # [all units], NaN: dead
+    near = torch.nonzero(distance <= margin).flatten()
+    kept = near if limit is None else near[distance[near].argsort(stable=True)[:limit]]
+    return kept.sort().values, len(near) - len(kept)
 
 
 def exact_row_baselines(refine: CandidateMoments, subsample_grams: dict, scales: BaselineScales

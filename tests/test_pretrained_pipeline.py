@@ -26,15 +26,15 @@ def _univ(*args, cwd):
                           text=True, timeout=600, env=env)
 
 
-def _save_twin_and_config(root, twin, tokenizer, *, models, name, repeats, data, collect):
+def _save_twin_and_config(root, twin, tokenizer, *, models, name, repeats, data, collect, more=""):
     """Save `twin` (and the tokenizer) as the last model directory, a text corpus, and `<name>.toml`
-    comparing `models` on it (`data` and `collect` as TOML lines)."""
+    comparing `models` on it (`data` and `collect` as TOML lines, `more` as further TOML sections)."""
     twin.save_pretrained(models[-1])
     tokenizer.save_pretrained(models[-1])
     (root / "text.txt").write_text("\n".join(SENTENCES * repeats))
     listed = ", ".join(f'"{m}"' for m in models)
     (root / f"{name}.toml").write_text(f'kind = "pretrained"\nname = "{name}"\nmodels = [{listed}]\n'
-                                       f'[data]\nsource = "{root / "text.txt"}"\n{data}\n[collect]\n{collect}\n')
+                                       f'[data]\nsource = "{root / "text.txt"}"\n{data}\n[collect]\n{collect}\n{more}')
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,10 @@ def test_real_minilm_without_unembedding_runs_and_says_what_it_left_out(tmp_path
     permute_mlp(model, "bert", [torch.randperm(1536, generator=torch.Generator().manual_seed(l)) for l in range(6)])
     _save_twin_and_config(tmp_path, model, tokenizer, models=[gt.get_model_path(), tmp_path / "twin"], name="minilm",
                           repeats=10, data="seq_len = 32\nrows = 12",
-                          collect='batch_rows = 4\nunit_sets = ["blocks.0.mlp.hook_post", "blocks.5.mlp.hook_post"]')
+                          collect='batch_rows = 4\nunit_sets = ["blocks.0.mlp.hook_post", "blocks.5.mlp.hook_post"]',
+                          # calibration runs on 2 rotations, not 32 (a 16th of its cost, most of this run's):
+                          # README's block runs this model at the defaults (test_readme.py)
+                          more="[calibration]\nrotations = 2\n")
     done = _univ("run", "minilm.toml", "--runs-dir", "runs", cwd=tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     run = tmp_path / "runs" / "minilm"

@@ -31,13 +31,14 @@ from ._defaults import (EMERGENCE_THRESHOLD, KEY_THRESHOLD, KNN_NEIGHBOURS, SIMI
                         THRESHOLD, UNIT_THRESHOLD)
 from ._config_checks import (MEMORY_GIB, VALIDATING, Device, MemoryBudget, Pattern, RunName, Seed, StrictSection,
                              Threads, check_plain_values, describe, language_run_gib, read_toml)
+from ._dynamics_config import CheckpointSeries, FamilyTrainingDynamicsConfig, TrainingDynamicsConfig
 from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConfig, GroupModelConfig, GroupTaskConfig,
                             GroupTrainConfig, GroupTransformerConfig)
 from .errors import UniversalityError, short_repr
 
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
-    "SimilarityConfig", "PosteriorConfig", "TrainingDynamicsConfig",
+    "SimilarityConfig", "PosteriorConfig", "TrainingDynamicsConfig", "CheckpointSeries", "FamilyTrainingDynamicsConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -206,16 +207,6 @@ class ScaleConfig(StrictSection):
         return self
 
 
-class TrainingDynamicsConfig(StrictSection):
-    """Universality over training (universality.dynamics): the seeds compared again at each checkpoint
-    the trainer kept, one pass per checkpoint; off by default (one more pass per checkpoint)."""
-
-    enabled: bool = False
-    # "all": every checkpoint the trainer kept for every seed; or a list of steps (epochs in group runs),
-    # each one of the trainer's log-spaced checkpoints
-    checkpoints: Literal["all"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=256)] = "all"
-
-
 class _Seeds(StrictSection):
     """An experiment over models trained here, one per seed."""
 
@@ -322,6 +313,7 @@ class PretrainedExperimentConfig(StrictSection):
     calibration: CalibrationConfig = CalibrationConfig()
     similarity: SimilarityConfig = SimilarityConfig()
     posterior: PosteriorConfig = PosteriorConfig()
+    training_dynamics: FamilyTrainingDynamicsConfig = FamilyTrainingDynamicsConfig()
     # the neurons table (statistics, families, roles: one more forward pass); its family sums hold
     # feature values x neurons (GPT-2: 50,257 token ids x 36,864 neurons per model), so wide families leave it out
     neurons: bool = True
@@ -333,6 +325,9 @@ class PretrainedExperimentConfig(StrictSection):
     def _distinct_models(self) -> "PretrainedExperimentConfig":
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models must be distinct, got {self.models}")
+        unknown = [s.model for s in self.training_dynamics.seeds if s.model not in self.models]
+        if unknown:
+            raise ValueError(f"training_dynamics.seeds: model {unknown[0]!r} is not one of models {self.models}")
         return self
 
 

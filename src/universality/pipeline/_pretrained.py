@@ -4,7 +4,8 @@ their neurons described.
 
 config -> load models (one tokenizer, and `seq_len` within every model's context: checked) -> token
 rows -> stream unit activations into moments -> compare -> neuron statistics and families (a second,
-cheaper pass) -> report. The whole run uses `threads` torch threads, resolved once.
+cheaper pass) -> report; with `[training_dynamics]`, each model's listed checkpoint directories compared at
+every step they share (`_training_dynamics`). The whole run uses `threads` torch threads, resolved once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ._run import execute
 from ._similarity import reservoir_rows
 from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step
+from ._training_dynamics import listed_checkpoints, training_dynamics_step
 
 __all__ = ["run_pretrained", "token_rows"]
 
@@ -53,6 +55,9 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
     threads = resolve_threads(config.threads)  # once: the run and its progress line use one number
     drop = drop_token_ids(first, bos=collect.drop_bos, pad=collect.drop_pad, newline=collect.drop_newline)
     kept_rows = reservoir_rows(config.similarity, int(keep_mask(tokens, drop).sum()))
+    checkpoints = listed_checkpoints(config.training_dynamics, dict(zip(config.models, adapters)),
+                                     {name: {s: a.unit_sets[s] for s in unit_sets} for name, a in adapters.items()},
+                                     lambda directory: load_model(directory, device="cpu"))
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
         # 2) one pass into moments; compare
@@ -101,6 +106,16 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(tokens, _display_texts(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
+        if checkpoints:
+            with times("training dynamics"):
+                dynamics, dynamics_notes = training_dynamics_step(
+                    run_dir / "tables", config.training_dynamics, checkpoints,
+                    lambda directories: stream_activations(
+                        {name: load_model(directory, device=config.device) for name, directory in directories.items()},
+                        tokens, **stream, device=config.device),
+                    compare=config.compare, models_print=checkpoints)
+            tables |= dynamics
+            notes = notes + dynamics_notes
         predicts = all(a.kind == "decoder" and getattr(a, "has_head", True) for a in adapters.values())
         return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top, reservoir=reservoir,
                          predictions=next_token(adapters, tokens, collect.batch_rows, moments_print) if predicts else None)

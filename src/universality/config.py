@@ -27,16 +27,18 @@ from typing import Annotated, Literal
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, SIMILARITY_RIDGE, THRESHOLD, UNIT_THRESHOLD
+from ._defaults import (EMERGENCE_THRESHOLD, KEY_THRESHOLD, KNN_NEIGHBOURS, SIMILARITY_NULLS, SIMILARITY_RIDGE,
+                        THRESHOLD, UNIT_THRESHOLD)
 from ._config_checks import (MEMORY_GIB, VALIDATING, Device, MemoryBudget, Pattern, RunName, Seed, StrictSection,
                              Threads, check_plain_values, describe, language_run_gib, read_toml)
+from ._dynamics_config import CheckpointSeries, FamilyTrainingDynamicsConfig, TrainingDynamicsConfig
 from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConfig, GroupModelConfig, GroupTaskConfig,
                             GroupTrainConfig, GroupTransformerConfig)
 from .errors import UniversalityError, short_repr
 
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
-    "SimilarityConfig", "PosteriorConfig", "TrainingDynamicsConfig",
+    "SimilarityConfig", "PosteriorConfig", "TrainingDynamicsConfig", "CheckpointSeries", "FamilyTrainingDynamicsConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -134,14 +136,21 @@ class CalibrationConfig(StrictSection):
 
 class SimilarityConfig(StrictSection):
     """Representation similarity of every unit set of one model with every unit set of another
-    (universality.similarity), from the state of a one-pass comparison: no further pass. Token-level
-    metrics (debiased CKA, mutual k-NN) and token-shuffled nulls need a reservoir of rows: they come
-    from `universality.compare_representations`, not from a run."""
+    (universality.similarity): the state metrics from the state of a one-pass comparison, no further
+    pass; debiased CKA, mutual k-NN and the token-shuffled nulls of every score from a seeded reservoir
+    of token rows kept during that same pass (`similarity.Reservoir`, saved with the moments)."""
 
     enabled: bool = True
-    metrics: list[Literal["cka", "cca", "svcca", "pwcca", "procrustes", "regression"]] = Field(
-        ["cka", "cca", "svcca", "pwcca", "procrustes", "regression"], min_length=1, max_length=6)
+    metrics: list[Literal["cka", "cca", "svcca", "pwcca", "procrustes", "regression", "debiased_cka", "mutual_knn"]] = (
+        Field(["cka", "cca", "svcca", "pwcca", "procrustes", "regression", "debiased_cka", "mutual_knn"],
+              min_length=1, max_length=8))
     ridge: float = Field(SIMILARITY_RIDGE, ge=0, le=1)  # CCA, PWCCA, regression: S + ridge (tr S / n) I
+    # token rows kept: "auto" = min(4096, the tokens streamed); a number larger than the stream is an error.
+    # Memory: 4 bytes x rows x all units of all models (4096 rows of the demo's 4 x 1024 neurons: 64 MiB)
+    reservoir: Literal["auto"] | Annotated[int, Field(ge=4, le=1 << 20)] = "auto"
+    k: int = Field(KNN_NEIGHBOURS, ge=1, le=1024)  # mutual k-NN neighbours per row (Huh et al. 2024: 10)
+    nulls: int = Field(SIMILARITY_NULLS, ge=0, le=100)  # token-shuffled partners per score; 0: null columns NaN
+    seed: Seed = 0  # the reservoir's sample and the shuffles of the nulls
 
 
 class PosteriorConfig(StrictSection):
@@ -196,16 +205,6 @@ class ScaleConfig(StrictSection):
         if self.mode == "sketch" and self.backend != "local":
             raise ValueError('mode = "sketch" runs on backend = "local" only')
         return self
-
-
-class TrainingDynamicsConfig(StrictSection):
-    """Universality over training (universality.dynamics): the seeds compared again at each checkpoint
-    the trainer kept, one pass per checkpoint; off by default (one more pass per checkpoint)."""
-
-    enabled: bool = False
-    # "all": every checkpoint the trainer kept for every seed; or a list of steps (epochs in group runs),
-    # each one of the trainer's log-spaced checkpoints
-    checkpoints: Literal["all"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=256)] = "all"
 
 
 class _Seeds(StrictSection):
@@ -314,6 +313,7 @@ class PretrainedExperimentConfig(StrictSection):
     calibration: CalibrationConfig = CalibrationConfig()
     similarity: SimilarityConfig = SimilarityConfig()
     posterior: PosteriorConfig = PosteriorConfig()
+    training_dynamics: FamilyTrainingDynamicsConfig = FamilyTrainingDynamicsConfig()
     # the neurons table (statistics, families, roles: one more forward pass); its family sums hold
     # feature values x neurons (GPT-2: 50,257 token ids x 36,864 neurons per model), so wide families leave it out
     neurons: bool = True
@@ -325,6 +325,9 @@ class PretrainedExperimentConfig(StrictSection):
     def _distinct_models(self) -> "PretrainedExperimentConfig":
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"models must be distinct, got {self.models}")
+        unknown = [s.model for s in self.training_dynamics.seeds if s.model not in self.models]
+        if unknown:
+            raise ValueError(f"training_dynamics.seeds: model {unknown[0]!r} is not one of models {self.models}")
         return self
 
 

@@ -36,11 +36,13 @@ from ..groups import make_group
 from ..irreps import analyze_group_seed, irrep_similarity
 from ..irreps._group_seed import run_on_pairs
 from ..models import adapt
+from ..similarity import Reservoir
 from ..tasks import word_task
 from ..train import build_group_model, checkpoint_epochs, load_group_model, save_group_model, train_group_seed
 from ._posterior import Predictions
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
+from ._similarity import reservoir_rows
 from ._planned import plan_fact, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 from ._training_dynamics import check_dynamics_steps, training_dynamics_step
@@ -56,6 +58,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
     group = make_group(config.task.group)  # bad names and sizes fail here, before anything is written
     task = word_task(group, config.task.word, config.train.train_fraction, config.task.split_seed)
     pairs = task.left.shape[0]
+    kept_rows = reservoir_rows(config.similarity, pairs)  # a pair is one token
     check_dynamics_steps(config.training_dynamics, checkpoint_epochs(config.train.epochs, config.train.checkpoints),
                          unit="epoch")
 
@@ -86,12 +89,14 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
             def batches(start_batch: int):
                 return stream_activations(adapters, pair_tokens, unit_sets=hidden, batch_rows=_PAIR_BATCH,
                                           start_batch=start_batch, token_index=True)
-            comparison, top = stream_and_compare(config.name, moments_print, run_dir, batch_count(pairs, _PAIR_BATCH),
+            comparison, top, reservoir = stream_and_compare(config.name, moments_print, run_dir, batch_count(pairs, _PAIR_BATCH),
                                                  batches, layout=layout, batch_tokens=batch_tokens,
                                                  compare=config.compare, scale=config.scale, calibration=config.calibration, device="cpu",
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(trained_models, {n: t.model for n, t in trained.items()}),
-                                                     pair_tokens, hidden, _PAIR_BATCH))
+                                                     pair_tokens, hidden, _PAIR_BATCH),
+                                                 reservoir=None if kept_rows is None else Reservoir(
+                                                     layout, kept_rows, seed=config.similarity.seed))
             if "group_units" in tables:
                 tables |= table_step(run_dir / "tables", "group_matches",
                                      fingerprint(models=prints, analysis=config.analysis.model_dump(),
@@ -130,6 +135,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
         return RunRecord(comparison, curves, facts, tables, key_threshold=config.analysis.key_threshold,
                          generalised_accuracy=claims.generalised_accuracy,
                          include_ungeneralised=claims.include_ungeneralised, notes=notes, top_activations=top,
+                         reservoir=reservoir,
                          predictions=Predictions(adapters, pair_tokens, task.target.reshape(-1, 1), _PAIR_BATCH,
                                                  moments_print))  # the product word(a, b) of every pair
     return execute(config, runs_dir, body)

@@ -19,13 +19,16 @@ from ..neurons import label_features, position_buckets, previous_token, unigram
 from ..config import ExperimentConfig
 from ..distributed import ActivationSource, trained_models
 from ..models import TinyTransformer, adapt
+from ..similarity import Reservoir
 from ..tasks import SyntheticLanguage
+from ..tokens import keep_mask
 from ..train import (checkpoint_epochs, load_checkpoint, load_checkpoint_models, save_checkpoint, train_seed,
                      with_checkpoints)
 from ._neurons import neuron_step
 from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
+from ._similarity import reservoir_rows
 from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 from ._training_dynamics import check_dynamics_steps, training_dynamics_step
@@ -41,13 +44,14 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
     language = SyntheticLanguage(config.language)
     unit_sets = _plan(config, language)  # every check that needs no data, before anything is written
     check_dynamics_steps(config.training_dynamics, checkpoint_epochs(config.train.steps, config.train.checkpoints))
+    collect = config.collect
+    drop = [language.bos] if collect.drop_bos else []
+    sample = language.sample(collect.rows, seed=collect.eval_seed)  # tokens [rows, seq_len] and labels
+    kept_rows = reservoir_rows(config.similarity, int(keep_mask(sample.tokens, drop).sum()))
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
         with times("train"):
             models, checkpoints, curves, model_prints = _train(config, language, run_dir, on_progress)
-        collect = config.collect
-        drop = [language.bos] if collect.drop_bos else []
-        sample = language.sample(collect.rows, seed=collect.eval_seed)  # tokens [rows, seq_len] and labels
         adapters = {name: adapt(model, name=name, bos_token_id=language.bos) for name, model in models.items()}
         with times("moments and compare"):
             moments_print = fingerprint(models=model_prints, collect=collect.model_dump(),
@@ -60,13 +64,15 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             def batches(start_batch: int):
                 return stream_activations(adapters, sample.tokens, **stream, start_batch=start_batch,
                                           device=config.device, token_index=True)
-            comparison, top = stream_and_compare(config.name, moments_print, run_dir,
+            comparison, top, reservoir = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(collect.rows, collect.batch_rows), batches,
                                                  layout=layout, batch_tokens=batch_tokens,
                                                  compare=config.compare, scale=config.scale, calibration=config.calibration, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(trained_models, models, bos_token_id=language.bos),
-                                                     sample.tokens, unit_sets, collect.batch_rows, drop))
+                                                     sample.tokens, unit_sets, collect.batch_rows, drop),
+                                                 reservoir=None if kept_rows is None else Reservoir(
+                                                     layout, kept_rows, seed=config.similarity.seed))
             moments = comparison.moments
         with times("neurons"):
             vocab = language.token_names
@@ -103,7 +109,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             tables["neurons"] = neurons
         if config.training_dynamics.enabled:
             tables |= dynamics
-        return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top,
+        return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top, reservoir=reservoir,
                          predictions=next_token(adapters, sample.tokens, collect.batch_rows, moments_print))
     return execute(config, runs_dir, body)
 

@@ -6,7 +6,8 @@ Later passes read the activations back from an on-disk cache when it fits (`_act
 
 Run directory (`moments/`):
     state.safetensors           pass 1: means, Grams (and, in a one-pass plan, every cross block),
-                                the top activations and, after pass k, the maxima of passes 1..k
+                                the top activations, the reservoir of token rows (a one-pass local
+                                plan asked for one) and, after pass k, the maxima of passes 1..k
     pass-<k>/state.safetensors  the running state of pass k > 1 (removed when the pass is reduced)
 """
 
@@ -32,6 +33,7 @@ from ..distributed import SourceFactory, pass_streamer
 from ..errors import UniversalityError, short_repr
 from ..moments import (DEFAULT_BUDGET_FRACTION, Layout, MomentAccumulator, Plan, TopActivations, available_memory,
                        layout_of, load_moments, parse_bytes, plan_passes, save_moments)
+from ..similarity import Reservoir
 from ._activation_cache import choose_cache
 from ._steps import Progress, saved_tables, table_step, thread_count
 
@@ -65,7 +67,8 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
                        batches: Callable[[int], Iterator[tuple[dict, torch.Tensor]]], *, layout: Layout,
                        batch_tokens: int, compare: CompareConfig, scale: ScaleConfig, device: str,
                        on_progress: Progress, factory: SourceFactory, threads: int | None = None,
-                       calibration: CalibrationConfig | None = None) -> tuple[Comparison, TopActivations]:
+                       calibration: CalibrationConfig | None = None, reservoir: Reservoir | None = None
+                       ) -> tuple[Comparison, TopActivations, dict | None]:
     """Universality of the activations `batches(start_batch)` yields (each `({model: {unit_set:
     Tensor[tokens, units]}}, global token index [tokens])`), with each unit's top activations from
     the first pass; `total` batches per pass. `layout` {model: {unit_set: units}} and `batch_tokens`
@@ -76,23 +79,30 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
     `distributed.SourceFactory`), a token shard each, resuming only at whole passes. `threads`: the torch
     threads the caller pinned, named in the progress line (None: not named). `calibration` (enabled):
     the tables gain calibrated universality (`Comparison.calibrate`) when the plan has one pass, whose
-    state holds the cross-moments; a multi-pass plan or a sketch leaves it out."""
+    state holds the cross-moments; a multi-pass plan or a sketch leaves it out. `reservoir` (empty, of
+    `layout`): fed every batch of the first pass beside the moments and saved with them, so a resumed
+    run continues it and a finished one reads it back; kept by a one-pass local plan only (the state
+    metrics need one pass; Ray workers stream their own shards). Returns (comparison, top activations,
+    the reservoir's rows {model: {unit_set: float32 [rows, units]}} or None when none was kept)."""
     if scale.mode == "sketch":
-        return _sketch_and_compare(run_name, moments_print, run_dir, total, batches, layout=layout,
-                                   batch_tokens=batch_tokens, compare=compare, scale=scale, device=device,
-                                   on_progress=on_progress)
+        return (*_sketch_and_compare(run_name, moments_print, run_dir, total, batches, layout=layout,
+                                     batch_tokens=batch_tokens, compare=compare, scale=scale, device=device,
+                                     on_progress=on_progress), None)
     plan = plan_for(layout, batch_tokens, compare, scale, device)
+    if len(plan.passes) > 1 or scale.backend != "local":
+        reservoir = None
     settings = compare.model_dump(exclude={"accumulate", "top_k"})  # threshold, rotations, seed, rotation
     calibrate = calibration is not None and calibration.enabled and len(plan.passes) == 1
     if calibrate:
         settings["calibration"] = calibration.model_dump(exclude={"enabled"})
     tables_print = fingerprint(moments=moments_print, compare=settings)
-    store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, plan=plan.to_dict()["passes"]),
-                         TopActivations(layout, k=compare.top_k))
+    kept = {} if reservoir is None else {"reservoir": [reservoir.size, reservoir.seed]}
+    store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, plan=plan.to_dict()["passes"],
+                                                          **kept), TopActivations(layout, k=compare.top_k), reservoir)
     saved = _saved_comparison(run_dir, tables_print, store, len(plan.passes), compare, plan)
     if saved is not None:
         on_progress("stream activations", total, total)
-        return saved, store.top
+        return saved, store.top, store.rows()
     try:
         _check_first_batch(batches, layout, batch_tokens)
     except UniversalityError as error:
@@ -110,6 +120,8 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         for batch, token_ids in batches(start):
             if source.pass_index == 0:
                 store.top.update(batch, token_ids)
+                if store.sample is not None:
+                    store.sample.update(batch)  # stream order: its positions continue from the saved count
                 if cache is not None:
                     cache.write(number, batch)
             yield batch
@@ -147,7 +159,7 @@ def stream_and_compare(run_name: str, moments_print: str, run_dir: Path, total: 
         cache.remove()
     if calibrate:
         comparison = comparison.calibrate(rotations=calibration.rotations, alpha=calibration.alpha)
-    return _with_saved_tables(run_dir, tables_print, comparison, settings), store.top
+    return _with_saved_tables(run_dir, tables_print, comparison, settings), store.top, store.rows()
 
 
 def _sketch_and_compare(run_name: str, moments_print: str, run_dir: Path, total: int, batches, *, layout: Layout,
@@ -255,8 +267,8 @@ def plan_fact(comparison: Comparison) -> str:
 class _RunDirStore:
     """`compare._passes.PassStore` in a run directory (module docstring), every save atomic."""
 
-    def __init__(self, directory: Path, plan_print: str, top: TopActivations):
-        self.directory, self.plan_print, self.top = directory, plan_print, top
+    def __init__(self, directory: Path, plan_print: str, top: TopActivations, sample: Reservoir | None = None):
+        self.directory, self.plan_print, self.top, self.sample = directory, plan_print, top, sample
         self._cache: dict = {}  # pass 1's state as last read, until the next save
 
     def _path(self, index: int) -> Path:
@@ -283,12 +295,22 @@ class _RunDirStore:
         acc, manifest = loaded
         if index == 0:
             self.top = TopActivations.from_state_dict(manifest["companions"], acc.layout)
+            if self.sample is not None:  # saved beside the same batches' moments (its count is theirs)
+                self.sample = Reservoir.from_state_dict(manifest["companions"], acc.layout)
         return acc, bool(manifest.get("complete"))
 
     def save(self, index: int, acc: MomentAccumulator, complete: bool = False) -> None:
         self._cache.clear()
         save_moments(acc, self._path(index), extra={"fingerprint": self.plan_print, "complete": complete},
-                     companions=self.top.state_dict() if index == 0 else None)
+                     companions=self._companions() if index == 0 else None)
+
+    def _companions(self) -> dict[str, torch.Tensor]:
+        """Pass 1's tensors beside the moments: the top activations and the reservoir, if one is kept."""
+        return self.top.state_dict() | ({} if self.sample is None else self.sample.state_dict())
+
+    def rows(self) -> dict | None:
+        """The reservoir's rows {model: {unit_set: float32 [rows, units]}}, or None when none is kept."""
+        return None if self.sample is None else self.sample.rows_
 
     def completed(self) -> tuple[int, dict | None]:
         """(passes reduced so far, the maxima after them) from pass 1's saved state."""
@@ -302,7 +324,7 @@ class _RunDirStore:
     def finish(self, index: int, first: MomentAccumulator, maxima: PairMaxima | None) -> None:
         """Pass `index` is reduced: save pass 1's state with the maxima so far; drop pass `index`'s."""
         self._cache.clear()
-        companions = self.top.state_dict()
+        companions = self._companions()
         if maxima is not None:
             companions |= {f"{_MAXIMA}{k}": v for k, v in maxima.state_dict().items()}
         save_moments(first, self.directory, companions=companions,

@@ -4,7 +4,8 @@ their neurons described.
 
 config -> load models (one tokenizer, and `seq_len` within every model's context: checked) -> token
 rows -> stream unit activations into moments -> compare -> neuron statistics and families (a second,
-cheaper pass) -> report. The whole run uses `threads` torch threads, resolved once.
+cheaper pass) -> report; with `[training_dynamics]`, each model's listed checkpoint directories compared at
+every step they share (`_training_dynamics`). The whole run uses `threads` torch threads, resolved once.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ from ..distributed import ActivationSource, pretrained_models
 from ..errors import UniversalityError, short_repr
 from ..models import load_model
 from ..neurons import alphabet, head_scores, match_heads, position_buckets, previous_token, token_strings, unigram
-from ..tokens import (check_same_tokenizer, drop_token_ids, tokens_from_dataset, tokens_from_numpy,
+from ..similarity import Reservoir
+from ..tokens import (check_same_tokenizer, drop_token_ids, keep_mask, tokens_from_dataset, tokens_from_numpy,
                       tokens_from_text_files)
 from ._neurons import neuron_step
 from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute
+from ._similarity import reservoir_rows
 from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step
+from ._training_dynamics import listed_checkpoints, training_dynamics_step
 
 __all__ = ["run_pretrained", "token_rows"]
 
@@ -50,6 +54,10 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
     collect = config.collect
     threads = resolve_threads(config.threads)  # once: the run and its progress line use one number
     drop = drop_token_ids(first, bos=collect.drop_bos, pad=collect.drop_pad, newline=collect.drop_newline)
+    kept_rows = reservoir_rows(config.similarity, int(keep_mask(tokens, drop).sum()))
+    checkpoints = listed_checkpoints(config.training_dynamics, dict(zip(config.models, adapters)),
+                                     {name: {s: a.unit_sets[s] for s in unit_sets} for name, a in adapters.items()},
+                                     lambda directory: load_model(directory, device="cpu"))
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
         # 2) one pass into moments; compare
@@ -64,13 +72,15 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
             def batches(start_batch: int):
                 return stream_activations(adapters, tokens, **stream, start_batch=start_batch, device=config.device,
                                           token_index=True)
-            comparison, top = stream_and_compare(config.name, moments_print, run_dir,
+            comparison, top, reservoir = stream_and_compare(config.name, moments_print, run_dir,
                                                  batch_count(tokens.shape[0], collect.batch_rows), batches,
                                                  layout=layout, batch_tokens=batch_tokens,
                                                  compare=config.compare, scale=config.scale, calibration=config.calibration, device=config.device,
                                                  on_progress=on_progress, factory=ActivationSource(
                                                      partial(pretrained_models, dict(zip(adapters, config.models))),
-                                                     tokens, unit_sets, collect.batch_rows, drop), threads=threads)
+                                                     tokens, unit_sets, collect.batch_rows, drop), threads=threads,
+                                                 reservoir=None if kept_rows is None else Reservoir(
+                                                     layout, kept_rows, seed=config.similarity.seed))
             moments = comparison.moments
         # 3) neurons: moments, families, weights; heads
         neurons, notes = None, ["neuron statistics, families and roles left out (neurons = false in the config)"]
@@ -96,8 +106,18 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(tokens, _display_texts(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
+        if checkpoints:
+            with times("training dynamics"):
+                dynamics, dynamics_notes = training_dynamics_step(
+                    run_dir / "tables", config.training_dynamics, checkpoints,
+                    lambda directories: stream_activations(
+                        {name: load_model(directory, device=config.device) for name, directory in directories.items()},
+                        tokens, **stream, device=config.device),
+                    compare=config.compare, models_print=checkpoints)
+            tables |= dynamics
+            notes = notes + dynamics_notes
         predicts = all(a.kind == "decoder" and getattr(a, "has_head", True) for a in adapters.values())
-        return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top,
+        return RunRecord(comparison, {}, facts, tables, notes=notes, top_activations=top, reservoir=reservoir,
                          predictions=next_token(adapters, tokens, collect.batch_rows, moments_print) if predicts else None)
     with torch_threads(threads):
         return execute(config, runs_dir, body)

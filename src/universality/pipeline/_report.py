@@ -50,6 +50,9 @@ class RunRecord:
     # pipeline._posterior.Predictions: the models and evaluation data the seeds step streams (a run in
     # progress only; None when the models give no next-token distributions, and in a run read back)
     predictions: object | None = None
+    # the reservoir of token rows the pass kept, {model: {unit_set: float32 [rows, units]}} (similarity step;
+    # None when none was kept, and in a run read back)
+    reservoir: dict | None = None
 
 
 def context_tables(token_rows, vocab: list[str] | None) -> dict[str, pd.DataFrame]:

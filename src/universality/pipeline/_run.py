@@ -84,7 +84,7 @@ def execute(config, runs_dir: str | Path, body: Callable[[Path, StepTimes], RunR
                 record = feature_step(run.work, record)
             with times("similarity"):
                 similarity, notes = similarity_step(run.work, record.comparison, config.similarity,
-                                                    inputs_print=compared_print(run.work))
+                                                    inputs_print=compared_print(run.work), rows=record.reservoir)
             record.notes += notes
             if similarity is not None:
                 record.tables["similarity"] = similarity

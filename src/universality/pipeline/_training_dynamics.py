@@ -1,5 +1,7 @@
 """The training-dynamics step (`[training_dynamics]`): the run's seeds compared again at each checkpoint
-the trainer kept (`dynamics.universality_over_training`, one pass per checkpoint), after the compare step.
+the trainer kept, or (pretrained family runs) at each step of the listed checkpoint directories
+(`listed_checkpoints`), by `dynamics.universality_over_training`, one pass per checkpoint, after the
+compare step.
 
 | table                                 | one row per                      | columns (`dynamics._over_training`)   |
 |---------------------------------------|----------------------------------|---------------------------------------|
@@ -19,34 +21,61 @@ import pandas as pd
 from torch import nn
 
 from .._rundir import fingerprint
-from ..config import CompareConfig, TrainingDynamicsConfig
+from ..config import CompareConfig, FamilyTrainingDynamicsConfig, TrainingDynamicsConfig
 from ..dynamics import universality_over_training
-from ..errors import UniversalityError
+from ..errors import UniversalityError, short_repr
 from ._steps import table_step
 
-__all__ = ["check_dynamics_steps", "training_dynamics_step"]
+__all__ = ["check_dynamics_steps", "training_dynamics_step", "listed_checkpoints"]
 
 
-def check_dynamics_steps(settings: TrainingDynamicsConfig, planned: list[int], unit: str = "step") -> None:
-    """One line when `settings.checkpoints` lists a step the trainer does not keep (`planned`)."""
+def check_dynamics_steps(settings: TrainingDynamicsConfig, planned: list[int], unit: str = "step",
+                         kept_by: str = "the trainer keeps", fix: str = "raise train.checkpoints") -> None:
+    """One line when `settings.checkpoints` lists a step that is not kept (`planned`), or fewer than 2 are."""
     if settings.enabled and settings.checkpoints != "all":
         missing = sorted(set(settings.checkpoints) - set(planned))
         if missing:
-            raise UniversalityError(f"training_dynamics.checkpoints: {unit} {missing[0]} is not a checkpoint; the "
-                                    f"trainer keeps {unit}s {planned}: list some of those, or \"all\"")
+            raise UniversalityError(f"training_dynamics.checkpoints: {unit} {missing[0]} is not a checkpoint; "
+                                    f"{kept_by} {unit}s {planned}: list some of those, or \"all\"")
     if settings.enabled and len(planned) < 2:
-        raise UniversalityError(f"training_dynamics needs at least 2 checkpoints, the trainer keeps {planned}; "
-                                "raise train.checkpoints")
+        raise UniversalityError(f"training_dynamics needs at least 2 checkpoints, {kept_by} {planned}; {fix}")
 
 
-def training_dynamics_step(tables_dir, settings: TrainingDynamicsConfig, checkpoints: dict[str, dict[int, nn.Module]],
-                           stream: Callable[[dict[str, nn.Module]], Iterable], *, compare: CompareConfig,
+def listed_checkpoints(settings: FamilyTrainingDynamicsConfig, names: dict[str, str],
+                       layouts: dict[str, dict[str, int]], load: Callable[[str], object]) -> dict[str, dict[int, str]]:
+    """{run name of the model: {step: directory}} of the listed series, checked before anything is written:
+    each checkpoint, loaded once (`load(directory) -> adapter`) and let go, has its model's unit sets
+    and sizes (`layouts` {run name: {unit_set: units}}), and the chosen steps are listed by every series.
+    `names`: {model as written in the config: its run name}."""
+    if not settings.enabled:
+        return {}
+    series = {names[s.model]: dict(zip(s.steps, s.directories)) for s in settings.seeds}
+    for model, by_step in series.items():
+        wanted = layouts[model]
+        for step, directory in by_step.items():
+            units = load(directory).unit_sets
+            found = {name: units[name] for name in wanted if name in units}
+            if found != wanted:
+                raise UniversalityError(
+                    f"training_dynamics: checkpoint {short_repr(directory)} (step {step} of {model}) has unit sets "
+                    f"{short_repr(found)}, {model} has {short_repr(wanted)}: checkpoints of different architectures "
+                    f"cannot be compared over training; list checkpoints of {model}'s architecture")
+    shared = sorted(set.intersection(*(set(by_step) for by_step in series.values())))
+    check_dynamics_steps(settings, shared, kept_by="the listed series share",
+                         fix="list checkpoints of the same steps for every model")
+    return series
+
+
+def training_dynamics_step(tables_dir, settings: TrainingDynamicsConfig,
+                           checkpoints: dict[str, dict[int, nn.Module | str]],
+                           stream: Callable[[dict[str, nn.Module | str]], Iterable], *, compare: CompareConfig,
                            models_print: dict) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """The step's tables (module docstring) and notes; ({}, [note]) when fewer than 2 chosen steps were
     kept by every seed (an early stop ends a seed before the later planned checkpoints).
 
-    checkpoints : {model: {step: model at that step}}
-    stream : {model: module} -> a fresh iterable of {model: {unit_set: Tensor[tokens, units]}} batches
+    checkpoints : {model: {step: the model at that step (a module, or a directory `stream` loads)}}
+    stream : {model: what `checkpoints` holds at one step} -> a fresh iterable of
+        {model: {unit_set: Tensor[tokens, units]}} batches
     """
     kept = sorted(set.intersection(*(set(steps) for steps in checkpoints.values())))
     steps = kept if settings.checkpoints == "all" else [s for s in settings.checkpoints if s in kept]

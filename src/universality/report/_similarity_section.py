@@ -31,7 +31,10 @@ def similarity_sections(table: pd.DataFrame) -> list[ReportSection]:
         text=("Computed from the streamed moments (no further pass): linear CKA, and orthogonal Procrustes "
               "similarity (nuclear norm of the cross-covariance over the product of Frobenius norms); both are 1 "
               "for a layer against a rotated or rescaled copy of itself. CCA, SVCCA, PWCCA and regression R^2 are "
-              "in tables/similarity.parquet. Biased CKA has a floor for independent data of about width / tokens."),
+              "in tables/similarity.parquet, with debiased CKA and mutual k-NN alignment from a seeded reservoir "
+              "of token rows kept during the same pass, and each score's null (null_mean, null_std: the score "
+              "against a token-shuffled partner, on the reservoir rows). Biased CKA has a floor for independent "
+              "data of about width / tokens."),
         tables=tables,
         figures=[("similarity_layers.png", "Layer x layer similarity, mean over model pairs", _heatmaps(table, shown))])]
 

@@ -27,6 +27,7 @@ from ..moments import Layout, normalize_batch
 __all__ = ["Reservoir"]
 
 _MASK = (1 << 64) - 1
+_PREFIX = "reservoir"  # of the tensors in `state_dict`
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
@@ -136,6 +137,39 @@ class Reservoir:
         merged._rows = {m: {s: torch.cat([x[:kept[0]], other._rows[m][s][:kept[1]]])[index] for s, x in sets.items()}
                         for m, sets in self._rows.items()}
         return merged
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors, keyed `reservoir.{keys|positions|count|size|seed}` and `reservoir.{i}.{j}.rows`
+        (i: model, j: unit set, by layout order; the kept rows [kept, units] in storage order), ready to
+        store beside the moments; `from_state_dict` rebuilds the same reservoir."""
+        kept = len(self._keys)
+        state = {f"{_PREFIX}.keys": torch.from_numpy(self._keys.view(np.int64).copy()),  # uint64 bits as int64
+                 f"{_PREFIX}.positions": torch.from_numpy(self._positions.copy()),
+                 f"{_PREFIX}.count": torch.tensor([self.count_, self.size, self.seed], dtype=torch.int64)}
+        for i, sets in enumerate(self._rows.values()):
+            for j, x in enumerate(sets.values()):
+                state[f"{_PREFIX}.{i}.{j}.rows"] = x[:kept].clone()
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state, layout: Layout) -> "Reservoir":
+        """The reservoir `state_dict` wrote (other keys in `state` are ignored), for the same `layout`."""
+        try:
+            count, size, seed = (int(v) for v in state[f"{_PREFIX}.count"])
+            sample = cls(layout, size, seed=seed)
+            sample.count_ = count
+            sample._keys = state[f"{_PREFIX}.keys"].numpy().astype(np.int64).view(np.uint64).copy()
+            sample._positions = state[f"{_PREFIX}.positions"].numpy().astype(np.int64).copy()
+            for i, (m, sets) in enumerate(sample._rows.items()):
+                for j, (s, units) in enumerate(sample.layout[m].items()):
+                    rows = state[f"{_PREFIX}.{i}.{j}.rows"]
+                    if tuple(rows.shape) != (len(sample._keys), units):
+                        raise UniversalityError(f"saved reservoir rows of {m}/{s} have shape {tuple(rows.shape)}, "
+                                                f"the layout needs ({len(sample._keys)}, {units})")
+                    sets[s] = rows.to(torch.float32).clone()
+        except KeyError as missing:
+            raise UniversalityError(f"saved reservoir lacks {missing}; recompute it (rerun the stream)") from None
+        return sample
 
     def _grow(self, rows: int) -> None:
         """Room for `rows` kept rows, doubling the capacity (at most `size`) so filling costs O(size) copies."""

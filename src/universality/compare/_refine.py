@@ -9,7 +9,7 @@ State (global unit indices, models in stream order, unit sets concatenated):
 | `mean_`      | float64 [units]  | mean of the scaled activations x_i * scale_i                     |
 | `variance_`  | float64 [units]  | sum of squared deviations from the mean (scaled)                 |
 | `comoment_`  | float64 [pairs]  | sum (x_i - mean_i)(x_j - mean_j) (scaled) for each pair (i, j)   |
-| `row_comoment_` | float64 [rows, units] | the same for every unit j and each unit i of `rows`         |
+| `row_comoment_` | float64 [rows, units] | the same for each unit i of `rows` and every unit j of the other models (0 in its own) |
 
 Each batch is centred on its own mean (a float32 mean subtracted in float32, then scaled; the
 residual mean, float64, is taken out of the products exactly: sum (d_i - r_i)(d_j - r_j) = sum d_i d_j - n r_i r_j),
@@ -19,8 +19,8 @@ means. The products are one sampled dense-dense matrix product per tile of `_TOK
 pair, read from a [units, tokens] tile that stays in cache, instead of a gather of [pairs, tokens]
 rows (10-60x slower in measurements). Every unit is multiplied by a power of two (`scale`, exact)
 that brings its spread near 1, so float32 products neither overflow nor underflow; correlations do
-not depend on it. The full rows of `rows` (units whose rotation baseline the sketch makes exact) are
-one dense GEMM per batch, [rows, tokens] x [tokens, units].
+not depend on it. The rows of `rows` (units whose rotation baseline the sketch makes exact) are dense
+GEMMs per batch, each model's rows against the other models' units, [rows, tokens] x [tokens, units].
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class CandidateMoments:
         Powers of two multiplying each unit before its products.
     device : str, default='cpu'
     rows : int64 Tensor [rows], optional
-        Global indices of units whose co-moments with every unit are accumulated (`row_comoment_`).
+        Global indices (sorted) of units whose co-moments with every unit of the other models are
+        accumulated (`row_comoment_`).
 
     >>> import torch
     >>> x = torch.randn(50, 2)
@@ -87,6 +88,9 @@ class CandidateMoments:
         self.comoment_ = torch.zeros(len(self.pairs), dtype=torch.float64, device=device)
         self.rows = (torch.zeros(0, dtype=torch.int64) if rows is None else rows).to(device)
         self.row_comoment_ = torch.zeros(len(self.rows), self.total_units, dtype=torch.float64, device=device)
+        ends = torch.tensor([sum(sets.values()) for sets in self.layout.values()]).cumsum(0).tolist()
+        cut = torch.searchsorted(self.rows.cpu(), torch.tensor([0] + ends)).tolist()  # each model's rows
+        self._row_models = [(r0, r1, m0, m1) for r0, r1, m0, m1 in zip(cut, cut[1:], [0] + ends, ends) if r1 > r0]
         self._scratch = None
 
     def update(self, batch) -> "CandidateMoments":
@@ -107,7 +111,7 @@ class CandidateMoments:
         i, j = self._rows, self._columns
         products -= tokens * residual[i] * residual[j]
         squares -= tokens * residual.square()
-        row_products = (centred[:, self.rows].T @ centred).double()  # [rows, units]
+        row_products = self._row_products(centred)  # [rows, units] float64
         row_products -= tokens * residual[self.rows, None] * residual[None, :]
         mean = mean + residual
         if not all(bool(torch.isfinite(x).all()) for x in (products, squares, row_products)):
@@ -117,6 +121,8 @@ class CandidateMoments:
         delta = mean - self.mean_
         self.comoment_ += products + weight * delta[i] * delta[j]
         self.row_comoment_ += row_products.add_(weight * delta[self.rows, None] * delta[None, :])
+        for r0, r1, m0, m1 in self._row_models:
+            self.row_comoment_[r0:r1, m0:m1] = 0  # a row's own model is never read
         self.variance_ += squares + weight * delta.square()
         self.mean_ += delta * (tokens / (self.count_ + tokens))
         self.count_ += tokens
@@ -132,6 +138,16 @@ class CandidateMoments:
         """Free the batch scratch matrix once the stream is done; returns self."""
         self._scratch = None
         return self
+
+    def _row_products(self, centred: torch.Tensor) -> torch.Tensor:
+        """The rows' products with the other models' units over one batch, float64 [rows, units] (own model: 0):
+        two GEMMs per model, [rows of it, tokens] x [tokens, the units before it / after it]."""
+        out = torch.zeros(len(self.rows), self.total_units, dtype=torch.float32, device=self.device)
+        for r0, r1, m0, m1 in self._row_models:
+            picked = centred[:, self.rows[r0:r1]].T  # [rows of the model, tokens]
+            torch.matmul(picked, centred[:, :m0], out=out[r0:r1, :m0])
+            torch.matmul(picked, centred[:, m1:], out=out[r0:r1, m1:])
+        return out.double()
 
     def _centre(self, models: dict, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch centred on its float32 mean, then scaled, as float32 [tokens, units] (a scratch

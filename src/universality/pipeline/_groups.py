@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from .._defaults import SIMILARITY_RIDGE
+from .._threads import resolve_threads, torch_threads
 from .._rundir import fingerprint
 from ..collect import batch_count, stream_activations, stream_layout
 from ..config import GroupExperimentConfig
@@ -138,7 +139,10 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                          reservoir=reservoir,
                          predictions=Predictions(adapters, pair_tokens, task.target.reshape(-1, 1), _PAIR_BATCH,
                                                  moments_print))  # the product word(a, b) of every pair
-    return execute(config, runs_dir, body)
+    # one thread count for the whole run: a resumed run that loads its seeds instead of training them
+    # (training sets the count) would otherwise stream and compare on torch's default, rounding otherwise
+    with torch_threads(resolve_threads(config.train.threads)):
+        return execute(config, runs_dir, body)
 
 
 def seed_prefix(architectures: list, index: int) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._rundir import fingerprint
+from .._threads import resolve_threads, torch_threads
 from ..collect import batch_count, select_unit_sets, stream_activations, stream_layout
 from ..neurons import label_features, position_buckets, previous_token, unigram
 from ..config import ExperimentConfig
@@ -111,7 +112,10 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
             tables |= dynamics
         return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top, reservoir=reservoir,
                          predictions=next_token(adapters, sample.tokens, collect.batch_rows, moments_print))
-    return execute(config, runs_dir, body)
+    # one thread count for the whole run: a resumed run that loads its seeds instead of training them
+    # (training sets the count) would otherwise stream and compare on torch's default, rounding otherwise
+    with torch_threads(resolve_threads(config.train.threads)):
+        return execute(config, runs_dir, body)
 
 
 def _class_tokens(language: SyntheticLanguage, shown: int = 6) -> dict[str, str]:

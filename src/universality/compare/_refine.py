@@ -9,7 +9,8 @@ State (global unit indices, models in stream order, unit sets concatenated):
 | `mean_`      | float64 [units]  | mean of the scaled activations x_i * scale_i                     |
 | `variance_`  | float64 [units]  | sum of squared deviations from the mean (scaled)                 |
 | `comoment_`  | float64 [pairs]  | sum (x_i - mean_i)(x_j - mean_j) (scaled) for each pair (i, j)   |
-| `row_comoment_` | float64 [rows, units] | the same for each unit i of `rows` and every unit j of the other models (0 in its own) |
+| `row_comoment_` | float64 [rows, units] | the same for each unit i of `rows` and every unit j of the   |
+|              |                  | other models (0 in its own)                                      |
 
 Each batch is centred on its own mean (a float32 mean subtracted in float32, then scaled; the
 residual mean, float64, is taken out of the products exactly: sum (d_i - r_i)(d_j - r_j) = sum d_i d_j - n r_i r_j),
@@ -111,8 +112,7 @@ class CandidateMoments:
         i, j = self._rows, self._columns
         products -= tokens * residual[i] * residual[j]
         squares -= tokens * residual.square()
-        row_products = self._row_products(centred)  # [rows, units] float64
-        row_products -= tokens * residual[self.rows, None] * residual[None, :]
+        row_products = self._row_products(centred).addr_(residual[self.rows], residual, alpha=-tokens)  # [rows, units]
         mean = mean + residual
         if not all(bool(torch.isfinite(x).all()) for x in (products, squares, row_products)):
             raise UniversalityError("activations beyond float32 range relative to their subsample spread (a unit "
@@ -120,7 +120,7 @@ class CandidateMoments:
         weight = self.count_ * tokens / (self.count_ + tokens)  # Chan's update
         delta = mean - self.mean_
         self.comoment_ += products + weight * delta[i] * delta[j]
-        self.row_comoment_ += row_products.add_(weight * delta[self.rows, None] * delta[None, :])
+        self.row_comoment_ += row_products.addr_(delta[self.rows], delta, alpha=weight)  # no [rows, units] temporary
         for r0, r1, m0, m1 in self._row_models:
             self.row_comoment_[r0:r1, m0:m1] = 0  # a row's own model is never read
         self.variance_ += squares + weight * delta.square()

@@ -122,10 +122,9 @@ def exact_row_baselines(refine: CandidateMoments, subsample_grams: dict, scales:
                 gram = _gram_over_all_tokens(subsample_grams[b][name].double().cpu(), variance[columns])
                 rotated, _ = scales.rotated[b, name]
                 rotated_inverse = rotated.rotated_variances(gram).clamp_min(0).rsqrt()  # [rotations, width]
-                for r in range(rotations):
-                    corr = rotated.rotate_columns(cross_rows[:, columns], rotated_inverse, slice(r, r + 1))[:, 0]
-                    corr = torch.nan_to_num(corr * inverse, nan=-torch.inf)  # [units, width]
-                    torch.maximum(peak[r], corr.amax(dim=1), out=peak[r])
+                corr = rotated.rotate_columns(cross_rows[:, columns], rotated_inverse, slice(0, rotations))
+                corr = torch.nan_to_num(corr * inverse[:, :, None], nan=-torch.inf)  # [units, rotations, width]
+                torch.maximum(peak, corr.amax(dim=2).T, out=peak)
                 set_start += width
             result[a, b] = (rows[mine] - starts[a], peak)
     return result

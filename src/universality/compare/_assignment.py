@@ -21,7 +21,8 @@ than `dense_limit` on either side is matched on a sparse candidate graph: every 
 best partners, from both sides (row and column top-k, read in row chunks), by
 `scipy.sparse.csgraph.min_weight_full_bipartite_matching`. That matching is optimal on the graph,
 so equal to the dense one whenever the dense one uses candidate edges only; when the graph holds no
-matching of every live unit of the narrower side, it says so in one line.
+matching of every live unit of the narrower side, it says so in one line. Both paths live in
+`universality._one_to_one`, shared with the SAE latent matching (`saes.match`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ import numbers
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import csr_array
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+from .._one_to_one import CANDIDATES, DENSE_LIMIT, one_to_one
 from ..errors import UniversalityError, short_repr
 from ._comparison import Comparison
 from ._correlation import pearson
@@ -42,10 +41,6 @@ from ._universality import model_index, unit_index
 
 __all__ = ["assign_partners", "one_to_one", "DENSE_LIMIT", "CANDIDATES"]
 
-DENSE_LIMIT = 20_000  # widest block matched densely: its float64 tile is 3.2 GB and the Hungarian O(n^3)
-CANDIDATES = 16  # candidate partners per unit, from each side, on the sparse path
-_CHUNK = 2**24  # correlation entries read at a time on the sparse path (128 MB float64)
-_SHIFT = 2.0  # sparse weights are r + 2 > 0: a stored zero would be no edge; every full matching has one size
 ASSIGNED = ["assigned_partner_unit_set", "assigned_partner", "assigned_corr", "partner_claimed_by"]
 
 
@@ -85,63 +80,6 @@ def assign_partners(comparison: Comparison, *, dense_limit: int = DENSE_LIMIT, c
     return Comparison(acc, comparison.units, _with_assignment(comparison.pairs, acc.layout, partner, corr),
                       threshold=comparison.threshold, rotations=comparison.rotations, seed=comparison.seed,
                       plan=comparison.plan)
-
-
-def one_to_one(read, rows: int, columns: int, *, label: str = "the block", dense_limit: int = DENSE_LIMIT,
-               candidates: int = CANDIDATES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The assignment of live rows to live columns maximising the summed correlation, over a block
-    read by `read(slice of rows) -> float64 [rows in the slice, columns]` (NaN rows and columns: dead,
-    never assigned). Returns row indices, column indices and their correlations, [matched] each."""
-    if max(rows, columns) <= dense_limit:
-        corr = read(slice(0, rows))  # [rows, columns]
-        finite = np.isfinite(corr)
-        live_rows, live_columns = np.flatnonzero(finite.any(axis=1)), np.flatnonzero(finite.any(axis=0))
-        if len(live_rows) < rows or len(live_columns) < columns:  # a second tile only when some unit is dead
-            corr = corr[np.ix_(live_rows, live_columns)]
-        i, j = linear_sum_assignment(corr, maximize=True)
-        return live_rows[i], live_columns[j], corr[i, j]
-    rows_of, columns_of, weights, live_rows, live_columns = _candidate_edges(read, rows, columns, candidates)
-    if not live_rows.any() or not live_columns.any():
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    # the graph on live units only: a dead unit is no vertex, so "full" means every live unit of the narrower side
-    row_id, column_id = np.cumsum(live_rows) - 1, np.cumsum(live_columns) - 1
-    graph = csr_array((weights + _SHIFT, (row_id[rows_of], column_id[columns_of])),
-                      shape=(int(live_rows.sum()), int(live_columns.sum())))
-    try:
-        i, j = min_weight_full_bipartite_matching(graph, maximize=True)
-    except ValueError:
-        raise UniversalityError(f"no one-to-one assignment of every live unit of the narrower side of {label} exists "
-                                f"among each unit's {candidates} best candidates; raise candidates (e.g. "
-                                f"candidates={4 * candidates})") from None
-    return (np.flatnonzero(live_rows)[i], np.flatnonzero(live_columns)[j],
-            np.asarray(graph[i, j], dtype=np.float64).ravel() - _SHIFT)
-
-
-def _candidate_edges(read, rows: int, columns: int, k: int):
-    """The sparse path's graph: each live row's k best columns and each live column's k best rows, read
-    in row chunks. Returns row index, column index, r [edges] (no duplicates) and bool live rows, columns."""
-    k_row, k_column = min(k, columns), min(k, rows)
-    edges, live_rows, live_columns = [], np.zeros(rows, bool), np.zeros(columns, bool)
-    best = np.full((k_column, columns), -np.inf)  # each column's best r so far [k_column, columns]
-    best_row = np.zeros((k_column, columns), dtype=np.int64)  # ... and their rows
-    chunk = max(1, _CHUNK // columns)
-    for start in range(0, rows, chunk):
-        corr = read(slice(start, min(start + chunk, rows)))  # [chunk, columns]
-        finite = np.isfinite(corr)
-        live_rows[start:start + len(corr)], live_columns[:] = finite.any(axis=1), live_columns | finite.any(axis=0)
-        corr = np.where(finite, corr, -np.inf)
-        top = np.argpartition(-corr, k_row - 1, axis=1)[:, :k_row]  # [chunk, k_row]
-        edges.append((np.repeat(np.arange(start, start + len(corr)), k_row), top.ravel(),
-                      np.take_along_axis(corr, top, axis=1).ravel()))
-        both = np.concatenate([best, corr])  # [k_column + chunk, columns]
-        both_row = np.concatenate([best_row, np.broadcast_to(np.arange(start, start + len(corr))[:, None], corr.shape)])
-        keep = np.argpartition(-both, k_column - 1, axis=0)[:k_column]  # [k_column, columns]
-        best, best_row = np.take_along_axis(both, keep, axis=0), np.take_along_axis(both_row, keep, axis=0)
-    edges.append((best_row.ravel(), np.tile(np.arange(columns), k_column), best.ravel()))
-    row, column, r = (np.concatenate(part) for part in zip(*edges))
-    finite = np.isfinite(r)  # dead rows and columns give -inf: no edge
-    _, first = np.unique(row[finite] * columns + column[finite], return_index=True)
-    return row[finite][first], column[finite][first], r[finite][first], live_rows, live_columns
 
 
 def _blocks(sets_a: dict[str, int], sets_b: dict[str, int]) -> list[tuple[tuple[str, slice], tuple[str, slice]]]:

@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/univ demo
 
 test: setup
-	$(BIN)/python -m pytest -q --doctest-modules src tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --doctest-modules src tests
 
 bench: setup
 	$(BIN)/python benchmarks/bench_moments.py

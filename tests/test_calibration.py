@@ -34,7 +34,6 @@ def _planted(seed=1):
 
 @pytest.fixture(scope="module")
 def planted():
-    torch.set_num_threads(2)
     batches, twins = _planted()
     return compare_activations(batches, seed=0).calibrate(rotations=32, alpha=0.01), twins
 
@@ -73,7 +72,6 @@ def test_calibration_columns_follow_their_definitions(planted):
 def test_p_values_are_uniform_under_the_null():
     """Independent models: the actual max is one more draw of the rotated maxima' distribution, so its
     p-values are uniform (two-sided KS, rejected at level 0.001 only) and nothing is calibrated-universal."""
-    torch.set_num_threads(2)
     g = torch.Generator().manual_seed(4)
     batch = {m: {"s": torch.randn(3000, 64, generator=g)} for m in "abc"}
     calibrated = compare_activations([batch], seed=2).calibrate()
@@ -82,7 +80,6 @@ def test_p_values_are_uniform_under_the_null():
 
 
 def test_calibrating_with_the_comparisons_own_rotations_reuses_them():
-    torch.set_num_threads(2)
     batches, _ = _planted(seed=3)
     once = compare_activations(batches, rotations=4, seed=1)
     reused = once.calibrate(rotations=4)
@@ -94,7 +91,6 @@ def test_calibrating_with_the_comparisons_own_rotations_reuses_them():
 def test_calibrating_beyond_the_comparisons_own_rotations_keeps_them_and_computes_only_the_rest():
     """A comparison with k rotations lends them as the first k of R: the other R - k maxima come from the state
     (rotated maxima only); the columns equal those of a comparison made with all R. Fewer than k: its first R."""
-    torch.set_num_threads(2)
     batches, _ = _planted(seed=3)
     whole = compare_activations(batches, rotations=6, seed=1)
     direct = whole.calibrate(rotations=6)

@@ -13,7 +13,6 @@ TOKENS_PER_BATCH, BATCHES, UNITS = 8192, 1221, 8  # 10,002,432 tokens, batches o
 
 
 def test_ten_million_tokens_in_float32_stay_within_1e_5_of_a_float64_reference():
-    torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)
     mixes = {m: torch.randn(4, UNITS, generator=g) for m in ("a", "b", "c")}
     acc = MomentAccumulator({m: {"s": UNITS} for m in mixes}, dtype="float32")

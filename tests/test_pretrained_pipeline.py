@@ -168,9 +168,9 @@ def test_real_minilm_without_unembedding_runs_and_says_what_it_left_out(tmp_path
     _save_twin_and_config(tmp_path, model, tokenizer, models=[gt.get_model_path(), tmp_path / "twin"], name="minilm",
                           repeats=10, data="seq_len = 32\nrows = 12",
                           collect='batch_rows = 4\nunit_sets = ["blocks.0.mlp.hook_post", "blocks.5.mlp.hook_post"]',
-                          # calibration runs on 2 rotations, not 32 (a 16th of its cost, most of this run's):
-                          # README's block runs this model at the defaults (test_readme.py)
-                          more="[calibration]\nrotations = 2\n")
+                          # calibration on 2 rotations, not 32, and no similarity (its nulls at 1536 units took
+                          # 67 of the run's 97 s): README's block runs this model at the defaults (test_readme.py)
+                          more="[calibration]\nrotations = 2\n[similarity]\nenabled = false\n")
     done = _univ("run", "minilm.toml", "--runs-dir", "runs", cwd=tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     run = tmp_path / "runs" / "minilm"

@@ -32,13 +32,14 @@ from ._defaults import (EMERGENCE_THRESHOLD, KEY_THRESHOLD, KNN_NEIGHBOURS, SIMI
 from ._config_checks import (MEMORY_GIB, VALIDATING, Device, MemoryBudget, Pattern, RunName, Seed, StrictSection,
                              Threads, check_plain_values, describe, language_run_gib, read_toml)
 from ._dynamics_config import CheckpointSeries, FamilyTrainingDynamicsConfig, TrainingDynamicsConfig
+from ._sae_config import SaeConfig
 from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConfig, GroupModelConfig, GroupTaskConfig,
                             GroupTrainConfig, GroupTransformerConfig)
 from .errors import UniversalityError, short_repr
 
 __all__ = [
     "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
-    "SimilarityConfig", "PosteriorConfig", "TrainingDynamicsConfig", "CheckpointSeries", "FamilyTrainingDynamicsConfig",
+    "SimilarityConfig", "PosteriorConfig", "SaeConfig", "TrainingDynamicsConfig", "CheckpointSeries", "FamilyTrainingDynamicsConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
     "AnyExperimentConfig", "Seed", "Threads", "RunName",
@@ -235,6 +236,7 @@ class ExperimentConfig(_Seeds):
     similarity: SimilarityConfig = SimilarityConfig()
     posterior: PosteriorConfig = PosteriorConfig()
     training_dynamics: TrainingDynamicsConfig = TrainingDynamicsConfig()
+    sae: SaeConfig = SaeConfig()
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> "ExperimentConfig":

@@ -29,6 +29,7 @@ from ._neurons import neuron_step
 from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
+from ._saes import check_sae_unit_set, sae_step
 from ._similarity import reservoir_rows
 from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
@@ -86,6 +87,13 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                                          memory_budget=resolve_budget(config.scale.memory_budget, config.device),
                                          seed=config.compare.seed, labels={label: sample.labels[label] for label in _LABELS},
                                          feature_tokens={"class": _class_tokens(language)})
+        with times("saes"):
+            saes, sae_notes = sae_step(run_dir, config.sae, adapters=adapters, language=language,
+                                       eval_tokens=sample.tokens, eval_labels={l: sample.labels[l] for l in _LABELS},
+                                       feature_sets=features, drop=drop, batch_rows=collect.batch_rows,
+                                       compare=config.compare, calibration=config.calibration,
+                                       models_print=moments_print, on_progress=on_progress)
+            notes = notes + sae_notes
         facts = {
             "models": f"{len(config.seeds)} seeds of a {config.model.n_layers}-layer transformer "
                       f"(d_model {config.model.d_model}, d_mlp {config.model.d_mlp}, {config.model.activation})",
@@ -108,6 +116,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                             lambda: context_tables(sample.tokens, [f" {name}" for name in language.token_names]))
         if neurons is not None:
             tables["neurons"] = neurons
+        tables |= saes or {}
         if config.training_dynamics.enabled:
             tables |= dynamics
         return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top, reservoir=reservoir,
@@ -132,6 +141,7 @@ def _class_tokens(language: SyntheticLanguage, shown: int = 6) -> dict[str, str]
 def _plan(config: ExperimentConfig, language: SyntheticLanguage) -> list[str]:
     """Build one model to check the shape and the unit-set names; returns the selected unit sets."""
     probe = TinyTransformer(config.model, vocab_size=language.vocab_size, n_ctx=config.language.seq_len)
+    check_sae_unit_set(config.sae, probe.unit_sets())
     return select_unit_sets(probe.unit_sets(), config.collect.unit_sets)
 
 

@@ -30,7 +30,7 @@ from .._inputs import as_activations
 from ..errors import UniversalityError
 from ._sae import SAE
 
-__all__ = ["evaluate", "splice_hook"]
+__all__ = ["evaluate", "ReconstructionStats", "splice_hook"]
 
 
 def evaluate(sae: SAE, batches: Iterable[torch.Tensor]) -> dict:
@@ -39,51 +39,68 @@ def evaluate(sae: SAE, batches: Iterable[torch.Tensor]) -> dict:
     and dtype; sums in float64."""
     if not isinstance(sae, SAE):
         raise UniversalityError(f"evaluate takes an SAE, got a {type(sae).__name__}; load one with universality.saes")
-    device, dtype = sae.W_dec.device, sae.W_dec.dtype
-    tokens = 0
-    mean = torch.zeros(sae.d_in, dtype=torch.float64, device=device)  # [d_in], the stream's mean so far
-    spread = torch.zeros(sae.d_in, dtype=torch.float64, device=device)  # [d_in], sum of (x - mean)^2
-    squared_error = torch.zeros((), dtype=torch.float64, device=device)
-    fired = torch.zeros(sae.latents, dtype=torch.float64, device=device)  # [latents], tokens active
     try:
         iterator = iter(batches)
     except TypeError:
         raise UniversalityError(f"batches is a {type(batches).__name__}; pass an iterable of "
                                 "Tensor[tokens, d_in] activations") from None
+    stats = ReconstructionStats(sae)
     with torch.no_grad():
         for index, batch in enumerate(iterator):
             x = as_activations(batch, f"activation batch {index}", units=sae.d_in)
-            n = len(x)
-            if n == 0:
-                continue
-            x = x.to(device=device, dtype=dtype)
-            active = sae.encode(x)  # [n, latents]
-            error = (x - sae.decode(active)).double()  # [n, d_in]
-            squared_error += error.square().sum()
-            fired += (active != 0).sum(0, dtype=torch.float64)
-            # Chan's merge of (tokens, mean, spread) with the batch's own (n, mean, spread)
-            wide = x.double()
-            batch_mean = wide.mean(0)
-            delta = batch_mean - mean
-            spread += (wide - batch_mean).square().sum(0) + delta.square() * (tokens * n / (tokens + n))
-            mean += delta * (n / (tokens + n))
-            tokens += n
-    if tokens == 0:
-        raise UniversalityError("the activation stream is empty; pass at least one Tensor[tokens, d_in] "
-                                "with tokens > 0")
-    total = float(spread.sum())
-    error_sum = float(squared_error)
-    if not torch.isfinite(squared_error):
-        raise UniversalityError("the reconstruction error is NaN or infinite; check the activations for NaN "
-                                "or infinite values")
-    return {
-        "fvu": error_sum / total if total > 0 else float("nan"),  # a constant stream has no variance to explain
-        "mse": error_sum / tokens,
-        "l0": float(fired.sum()) / tokens,
-        "dead_latents": int((fired == 0).sum()),
-        "firing_frequency": (fired / tokens).cpu(),
-        "tokens": tokens,
-    }
+            if len(x):
+                x = x.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+                active = sae.encode(x)  # [n, latents]
+                stats.update(x, active, sae.decode(active))
+    return stats.result()
+
+
+class ReconstructionStats:
+    """`evaluate`'s sums, one batch at a time: for a pass that encodes once and reads the latents for
+    more than this (a run's SAE step), or reconstructs one model's activations by another's SAE."""
+
+    def __init__(self, sae: SAE):
+        device = sae.W_dec.device
+        self.tokens = 0
+        self.mean = torch.zeros(sae.d_in, dtype=torch.float64, device=device)  # [d_in], the stream's mean so far
+        self.spread = torch.zeros(sae.d_in, dtype=torch.float64, device=device)  # [d_in], sum of (x - mean)^2
+        self.squared_error = torch.zeros((), dtype=torch.float64, device=device)
+        self.fired = torch.zeros(sae.latents, dtype=torch.float64, device=device)  # [latents], tokens active
+
+    def update(self, x: torch.Tensor, active: torch.Tensor | None, reconstruction: torch.Tensor) -> None:
+        """Add x [n, d_in], its latents [n, latents] (None: not counted) and its reconstruction [n, d_in]."""
+        n = len(x)
+        if n == 0:
+            return
+        self.squared_error += (x - reconstruction).double().square().sum()
+        if active is not None:
+            self.fired += (active != 0).sum(0, dtype=torch.float64)
+        # Chan's merge of (tokens, mean, spread) with the batch's own (n, mean, spread)
+        wide = x.double()
+        batch_mean = wide.mean(0)
+        delta = batch_mean - self.mean
+        self.spread += (wide - batch_mean).square().sum(0) + delta.square() * (self.tokens * n / (self.tokens + n))
+        self.mean += delta * (n / (self.tokens + n))
+        self.tokens += n
+
+    def result(self) -> dict:
+        """The module table's values over everything added."""
+        if self.tokens == 0:
+            raise UniversalityError("the activation stream is empty; pass at least one Tensor[tokens, d_in] "
+                                    "with tokens > 0")
+        total = float(self.spread.sum())
+        error_sum = float(self.squared_error)
+        if not torch.isfinite(self.squared_error):
+            raise UniversalityError("the reconstruction error is NaN or infinite; check the activations for NaN "
+                                    "or infinite values")
+        return {
+            "fvu": error_sum / total if total > 0 else float("nan"),  # a constant stream has no variance to explain
+            "mse": error_sum / self.tokens,
+            "l0": float(self.fired.sum()) / self.tokens,
+            "dead_latents": int((self.fired == 0).sum()),
+            "firing_frequency": (self.fired / self.tokens).cpu(),
+            "tokens": self.tokens,
+        }
 
 
 def splice_hook(sae: SAE) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -129,11 +129,12 @@ def test_threads_are_resolved_once_pinned_for_the_run_named_in_progress_and_left
     monkeypatch.setattr(universality._threads, "available_cores", lambda: 4)
     monkeypatch.setattr(universality._threads, "_busy_cores", lambda: next(busy, 0))
     seen = []
+    torch.set_num_threads(3)  # neither the run's count nor the conftest's, so restoring it shows
     run_experiment(_config(root, "threads", threads="auto"), runs_dir=tmp_path,
                    on_progress=lambda task, done, total: seen.append((task, torch.get_num_threads())))
     streamed = {entry for entry in seen if entry[0].startswith("stream activations")}
     assert streamed == {("stream activations (1 thread)", 1)}
-    assert torch.get_num_threads() == 2  # the count before the run (conftest) is restored
+    assert torch.get_num_threads() == 3  # the count before the run is restored
     before = _writes(tmp_path)
     with _forward_calls() as calls:
         again = run_experiment(_config(root, "threads", threads=2), runs_dir=tmp_path)

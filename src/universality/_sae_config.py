@@ -10,7 +10,15 @@ from pydantic import Field, model_validator
 
 from ._config_checks import Seed, StrictSection
 
-__all__ = ["SaeConfig"]
+__all__ = ["SaeConfig", "LoadedSae"]
+
+
+class LoadedSae(StrictSection):
+    """An SAE someone else trained (SAELens, sparsify, dictionary_learning or our format: `saes.load`), on
+    one model of the run; compared with the trained ones."""
+
+    model: str = Field(min_length=1, max_length=200)  # the run's model it reads, e.g. "seed-0"
+    path: str = Field(min_length=1, max_length=4096)
 
 
 class SaeConfig(StrictSection):
@@ -19,7 +27,7 @@ class SaeConfig(StrictSection):
 
     enabled: bool = False
     unit_set: str = Field("blocks.1.mlp.hook_post", min_length=1, max_length=200)  # one unit-set name
-    widths: list[Annotated[int, Field(ge=1, le=1 << 17)]] = Field([1024], min_length=1, max_length=8)  # latents
+    widths: list[Annotated[int, Field(ge=1, le=1 << 17)]] = Field([1024], max_length=8)  # latents; [] with load only
     seeds: list[Seed] = Field([0, 1], min_length=1, max_length=16)
     activation: Literal["topk", "relu", "batchtopk"] = "topk"
     k: int = Field(16, ge=1, le=4096)  # active latents per token (topk, batchtopk)
@@ -35,10 +43,14 @@ class SaeConfig(StrictSection):
     # correlations, FVU, the loss with each SAE spliced in)
     eval_rows: int = Field(256, ge=1, le=1 << 22)
 
+    load: list[LoadedSae] = Field([], max_length=64)  # [[sae.load]] tables
+
     @model_validator(mode="after")
     def _distinct(self) -> "SaeConfig":
+        if self.enabled and len(self.widths) * len(self.seeds) + len(self.load) < 2:
+            raise ValueError("compare at least 2 SAEs: give widths and seeds to train, or [[sae.load]] tables")
         if len(set(self.widths)) != len(self.widths) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"widths and seeds must be distinct, got widths {self.widths}, seeds {self.seeds}")
-        if self.activation != "relu" and self.k > min(self.widths):
+        if self.activation != "relu" and self.widths and self.k > min(self.widths):
             raise ValueError(f"k = {self.k} is more than the narrowest width, {min(self.widths)} latents")
         return self

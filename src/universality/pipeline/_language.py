@@ -29,7 +29,7 @@ from ._neurons import neuron_step
 from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
-from ._saes import check_sae_unit_set, sae_step
+from ._saes import check_sae_inputs, sae_step
 from ._similarity import reservoir_rows
 from ._planned import plan_fact, resolve_budget, stream_and_compare
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
@@ -141,7 +141,7 @@ def _class_tokens(language: SyntheticLanguage, shown: int = 6) -> dict[str, str]
 def _plan(config: ExperimentConfig, language: SyntheticLanguage) -> list[str]:
     """Build one model to check the shape and the unit-set names; returns the selected unit sets."""
     probe = TinyTransformer(config.model, vocab_size=language.vocab_size, n_ctx=config.language.seq_len)
-    check_sae_unit_set(config.sae, probe.unit_sets())
+    check_sae_inputs(config.sae, probe.unit_sets(), [f"seed-{seed}" for seed in config.seeds])
     return select_unit_sets(probe.unit_sets(), config.collect.unit_sets)
 
 

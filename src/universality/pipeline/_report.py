@@ -24,7 +24,7 @@ from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import TopActivations, load_moments, read_manifest
 from ..report import (calibration_sections, group_sections, head_sections, neuron_sections, posterior_sections,
-                      similarity_sections, training_sections, write_site)
+                      sae_sections, similarity_sections, training_sections, write_site)
 from ._steps import saved_tables
 
 __all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
@@ -86,6 +86,8 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
         sections += similarity_sections(tables["similarity"])
     if "seeds" in tables:
         sections += posterior_sections(tables["seeds"], tables["seed_kl"], tables.get("seed_clusters"))
+    live = comparison.units[~comparison.units.dead]
+    sections += sae_sections(tables, float(live.universal.mean()) if len(live) else float("nan"))
     sections += training_sections(tables, record.curves)
     config_path = run_dir / "config.toml"
     return write_site(run_dir, units=comparison.units, pairs=comparison.pairs, layers=comparison.layers,

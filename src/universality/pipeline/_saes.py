@@ -42,11 +42,30 @@ from ._steps import Progress, table_step
 __all__ = ["sae_step", "check_sae_unit_set"]
 
 
-def check_sae_unit_set(settings: SaeConfig, unit_sets: dict) -> None:
-    """One line when `[sae] unit_set` is not a unit set of the models ({name: units}), before anything runs."""
-    if settings.enabled and settings.unit_set not in unit_sets:
+def check_sae_inputs(settings: SaeConfig, unit_sets: dict, models: list[str]) -> None:
+    """One line, before anything runs, when `[sae] unit_set` is not a unit set of the models ({name: units})
+    or an SAE of `[[sae.load]]` cannot be read, names another model or reads another width."""
+    if not settings.enabled:
+        return
+    if settings.unit_set not in unit_sets:
         raise UniversalityError(f"sae.unit_set = {settings.unit_set!r} is not a unit set of these models; "
                                 f"choose one of {', '.join(unit_sets)}")
+    loaded_saes(settings, models, unit_sets[settings.unit_set])
+
+
+def loaded_saes(settings: SaeConfig, models: list[str], d_in: int) -> dict[str, tuple[str, SAE]]:
+    """{name: (model, SAE)} of `[[sae.load]]`, named <model>/loaded-<i>, each checked against the run."""
+    loaded = {}
+    for index, entry in enumerate(settings.load):
+        if entry.model not in models:
+            raise UniversalityError(f"sae.load[{index}].model = {entry.model!r} is not a model of this run; "
+                                    f"choose one of {', '.join(models)}")
+        sae = load(entry.path)
+        if sae.d_in != d_in:
+            raise UniversalityError(f"sae.load[{index}] ({entry.path}) reads d_in {sae.d_in}, but "
+                                    f"{settings.unit_set} has {d_in} units; load an SAE of that unit set")
+        loaded[f"{entry.model}/loaded-{index}"] = (entry.model, sae)
+    return loaded
 
 
 def sae_step(run_dir: Path, settings: SaeConfig, *, adapters: dict, language, eval_tokens: torch.Tensor,
@@ -57,19 +76,26 @@ def sae_step(run_dir: Path, settings: SaeConfig, *, adapters: dict, language, ev
     {label: int [rows, pos]} of `eval_tokens`, what the label features read."""
     if not settings.enabled:
         return None, []
+    d_in = adapters[next(iter(adapters))].unit_sets[settings.unit_set]
+    loaded = loaded_saes(settings, list(adapters), d_in)
     step_print = fingerprint(models=models_print, sae=settings.model_dump(), compare=compare.model_dump(),
-                             calibration=calibration.model_dump(), drop=drop)
+                             calibration=calibration.model_dump(), drop=drop,
+                             loaded={name: _digest(sae) for name, (_, sae) in loaded.items()})
 
     def compute() -> dict[str, pd.DataFrame]:
         sample = language.sample(settings.rows, seed=settings.data_seed).tokens
         chunks, inputs = _training_pass(adapters, sample, settings.unit_set, drop, batch_rows)
         saes, about = _train_all(run_dir, settings, chunks, models_print, on_progress)
+        for name, (model, sae) in loaded.items():
+            saes[name] = sae
+            about.loc[len(about)] = {"sae": name, "model": model, "unit_set": settings.unit_set, "width": sae.latents,
+                                     "seed": -1, "train_seconds": np.nan}
         del chunks
         rows = eval_tokens[:settings.eval_rows]
         context = row_context(rows, {name: values[:settings.eval_rows] for name, values in eval_labels.items()})
         cross = {(a, b): _cross(inputs, a, b, settings.unit_set) for a in adapters for b in adapters if a != b}
-        latents, measured, frequency, swap, families = _evaluation_pass(adapters, saes, about, rows, context, feature_sets,
-                                                             inputs, cross, settings, drop, batch_rows)
+        latents, measured, frequency, swap, families = _evaluation_pass(
+            adapters, saes, about, rows, context, feature_sets, inputs, cross, settings, drop, batch_rows)
         measured = measured.merge(_spliced_losses(adapters, saes, about, rows, settings.unit_set), on="sae")
         latent_comparison = compare_moments(latents, threshold=compare.threshold, rotations=compare.rotations,
                                             seed=compare.seed)
@@ -98,6 +124,14 @@ def _training_pass(adapters: dict, tokens: torch.Tensor, unit_set: str, drop: li
     return chunks, inputs
 
 
+def _digest(sae: SAE) -> str:
+    """sha256 of an SAE's weights: a loaded file changed in place changes the step's fingerprint."""
+    digest = hashlib.sha256()
+    for tensor in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _cross(inputs: MomentAccumulator, a: str, b: str, unit_set: str) -> torch.Tensor:
     """The centred cross-moment [d_a, d_b] of a's and b's unit set, a's as rows (the state holds one order)."""
     models = list(inputs.layout)
@@ -124,7 +158,8 @@ def _train_all(run_dir: Path, settings: SaeConfig, chunks: dict, models_print: s
             d_in = chunks[model][0].shape[1]
             rule = {"l1": settings.l1} if settings.activation == "relu" else {"k": settings.k}
             sae = train(itertools.chain.from_iterable(itertools.repeat(chunks[model])), d_in=d_in, latents=width,
-                        activation=settings.activation, seed=_init_seed(model, width, seed), lr=settings.lr, steps=settings.steps,
+                        activation=settings.activation, seed=_init_seed(model, width, seed), lr=settings.lr,
+                        steps=settings.steps,
                         batch_size=settings.batch_size, buffer_tokens=settings.buffer_tokens, **rule)
             sae.metadata |= {"name": name, "fingerprint": print_, "model": model, "unit_set": settings.unit_set}
             save(sae, directory)
@@ -132,7 +167,7 @@ def _train_all(run_dir: Path, settings: SaeConfig, chunks: dict, models_print: s
         rows.append({"sae": name, "model": model, "unit_set": settings.unit_set, "width": width, "seed": seed,
                      "train_seconds": sae.metadata.get("metrics", {}).get("seconds", np.nan)})
     on_progress(f"train SAEs ({len(jobs)})", len(jobs), len(jobs))
-    return saes, pd.DataFrame(rows)
+    return saes, pd.DataFrame(rows, columns=["sae", "model", "unit_set", "width", "seed", "train_seconds"])
 
 
 def _init_seed(model: str, width: int, seed: int) -> int:

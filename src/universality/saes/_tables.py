@@ -1,10 +1,12 @@
 """The SAE tables of a run, from trained SAEs, what one pass measured and the latents' comparison.
 
-| table         | one row per              | columns                                                                 |
-|---------------|--------------------------|-------------------------------------------------------------------------|
-| `saes`        | SAE                      | sae, model, unit_set, width, seed, fvu, l0, dead_latents, ce_clean, ce_spliced, ce_increase, universal_fraction, calibrated_fraction, train_seconds |
-| `sae_latents` | (SAE, other SAE, latent) | sae, other_sae, latent, mcs_dec, mcs_enc, match, hungarian_cos, shared, linear_mcs_dec, linear_shared, act_corr, act_partner, frequency |
-| `sae_pairs`   | (SAE, other SAE, level)  | `PAIR_COLUMNS` + model_a, model_b, same_model, fvu_swap                 |
+- `saes`, one row per SAE: sae, model, unit_set, width, seed, train_seconds, fvu, l0, dead_latents,
+  ce_clean, ce_spliced, ce_increase (nats), universal_fraction, calibrated_fraction (of its latents,
+  against the other SAEs' latents).
+- `sae_latents`, one row per (SAE, other SAE, latent): sae, other_sae, latent, mcs_dec, mcs_enc, match
+  (Hungarian partner), hungarian_cos, shared, linear_mcs_dec, linear_shared, act_corr, act_partner,
+  frequency (share of evaluation tokens it fires on).
+- `sae_pairs`, one row per (SAE, other SAE, level): `PAIR_COLUMNS` + model_a, model_b, same_model, fvu_swap.
 
 Levels: "direct" (decoders and encoders as they are), "linear" (a's weights mapped by the orthogonal
 Procrustes map between the two models' activation spaces; only for SAEs on different models, the map
@@ -33,9 +35,9 @@ __all__ = ["sae_tables", "LATENT_SET"]
 LATENT_SET = "latents"  # the unit-set name of every SAE's latents in the latents' comparison
 
 
-def sae_tables(saes: dict[str, SAE], about: pd.DataFrame, *, measured: pd.DataFrame, frequency: dict, latent_units: pd.DataFrame,
-               latent_pairs: pd.DataFrame, cross_moments: dict, fvu_swap: dict, threshold: float, seed: int
-               ) -> dict[str, pd.DataFrame]:
+def sae_tables(saes: dict[str, SAE], about: pd.DataFrame, *, measured: pd.DataFrame, frequency: dict,
+               latent_units: pd.DataFrame, latent_pairs: pd.DataFrame, cross_moments: dict, fvu_swap: dict,
+               threshold: float, seed: int) -> dict[str, pd.DataFrame]:
     """The three tables (module docstring).
 
     saes : {name: SAE}; about : one row per name (sae, model, unit_set, width, seed, train_seconds)

@@ -78,9 +78,9 @@ def calibrated_tables(units: pd.DataFrame, pairs: pd.DataFrame, rotated: np.ndar
         if len(finite):
             q_value[finite] = false_discovery_control(p_value[finite], method="bh")
     pairs = pairs.assign(baseline_mean=mean, baseline_std=std, z=z, p_empirical=p_empirical, p_value=p_value, q_value=q_value)
-    per_unit = pairs.groupby(_KEYS, sort=False).agg(z=("z", "min"), p_value=("p_value", "max"),
-                                                    q_value=("q_value", "max"),
-                                                    untested=("q_value", lambda q: q.isna().any()))
+    per_unit = (pairs.assign(untested=pairs.q_value.isna())  # a column, not a lambda per group (8k Series)
+                .groupby(_KEYS, sort=False).agg(z=("z", "min"), p_value=("p_value", "max"), q_value=("q_value", "max"),
+                                                untested=("untested", "any")))
     units = units.drop(columns=["z", "p_value", "q_value", "calibrated_universal"], errors="ignore")
     units = units.merge(per_unit.reset_index(), on=_KEYS, how="left", validate="one_to_one")
     units["calibrated_universal"] = (units.q_value < alpha) & ~units.untested.astype(bool)

@@ -46,6 +46,15 @@ def sae_sections(tables: dict[str, pd.DataFrame], neuron_universal_fraction: flo
         ("Every pair (sae_a against sae_b; linear only across models)",
          pairs[["sae_a", "sae_b", "level", "shared_fraction", "mean_mcs", "null_mean_mcs", "coverage_a",
                 "coverage_b", "fvu_swap"]])]
+    widths = pairs[(pairs.level == "direct") & (pairs.latents_a < pairs.latents_b)]
+    if len(widths):
+        section_tables.append((
+            "Across widths (direct level): share of the narrower SAE's latents whose MCS to the wider one is >= the "
+            "threshold (small_covered), and of the wider one's to the narrower (large_covered)",
+            widths.assign(pair=np.where(widths.same_model, "same model", "across models"))
+            .groupby(["pair", "latents_a", "latents_b"])
+            .agg(pairs=("sae_a", "size"), small_covered=("coverage_a", "mean"), large_covered=("coverage_b", "mean"))
+            .reset_index()))
     if features is not None and features.best_feature_set.notna().any():
         section_tables.append(("Latents by their best ground-truth feature (variance reduction >= 0.5), shared "
                                "against at least one other SAE or not", _feature_alignment(features, latents)))

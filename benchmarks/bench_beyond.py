@@ -8,11 +8,12 @@ each at 4 models x 2048 units x 65536 tokens). Not a test; the last line is one 
 The stream is `bench_moments.activation_batches` (distinct batches cycled: generation is not timed);
 the state is float32 on 2 threads, as a run's (the similarity pairs and the rotations then run on 2
 single-threaded workers). Each figure is the median over `repeats`, the ratio taken against the median
-streaming time of the same run. Calibration reuses the comparison's one rotation and computes 31.
+streaming time of the same run. Calibration computes its 32 maxima from 16 rotations and their
+antithetic partners (`compare._universality.rotated_maxima`).
 
 Measured at the issue's size on 2 cores at load 8-11 (README, "What they cost"): similarity 0.21,
-calibration 0.30 of the stream. Calibration's floor is its FLOP count, 2 R n / tokens = 0.22 of the
-stream's (R = 31 new rotations, n = 256 units per set), plus drawing the rotations: 0.25 is out of reach.
+calibration 0.30 of the stream with 31 independent rotations, whose FLOP count, 2 R n / tokens, is 0.22 of
+the stream's (n = 256 units per set); antithetic pairs halve it (R / 2 = 16 products).
 """
 
 from __future__ import annotations

@@ -48,13 +48,37 @@ def test_planted_twins_are_calibrated_universal_where_the_papers_rule_misses_the
     assert units.mean_baseline[is_twin].median() > 0.5
 
 
+def _rotated_reference(batch: dict, rotations: list[tuple[int, int]]) -> np.ndarray:
+    """Direct float64 rotated maxima from the token-level activations, in the pairs table's row order:
+    column k is max_j corr(x_a,i, (sign Q_r y_b)_j) for (r, sign) = rotations[k], Q_r the Haar rotation r
+    of the unit set (rotated units y Q_r^T)."""
+    from universality.compare._rotations import rotation
+    x = {m: batch[m]["s"].double().numpy() for m in batch}
+    blocks = []
+    for a in batch:
+        for b in batch:
+            if b != a:
+                columns = []
+                for r, sign in rotations:
+                    rotated = sign * (x[b] @ rotation("auto", 0, 0, r, WIDTH).dense().numpy().T)  # [tokens, n]
+                    columns.append(np.corrcoef(x[a].T, rotated.T)[:WIDTH, WIDTH:].max(axis=1))
+                blocks.append(np.stack(columns, axis=1))
+    return np.concatenate(blocks)
+
+
 def test_calibration_columns_follow_their_definitions(planted):
+    """32 rotated maxima in antithetic pairs, Q_0 .. Q_15 (Q_0 the comparison's own) and -Q_0 .. -Q_15 (the
+    maxima against -Q_r are minus the minima against Q_r), checked against a direct float64 computation
+    from the tokens."""
     calibrated, _ = planted
     pairs = calibrated.pairs
-    rotated = compare_activations(_planted()[0], seed=0, rotations=32).pairs[
-        [f"baseline_max_corr_r{r}" for r in range(32)]].to_numpy()
+    [batch] = _planted()[0]
+    reference = _rotated_reference(batch, [(r, 1) for r in range(16)] + [(r, -1) for r in range(16)])
+    from universality.compare._universality import rotated_maxima
+    rotated = rotated_maxima(calibrated.moments, rotations=32, seed=0)
+    assert np.abs(rotated - reference).max() < 1e-5  # float32 state against float64 tokens
+    assert np.allclose(rotated[:, 0], pairs.baseline_max_corr)  # Q_0 is the comparison's own rotation
     actual = pairs.max_corr.to_numpy()
-    assert np.allclose(pairs.baseline_max_corr, rotated[:, 0])  # the paper's baseline: the comparison's one rotation
     assert np.allclose(pairs.baseline_mean, rotated.mean(axis=1))
     assert np.allclose(pairs.baseline_std, rotated.std(axis=1, ddof=1))
     assert np.allclose(pairs.z, (actual - rotated.mean(axis=1)) / rotated.std(axis=1, ddof=1))
@@ -79,28 +103,21 @@ def test_p_values_are_uniform_under_the_null():
     assert not calibrated.units.calibrated_universal.any()
 
 
-def test_calibrating_with_the_comparisons_own_rotations_reuses_them():
-    batches, _ = _planted(seed=3)
-    once = compare_activations(batches, rotations=4, seed=1)
-    reused = once.calibrate(rotations=4)
-    recomputed = compare_activations(batches, seed=1).calibrate(rotations=4)
-    assert np.allclose(reused.pairs.p_value, recomputed.pairs.p_value)
-    assert (reused.units.calibrated_universal == recomputed.units.calibrated_universal).all()
-
-
-def test_calibrating_beyond_the_comparisons_own_rotations_keeps_them_and_computes_only_the_rest():
-    """A comparison with k rotations lends them as the first k of R: the other R - k maxima come from the state
-    (rotated maxima only); the columns equal those of a comparison made with all R. Fewer than k: its first R."""
+def test_calibrating_within_the_comparisons_own_rotations_uses_them_as_they_are():
+    """R at most the comparison's own count: its first R independent rotations, read from its columns."""
     batches, _ = _planted(seed=3)
     whole = compare_activations(batches, rotations=6, seed=1)
-    direct = whole.calibrate(rotations=6)
-    for own in (1, 2):
-        extended = compare_activations(batches, rotations=own, seed=1).calibrate(rotations=6)
-        for column in ("baseline_mean", "baseline_std", "z", "p_value", "q_value"):
-            np.testing.assert_allclose(extended.pairs[column], direct.pairs[column], rtol=1e-5, atol=1e-6)
-        assert (extended.units.calibrated_universal == direct.units.calibrated_universal).all()
     first = whole.pairs[[f"baseline_max_corr_r{r}" for r in range(3)]].to_numpy()
     np.testing.assert_array_equal(whole.calibrate(rotations=3).pairs.baseline_mean, first.mean(axis=1))
+
+
+def test_calibrating_beyond_the_comparisons_own_rotations_does_not_depend_on_their_count():
+    """Beyond its own count, the R maxima come from the state in antithetic pairs whatever the comparison had."""
+    batches, _ = _planted(seed=3)
+    one, two = (compare_activations(batches, rotations=own, seed=1).calibrate(rotations=6) for own in (1, 2))
+    for column in ("baseline_mean", "baseline_std", "z", "p_value", "q_value"):
+        np.testing.assert_allclose(one.pairs[column], two.pairs[column], rtol=1e-6, atol=1e-7)
+    assert (one.units.calibrated_universal == two.units.calibrated_universal).all()
 
 
 @pytest.mark.parametrize("kwargs, message", [

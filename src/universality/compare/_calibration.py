@@ -5,8 +5,10 @@ The paper's rule (excess > 0.5) reads one number against a fixed bar, so it misl
 narrow or strongly correlated unit sets, whose rotation baseline is itself high: a model against
 its own neuron-permuted copy has exact twins (correlation 1) that read "not universal" when their
 baseline is above 0.5 (13.6% of MiniLM's neurons at about 4k tokens). Here every (unit, other
-model) is instead tested against its own null, the maxima b_1..b_R over R seeded rotations (R = 32
-by default; rotation r is the comparison's own rotation r, so the first of them are the paper's):
+model) is instead tested against its own null, the maxima b_1..b_R over R seeded Haar rotations (R = 32
+by default): the comparison's own first R when it has that many, otherwise R/2 rotations Q_r (the first
+of them the comparison's own) and their antithetic partners -Q_r, whose maxima are minus Q_r's minima
+read from the same products (`_universality.rotated_maxima`), at half the cost of R independent ones:
 
     baseline_mean  the mean of b_1..b_R (the paper's `baseline_max_corr` averages the comparison's
                    own rotations only, often 1)

@@ -71,10 +71,10 @@ class Comparison:
                   ) -> "Comparison":
         """This comparison with calibrated universality (`compare._calibration`): `units` gain `z,
         p_value, q_value, calibrated_universal`, `pairs` gain `baseline_mean, baseline_std, z,
-        p_empirical, p_value, q_value`; the paper's columns stay as they are. Of the `rotations` maxima,
-        the first are this comparison's own (seeded alike, its rotations are the first of any count), and
-        those beyond its own are computed from the state ("auto" kind, rotated maxima only), which needs the
-        cross-moments: a one-pass state."""
+        p_empirical, p_value, q_value`; the paper's columns stay as they are. The `rotations` maxima are
+        this comparison's own first ones when it has that many (independent Haar rotations); otherwise all
+        are computed from the state in antithetic pairs (`_universality.rotated_maxima`: half the products),
+        which needs the cross-moments: a one-pass state."""
         check_settings(self.threshold, rotations, self.seed)
         alpha = check_alpha(alpha)
         if rotations < 2:
@@ -86,8 +86,7 @@ class Comparison:
                     f"this comparison has {self.rotations} rotation(s) and its state no longer holds the cross-"
                     f"moments (a multi-pass plan or a sketch reduced them); compare again with rotations={rotations}, "
                     f"or calibrate with rotations={self.rotations}")
-            more = rotated_maxima(self.moments, rotations=rotations - own.shape[1], seed=self.seed, first=own.shape[1])
-            own = np.hstack([own, more])
+            own = rotated_maxima(self.moments, rotations=rotations, seed=self.seed)
         units, calibrated = calibrated_tables(self.units, self.pairs, own[:, :rotations], alpha=alpha)
         return Comparison(self.moments, units, calibrated, threshold=self.threshold, rotations=self.rotations,
                           seed=self.seed, plan=self.plan)

@@ -46,9 +46,8 @@ class BaselineScales:
     rotated: dict
 
 
-def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: str = "auto", first: int = 0
-                    ) -> BaselineScales:
-    """Scales of every unit and of rotated units r = first .. first + rotations - 1 from `acc`'s means and Grams
+def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: str = "auto") -> BaselineScales:
+    """Scales of every unit and of rotated units r = 0 .. rotations - 1 from `acc`'s means and Grams
     (it must hold every Gram). One `RotationSet` per (unit set position, width), shared by all models."""
     inverse_std = {m: _inverse_std(acc, m) for m in acc.models}
     workers = torch.get_num_threads()  # the draws (QRs) and the rotated variances run on single-threaded workers
@@ -56,7 +55,7 @@ def baseline_scales(acc: MomentAccumulator, *, rotations: int, seed: int, kind: 
     keys = list(dict.fromkeys((index, size) for _, _, index, size in sets))
 
     def draw(key: tuple[int, int]) -> RotationSet:
-        return RotationSet(kind, seed, *key, range(first, first + rotations))
+        return RotationSet(kind, seed, *key, range(rotations))
 
     shared = dict(zip(keys, map_single_threaded(draw, keys, workers)))
 
@@ -74,16 +73,21 @@ class PairMaxima:
 
     State per ordered model pair (a, b), float64 / int64, -inf / -1 until a block reaches it:
     `max_corr[a, b]` [units_a], `partner[a, b]` [units_a] (index into b's concatenated units),
-    `baseline[a, b]` [rotations, units_a]. With `spread=True` also `rotated_moments[a, b]`
+    `baseline[a, b]` [rotations, units_a] ([2 rotations, units_a] with `antithetic`: rows R .. 2R - 1 hold
+    the maxima against -Q_r, i.e. minus the minima against Q_r, read from the same products). With
+    `spread=True` also `rotated_moments[a, b]`
     [rotations, 3, units_a]: per unit of a, the count, sum and sum of squares of its correlations with
     the live rotated units of b (what `compare._sketch` needs to take the noise of a short stream out of
     the baseline). With `correlations=False` only the baselines are reduced (`max_corr` stays -inf):
     what calibration adds to a comparison.
     """
 
-    def __init__(self, layout: dict, rotations: int, *, spread: bool = False, correlations: bool = True):
+    def __init__(self, layout: dict, rotations: int, *, spread: bool = False, correlations: bool = True,
+                 antithetic: bool = False):
+        if antithetic and (spread or correlations):
+            raise ValueError("antithetic maxima are for the baselines alone (correlations=False, spread=False)")
         self.layout = {m: dict(sets) for m, sets in layout.items()}
-        self.rotations, self.correlations = rotations, correlations
+        self.rotations, self.correlations, self.antithetic = rotations, correlations, antithetic
         self.rotated_moments = {} if spread else None
         self.sizes = {m: sum(sets.values()) for m, sets in self.layout.items()}
         self.max_corr, self.partner, self.baseline = {}, {}, {}
@@ -92,7 +96,8 @@ class PairMaxima:
                 if a != b:
                     self.max_corr[a, b] = torch.full((self.sizes[a],), -torch.inf, dtype=torch.float64)
                     self.partner[a, b] = torch.full((self.sizes[a],), -1, dtype=torch.int64)
-                    self.baseline[a, b] = torch.full((rotations, self.sizes[a]), -torch.inf, dtype=torch.float64)
+                    rows = 2 * rotations if antithetic else rotations
+                    self.baseline[a, b] = torch.full((rows, self.sizes[a]), -torch.inf, dtype=torch.float64)
                     if spread:
                         self.rotated_moments[a, b] = torch.zeros(rotations, 3, self.sizes[a], dtype=torch.float64)
         self._spans = unit_set_spans(self.layout)
@@ -125,8 +130,9 @@ class PairMaxima:
             fixed_spans = row_spans if along_columns else column_spans
             for chunk, peak, moments in chunks:
                 for fixed, _, units, local in fixed_spans:
-                    target = self.baseline[fixed, rotated][chunk, local]
-                    torch.maximum(target, peak[:, units], out=target)
+                    for rows, part in self._baseline_rows(chunk, peak):
+                        target = self.baseline[fixed, rotated][rows, local]
+                        torch.maximum(target, part[:, units], out=target)
                     if moments is not None:
                         self.rotated_moments[fixed, rotated][chunk, :, local] += moments[:, :, units]
 
@@ -142,11 +148,13 @@ class PairMaxima:
             finite_chunk = finite and _finite(inverse[chunk])
             if along_columns:
                 product = rotations.rotate_columns(cross, inverse, chunk)  # [rows, c, n]
-                peak, moments = _reduce_rotated(product, 2, fixed_scale[:, None, None], finite_chunk, spread)
+                peak, moments = _reduce_rotated(product, 2, fixed_scale[:, None, None], finite_chunk, spread,
+                                                self.antithetic)
                 out.append((chunk, peak.T, None if moments is None else moments.permute(2, 0, 1)))
             else:
                 product = rotations.rotate_rows(cross, inverse, chunk)  # [c, n, columns]
-                peak, moments = _reduce_rotated(product, 1, fixed_scale[None, None, :], finite_chunk, spread)
+                peak, moments = _reduce_rotated(product, 1, fixed_scale[None, None, :], finite_chunk, spread,
+                                                self.antithetic)
                 out.append((chunk, peak, None if moments is None else moments.permute(1, 0, 2)))
             del product
         return out
@@ -159,6 +167,14 @@ class PairMaxima:
         corr = torch.nan_to_num(cross * scale_a * scale_b, nan=-torch.inf)  # [n_a, n_b]
         _keep_max(self.max_corr[a, b], self.partner[a, b], rows, *corr.max(dim=1), columns.start)
         _keep_max(self.max_corr[b, a], self.partner[b, a], columns, *corr.max(dim=0), rows.start)
+
+    def _baseline_rows(self, chunk: slice, peak: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+        """Where the maxima `peak` [c or 2c, units] of rotations `chunk` go in a baseline: rows `chunk`, and
+        with `antithetic` the second half, against -Q_r, rows `chunk` + R."""
+        if not self.antithetic:
+            return [(chunk, peak)]
+        c, shift = chunk.stop - chunk.start, self.rotations
+        return [(chunk, peak[:c]), (slice(chunk.start + shift, chunk.stop + shift), peak[c:])]
 
     def _chunks(self, entries: int) -> list[slice]:
         """Rotation ranges whose products of `entries` entries each fit in `_ROTATED_ENTRIES` together."""
@@ -212,12 +228,23 @@ def _finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
-def _reduce_rotated(product: torch.Tensor, dim: int, fixed_scale: torch.Tensor, finite: bool, spread: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _reduce_rotated(product: torch.Tensor, dim: int, fixed_scale: torch.Tensor, finite: bool, spread: bool,
+                    antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rotated correlations reduced over the rotated units, dimension `dim` of `product` (rotated units
     already scaled), once the fixed side's 1/std `fixed_scale` (broadcast to `product`, NaN: dead) applies:
     (max over `dim` float64 on the host, -inf where none is finite; and with `spread`, `_moments_along`).
-    `finite`: every input was finite, so `product` is: then the fixed scale multiplies the maxima only."""
+    `finite`: every input was finite, so `product` is: then the fixed scale multiplies the maxima only.
+    `antithetic`: the maxima, then minus the minima (the maxima against -Q), stacked along the rotations
+    (dimension 1 of the result when `dim` is 2, else 0); one pass over `product` when it is finite."""
+    if antithetic:
+        if finite:
+            low, high = torch.aminmax(product, dim=dim)
+        else:
+            low = torch.nan_to_num(product, nan=torch.inf).amin(dim=dim)
+            high = torch.nan_to_num(product, nan=-torch.inf).amax(dim=dim)
+        peak = torch.cat([high, low.neg_()], dim=1 if dim == 2 else 0)
+        peak = peak * fixed_scale.squeeze(dim)
+        return torch.nan_to_num(peak, nan=-torch.inf).double().cpu(), None
     if not finite:
         torch.nan_to_num(product, nan=-torch.inf, out=product)
     moments = None

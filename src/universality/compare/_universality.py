@@ -40,16 +40,24 @@ def universality_tables(acc: MomentAccumulator, *, threshold: float, rotations: 
     return tables_from_maxima(maxima, {m: dead_units(acc, m).numpy() for m in acc.models}, threshold=threshold)
 
 
-def rotated_maxima(acc: MomentAccumulator, *, rotations: int, seed: int, first: int = 0) -> np.ndarray:
-    """The maxima of rotations first .. first + rotations - 1 ("auto" kind) for every row of the `pairs` table
-    (`tables_from_maxima`'s order: model, other model, unit), without the max correlations:
-    float64 [pairs rows, rotations], NaN where no rotated unit is live."""
-    scales = baseline_scales(acc, rotations=rotations, seed=seed, first=first)
-    maxima = PairMaxima(acc.layout, rotations, correlations=False)
+def rotated_maxima(acc: MomentAccumulator, *, rotations: int, seed: int) -> np.ndarray:
+    """`rotations` rotated maxima for every row of the `pairs` table (`tables_from_maxima`'s order: model,
+    other model, unit), without the max correlations: float64 [pairs rows, rotations], NaN where no rotated
+    unit is live. Antithetic pairs: rotations Q_r, r = 0 .. D - 1 ("auto" kind, D = ceil(rotations / 2),
+    the comparison's own rotations for r below its count), give the first D columns, and -Q_r, also Haar,
+    the rest: max_j of the correlations with -Q_r's units is minus their min with Q_r's, read in the same
+    pass over the same product, so each product yields two maxima and the cost halves. For a unit set of n
+    units the max and the min of n exchangeable rotated correlations are nearly independent (extremes of a
+    large sample are asymptotically independent); the calibration tests check the null's p-values stay
+    uniform and each column against a direct float64 computation from the tokens."""
+    drawn = -(-rotations // 2)
+    scales = baseline_scales(acc, rotations=drawn, seed=seed)
+    maxima = PairMaxima(acc.layout, drawn, correlations=False, antithetic=True)
     for block, values in acc.blocks_.items():
         if not block.is_gram:
             maxima.add_block(block, values, scales)
-    return np.concatenate([maxima.finished(a, b)[2].T for a in acc.models for b in acc.models if b != a])
+    both = np.concatenate([maxima.finished(a, b)[2].T for a in acc.models for b in acc.models if b != a])
+    return both[:, :rotations]
 
 
 def tables_from_maxima(maxima: PairMaxima, dead: dict[str, np.ndarray], *, threshold: float):

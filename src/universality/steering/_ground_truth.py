@@ -45,10 +45,7 @@ __all__ = ["IrrepRotation", "key_irreps"]
 def key_irreps(steered: SteeredModel, threshold: float = KEY_THRESHOLD) -> list[str]:
     """Labels of the non-trivial irreps whose logit similarity with chi(a b c^-1) exceeds `threshold`
     (`irreps.logit_similarity`, the paper's rule), from the model's logits on all pairs."""
-    logits = steered.readout(steered.hidden).numpy() if steered.unit_set == "mlp.hook_pre" else None
-    if logits is None:
-        with torch.no_grad():
-            logits = steered.module(steered.task.left, steered.task.right).double().numpy()
+    logits = steered.readout(steered.hidden).numpy()  # [pairs, n]: the model's logits, from either unit set
     table: pd.DataFrame = logit_similarity(steered.group, logits, threshold=threshold)
     return table.irrep[table.key].tolist()
 
@@ -70,7 +67,7 @@ class IrrepRotation:
                                     f"{steered.unit_set!r}; build the SteeredModel with unit_set='mlp.hook_pre'")
         group, n = steered.group, steered.group.order
         labels = key_irreps(steered) if key is None else [irrep.label for irrep in find_irreps(group, key)]
-        chosen = {label for label in labels}
+        chosen = set(labels)
         bases = [basis for irrep, basis in irrep_bases(group) if irrep.label in chosen and not is_trivial(irrep)]
         if not bases:
             raise UniversalityError(f"no non-trivial key irreps ({labels or 'none'}) to rotate: the model has not "

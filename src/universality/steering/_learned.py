@@ -20,7 +20,6 @@ no counterfactual input: it minimises the cross-entropy of y' through the frozen
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import pandas as pd
-import torch
 from torch import nn
 
 from ..errors import UniversalityError

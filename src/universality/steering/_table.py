@@ -49,7 +49,6 @@ def steering_table(task: GroupTask, models: Mapping[object, nn.Module], *, key_i
     per_pair : targets per test pair (seeded by `seed`); None = every c' != c
     nonlinear : keyword arguments of `NonlinearSteering` (objective, steps, width, ...)
 
-    >>> import torch
     >>> from universality.groups import make_group
     >>> from universality.tasks import composition_task
     >>> from universality.models import GroupMLP

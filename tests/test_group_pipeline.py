@@ -32,6 +32,10 @@ checkpoints = 10
 threads = 2
 [analysis]
 key_threshold = 0.05  # random logits of S4 already score ~0.009, above the paper's 0.005 (see KEY_THRESHOLD)
+[steering]
+enabled = true
+per_pair = 2
+nonlinear_steps = 100
 """
 
 
@@ -47,6 +51,19 @@ def s4_run(tmp_path_factory):
     done = _univ("run", "s4.toml", "--runs-dir", "runs", cwd=root)
     assert done.returncode == 0, done.stderr
     return root, root / "runs" / "s4"
+
+
+def test_a_run_steers_every_seed_and_the_ground_truth_moves_the_answer_where_a_vector_does_not(s4_run):
+    """The steering step of a group run (`[steering]`): every method on every seed, learned ones also
+    transferred; the ground-truth irreps rotation succeeds on grokked seeds, a single steering vector cannot."""
+    _, run = s4_run
+    steering = pd.read_parquet(run / "tables" / "steering.parquet")
+    own = steering[steering.transfer_from == ""].set_index(["seed", "method"]).success_rate
+    assert set(steering.seed) == {"seed-0", "seed-1"} and len(own) == 2 * 5
+    for seed in ("seed-0", "seed-1"):
+        assert own[seed, "ground_truth"] >= 0.99 and own[seed, "steering_vector"] < 0.2
+    assert (steering.transfer_from != "").any()
+    assert "Steering along the learned representations" in (run / "report.html").read_text()
 
 
 def test_trained_seeds_generalise_on_key_irreps(s4_run):

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, field_validator
 from ._config_checks import Seed, StrictSection, Threads
 from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, UNIT_THRESHOLD
 
-__all__ = ["GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig", "GroupTrainConfig",
+__all__ = ["GroupSteeringConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig", "GroupTrainConfig",
            "GroupAnalysisConfig", "GroupClaimsConfig"]
 
 
@@ -117,3 +117,17 @@ class GroupClaimsConfig(StrictSection):
     # report, and left out of the irrep and universality claims unless include_ungeneralised
     generalised_accuracy: float = Field(0.99, gt=0, le=1)
     include_ungeneralised: bool = False
+
+
+class GroupSteeringConfig(StrictSection):
+    """Steering along the learned representations of GroupMLP seeds on "a b" (universality.steering): the
+    ground-truth irreps rotation against mean-difference and single steering vectors, per-target affine maps
+    and a learned nonlinear f, each measured on the test pairs; learned methods also transferred across seeds.
+    Off by default (the nonlinear fit trains a small MLP per seed)."""
+
+    enabled: bool = False
+    per_pair: int | None = Field(4, ge=1, le=100_000)  # targets c' per test pair (seeded); None: every c' != c
+    nonlinear_steps: int = Field(400, ge=1, le=1_000_000)  # training steps of the nonlinear f
+    transfer: bool = True  # each learned method fitted on one seed, applied to the others after unit matching
+    seed: Seed = 0
+

@@ -33,7 +33,8 @@ from ._config_checks import (MEMORY_GIB, VALIDATING, Device, MemoryBudget, Patte
                              Threads, check_plain_values, describe, language_run_gib, read_toml)
 from ._dynamics_config import CheckpointSeries, FamilyTrainingDynamicsConfig, TrainingDynamicsConfig
 from ._sae_config import SaeConfig
-from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConfig, GroupModelConfig, GroupTaskConfig,
+from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConfig, GroupModelConfig, GroupSteeringConfig,
+                            GroupTaskConfig,
                             GroupTrainConfig, GroupTransformerConfig)
 from .errors import UniversalityError, short_repr
 
@@ -261,6 +262,7 @@ class GroupExperimentConfig(_Seeds):
     train: GroupTrainConfig = GroupTrainConfig()
     analysis: GroupAnalysisConfig = GroupAnalysisConfig()
     claims: GroupClaimsConfig = GroupClaimsConfig()
+    steering: GroupSteeringConfig = GroupSteeringConfig()
     compare: CompareConfig = CompareConfig()
     scale: ScaleConfig = ScaleConfig()
     calibration: CalibrationConfig = CalibrationConfig()

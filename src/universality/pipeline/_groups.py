@@ -45,6 +45,7 @@ from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
 from ._similarity import reservoir_rows
 from ._planned import plan_fact, stream_and_compare
+from ._steering import steering_step
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 from ._training_dynamics import check_dynamics_steps, training_dynamics_step
 
@@ -78,6 +79,9 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                 tables |= table_step(run_dir / "tables", "group_irrep_similarity",
                                      fingerprint(models=prints, ridge=SIMILARITY_RIDGE),
                                      lambda: {"group_irrep_similarity": _irrep_similarity(task, trained)})
+            with times("steering"):
+                steered, steering_notes = steering_step(run_dir, config.steering, task, trained, prints)
+                tables |= steered
         with times("compare"):
             adapters = {name: adapt(t.model, name=name) for name, t in trained.items()}
             hidden = {name: [_hidden(t.model_config)] for name, t in trained.items()}  # one unit set per model
@@ -103,7 +107,7 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                                      fingerprint(models=prints, analysis=config.analysis.model_dump(),
                                                  compare=config.compare.model_dump()),
                                      lambda: {"group_matches": _matches(comparison.pairs, tables["group_units"])})
-        notes = []
+        notes = steering_notes if task.word == "a b" else []
         if config.training_dynamics.enabled:
             with times("training dynamics"):
                 dynamics, notes = training_dynamics_step(

@@ -24,7 +24,8 @@ from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import TopActivations, load_moments, read_manifest
 from ..report import (calibration_sections, group_sections, head_sections, neuron_sections, posterior_sections,
-                      sae_sections, similarity_sections, training_sections, write_site)
+                      sae_sections, similarity_sections, steering_sections, training_sections,
+                      write_site)
 from ._steps import saved_tables
 
 __all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
@@ -82,6 +83,8 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
                                    include_ungeneralised=record.include_ungeneralised)
     comparison = record.comparison
     sections = calibration_sections(comparison.units) + sections
+    if "steering" in tables:
+        sections += steering_sections(tables["steering"])
     if "similarity" in tables:
         sections += similarity_sections(tables["similarity"])
     if "seeds" in tables:

@@ -9,8 +9,9 @@ from ._neuron_sections import head_sections, neuron_sections
 from ._posterior_section import posterior_sections
 from ._sae_section import sae_sections
 from ._similarity_section import similarity_sections
+from ._steering_section import steering_sections
 from ._training_section import training_sections
 from ._site import write_report, write_site
 
 __all__ = ["write_site", "write_report", "ReportSection", "group_sections", "neuron_sections", "head_sections",
-           "calibration_sections", "similarity_sections", "posterior_sections", "training_sections", "sae_sections"]
+           "calibration_sections", "similarity_sections", "posterior_sections", "training_sections", "sae_sections", "steering_sections"]

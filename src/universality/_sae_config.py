@@ -38,6 +38,9 @@ class SaeConfig(StrictSection):
     batch_size: int = Field(1024, ge=1, le=1 << 16)  # tokens per step
     lr: float = Field(1e-3, gt=0, le=10)
     buffer_tokens: int = Field(1 << 16, ge=1, le=1 << 26)  # the shuffle buffer
+    # a latent silent this long is dead and trained by AuxK (topk, batchtopk): Gao et al.'s 10M tokens is
+    # more than a short run trains on (the demo example: 819k), where no latent would ever count as dead
+    dead_after_tokens: int = Field(100_000, ge=1, le=1 << 40)
     threshold: float = Field(0.7, gt=0, le=1)  # cosine at or above which matched latents count as shared
     # the first rows of the run's evaluation sample that the SAEs are measured and compared on (latent
     # correlations, FVU, the loss with each SAE spliced in)

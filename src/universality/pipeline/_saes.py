@@ -41,6 +41,11 @@ from ._steps import Progress, table_step
 
 __all__ = ["sae_step", "check_sae_unit_set"]
 
+# the `[sae]` settings that define a trained SAE (with its model, width and seed); the others only change
+# how SAEs are compared, so changing them never retrains one
+_TRAINING = {"unit_set", "activation", "k", "l1", "rows", "data_seed", "steps", "batch_size", "lr", "buffer_tokens",
+             "dead_after_tokens"}
+
 
 def check_sae_inputs(settings: SaeConfig, unit_sets: dict, models: list[str]) -> None:
     """One line, before anything runs, when `[sae] unit_set` is not a unit set of the models ({name: units})
@@ -149,7 +154,7 @@ def _train_all(run_dir: Path, settings: SaeConfig, chunks: dict, models_print: s
     for done, (model, width, seed) in enumerate(jobs):
         name = f"{model}/{width}-seed{seed}"
         directory = run_dir / "saes" / model / settings.unit_set / f"{width}-seed{seed}"
-        print_ = fingerprint(model=models_print, name=name, sae=settings.model_dump(exclude={"widths", "seeds"}))
+        print_ = fingerprint(model=models_print, name=name, sae=settings.model_dump(include=_TRAINING))
         on_progress(f"train SAEs ({len(jobs)})", done, len(jobs))
         saved = read_json(directory / "sae.json")
         if saved and saved.get("metadata", {}).get("fingerprint") == print_:
@@ -160,7 +165,8 @@ def _train_all(run_dir: Path, settings: SaeConfig, chunks: dict, models_print: s
             sae = train(itertools.chain.from_iterable(itertools.repeat(chunks[model])), d_in=d_in, latents=width,
                         activation=settings.activation, seed=_init_seed(model, width, seed), lr=settings.lr,
                         steps=settings.steps,
-                        batch_size=settings.batch_size, buffer_tokens=settings.buffer_tokens, **rule)
+                        batch_size=settings.batch_size, buffer_tokens=settings.buffer_tokens,
+                        dead_after_tokens=settings.dead_after_tokens, **rule)
             sae.metadata |= {"name": name, "fingerprint": print_, "model": model, "unit_set": settings.unit_set}
             save(sae, directory)
         saes[name] = sae

@@ -6,7 +6,8 @@
 - `sae_latents`, one row per (SAE, other SAE, latent): sae, other_sae, latent, mcs_dec, mcs_enc, match
   (Hungarian partner), hungarian_cos, shared, linear_mcs_dec, linear_shared, act_corr, act_partner,
   frequency (share of evaluation tokens it fires on).
-- `sae_pairs`, one row per (SAE, other SAE, level): `PAIR_COLUMNS` + model_a, model_b, same_model, fvu_swap.
+- `sae_pairs`, one row per (SAE, other SAE, level): `PAIR_COLUMNS` + live_a (a's latents active on the
+  evaluation rows, what the row's shares and means are over), model_a, model_b, same_model, fvu_swap.
 
 Levels: "direct" (decoders and encoders as they are), "linear" (a's weights mapped by the orthogonal
 Procrustes map between the two models' activation spaces; only for SAEs on different models, the map
@@ -14,7 +15,7 @@ being the identity on one model), "functional" (the latents' activations as one 
 the universality engine: `act_corr` is a latent's max correlation with the other SAE's latents over
 the evaluation stream; the row's `shared_fraction` is the share of a's live latents with act_corr >=
 threshold, `mean_mcs` the mean act_corr, `null_mean_mcs` the mean of the rotation baseline, the
-engine's own null). `fvu_swap`: a's model's activations reconstructed by b (through the Procrustes
+engine's own null). The pair rows summarise a's live latents only (active on the evaluation rows). `fvu_swap`: a's model's activations reconstructed by b (through the Procrustes
 map and back when the models differ), as a fraction of their variance.
 """
 
@@ -56,7 +57,7 @@ def sae_tables(saes: dict[str, SAE], about: pd.DataFrame, *, measured: pd.DataFr
                 continue
             same_model = model_of[a] == model_of[b]
             frames, rows = _pair(saes[a], saes[b], a, b, cross_moments.get((model_of[a], model_of[b])), same_model,
-                                 latent_pairs, threshold, seed)
+                                 latent_pairs, frequency[a] > 0, threshold, seed)
             swap = fvu_swap.get((a, b), math.nan)
             pair_rows += [{**row, "model_a": model_of[a], "model_b": model_of[b], "same_model": same_model,
                            "fvu_swap": swap} for row in rows]
@@ -70,25 +71,34 @@ def sae_tables(saes: dict[str, SAE], about: pd.DataFrame, *, measured: pd.DataFr
     table = about.merge(measured, on="sae").merge(per_sae, left_on="sae", right_index=True, how="left")
     table["ce_increase"] = table.ce_spliced - table.ce_clean
     return {"saes": table, "sae_latents": latents,
-            "sae_pairs": pd.DataFrame(pair_rows, columns=[*PAIR_COLUMNS, "model_a", "model_b", "same_model",
-                                                          "fvu_swap"])}
+            "sae_pairs": pd.DataFrame(pair_rows, columns=[*PAIR_COLUMNS, "live_a", "model_a", "model_b",
+                                                          "same_model", "fvu_swap"])}
 
 
 def _pair(a: SAE, b: SAE, name_a: str, name_b: str, cross_moment, same_model: bool, latent_pairs: pd.DataFrame,
-          threshold: float, seed: int) -> tuple[pd.DataFrame, list[dict]]:
-    """(per-latent columns of a against b, PAIR_COLUMNS rows of the pair's levels)."""
+          live: np.ndarray, threshold: float, seed: int) -> tuple[pd.DataFrame, list[dict]]:
+    """(per-latent columns of a against b, PAIR_COLUMNS rows of the pair's levels). The rows summarise a's
+    `live` latents (bool [latents_a]: active on the evaluation rows): a latent that never fires keeps a
+    decoder row it was initialised with, which would read as an unshared feature."""
     direct = match(a.W_dec, b.W_dec, threshold=threshold, encoder_a=a.W_enc, encoder_b=b.W_enc)
     null = match(a.W_dec, random_decoder(b.latents, b.d_in, seed=seed), threshold=threshold)
     analytic = random_mcs_expectation(b.d_in, b.latents) if b.d_in >= 2 else math.nan
-    rows = [summarize_match(direct, sae_a=name_a, sae_b=name_b, level="direct", null=null, analytic_null_mcs=analytic)]
+
+    def summary(table: pd.DataFrame, level: str) -> dict:
+        kept = table[live].copy()
+        kept.attrs = table.attrs
+        row = summarize_match(kept, sae_a=name_a, sae_b=name_b, level=level, null=null[live],
+                              analytic_null_mcs=analytic)
+        return row | {"latents_a": a.latents, "live_a": int(live.sum()),
+                      "coverage_a": float((kept.mcs >= threshold).mean()) if len(kept) else math.nan}
+    rows = [summary(direct, "direct")]
     frame = pd.DataFrame({"latent": direct.latent, "mcs_dec": direct.mcs, "mcs_enc": direct.mcs_enc,
                           "match": direct.hungarian_partner, "hungarian_cos": direct.hungarian_cos,
                           "shared": direct.shared})
     if not same_model and cross_moment is not None:
         linear = match_linear(a.W_dec, b.W_dec, cross_moment, threshold=threshold, encoder_a=a.W_enc,
                               encoder_b=b.W_enc)
-        rows.append(summarize_match(linear, sae_a=name_a, sae_b=name_b, level="linear", null=null,
-                                    analytic_null_mcs=analytic))
+        rows.append(summary(linear, "linear"))
         frame["linear_mcs_dec"], frame["linear_shared"] = linear.mcs.to_numpy(), linear.shared.to_numpy()
     else:
         frame["linear_mcs_dec"], frame["linear_shared"] = np.nan, pd.array([pd.NA] * len(frame), dtype="boolean")
@@ -97,7 +107,7 @@ def _pair(a: SAE, b: SAE, name_a: str, name_b: str, cross_moment, same_model: bo
     frame["act_corr"] = functional.max_corr.to_numpy()
     frame["act_partner"] = functional.partner_unit.to_numpy()
     rows.append(_functional_row(frame.act_corr.to_numpy(), functional.baseline_max_corr.to_numpy(), name_a, name_b,
-                                a, b, threshold))
+                                a, b, threshold) | {"live_a": int(live.sum())})
     return frame, rows
 
 

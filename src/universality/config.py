@@ -39,7 +39,7 @@ from ._group_config import (GroupAnalysisConfig, GroupClaimsConfig, GroupMLPConf
 from .errors import UniversalityError, short_repr
 
 __all__ = [
-    "LanguageConfig", "ModelConfig", "TrainConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
+    "LanguageConfig", "ModelConfig", "TrainConfig", "IOIConfig", "CollectConfig", "CompareConfig", "ScaleConfig", "CalibrationConfig",
     "SimilarityConfig", "PosteriorConfig", "SaeConfig", "TrainingDynamicsConfig", "CheckpointSeries", "FamilyTrainingDynamicsConfig",
     "ExperimentConfig", "GroupTaskConfig", "GroupMLPConfig", "GroupTransformerConfig", "GroupModelConfig",
     "GroupTrainConfig", "GroupAnalysisConfig", "GroupClaimsConfig", "GroupExperimentConfig", "DataConfig", "PretrainedCollectConfig", "PretrainedExperimentConfig",
@@ -79,6 +79,15 @@ class ModelConfig(StrictSection):
         return self
 
 
+class IOIConfig(StrictSection):
+    """The indirect-object task mixed into training (`tasks.IOITask`, after Wang et al. 2022)."""
+
+    names_class: int = Field(0, ge=0, le=1023)  # the language's hidden class whose tokens serve as names
+    templates: int = Field(8, ge=1, le=1024)  # distinct prompt templates, drawn from template_seed
+    template_len: int = Field(10, ge=6, le=4096)  # tokens per prompt after BOS, the final position included
+    template_seed: Seed = 0
+
+
 class TrainConfig(StrictSection):
     """Next-token training of each seed; the seed sets the initialisation and, by `data`, the sample."""
 
@@ -95,6 +104,10 @@ class TrainConfig(StrictSection):
     # log-spaced steps whose state dict is kept beside the final weights, for [training_dynamics]
     # (train.checkpoint_epochs: 0, the initialisation, to `steps`); 0 keeps none
     checkpoints: int = Field(0, ge=0, le=1000)
+    # the fraction of each batch's rows that are indirect-object prompts (`ioi`); 0 (the default) trains on
+    # the language alone, and is left out of the trained model's fingerprint so older models stay valid
+    ioi_fraction: float = Field(0.0, ge=0, le=1)
+    ioi: IOIConfig = IOIConfig()
     # torch threads: "auto" = the idle cores this process may use. Not part of the trained model's
     # fingerprint: it changes only the rounding of float sums, not the model's definition.
     threads: Threads = "auto"

@@ -1,7 +1,7 @@
 """`TinyAdapter`: the `ModelAdapter` interface over the repo's own `TinyTransformer`.
 
 Every hook point of the model is a unit set (except `hook_pattern`), under its own
-TransformerLens name; `weights()` reads the same TransformerLens names as the Hugging Face adapter:
+TransformerLens name; `component_sites` adds per-head and per-block outputs for patching (`circuits`); `weights()` reads the same TransformerLens names as the Hugging Face adapter:
 
 | name                                   | shape                       | source                        |
 |----------------------------------------|-----------------------------|-------------------------------|
@@ -49,8 +49,22 @@ class TinyAdapter(ModelAdapter):
         self._points = model.hook_points()
 
     def _sites(self) -> dict[str, Site]:
-        return {name: Site(point, "output") for name, point in self._points.items()
-                if not name.endswith("hook_pattern")}
+        sites = {name: Site(point, "output") for name, point in self._points.items()
+                 if not name.endswith("hook_pattern")}
+        sites.update(self.component_sites())
+        return sites
+
+    def component_sites(self) -> dict[str, Site]:
+        """Sites that can be edited (and read through an edit) but are not unit sets, for patching:
+        `blocks.{l}.attn.hook_z` [batch, pos, heads * d_head] (every head's z, head-major: the input
+        of the output projection; TransformerLens's hook_z flattened), `blocks.{l}.hook_attn_out` and
+        `blocks.{l}.hook_mlp_out` [batch, pos, d_model] (the attention and MLP outputs added to the residual)."""
+        sites = {}
+        for l, block in enumerate(self.model.blocks):
+            sites[f"blocks.{l}.attn.hook_z"] = Site(block.attn.out, "input")
+            sites[f"blocks.{l}.hook_attn_out"] = Site(block.attn, "output")
+            sites[f"blocks.{l}.hook_mlp_out"] = Site(block.mlp, "output")
+        return sites
 
     def _forward(self, tokens, attention_mask, *, logits=True):
         if attention_mask is not None:

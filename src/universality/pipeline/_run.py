@@ -39,10 +39,14 @@ def pinned_threads(train_config):
 def trained_inputs(train_config) -> dict:
     """The training settings that define a trained model: all but `threads`, which only changes the
     float rounding of the result, so changing it never retrains a seed; `checkpoints` only when some are
-    kept (none kept is what a model saved before the setting existed holds: it is not retrained)."""
+    kept (none kept is what a model saved before the setting existed holds: it is not retrained), and the
+    indirect-object mix (`ioi_fraction`, `ioi`) only when it is on, for the same reason."""
     settings = train_config.model_dump(exclude={"threads"})
     if settings.get("checkpoints") == 0:
         del settings["checkpoints"]
+    if settings.get("ioi_fraction") == 0:  # no task mixed in: what a model saved before the setting holds
+        settings.pop("ioi_fraction")
+        settings.pop("ioi", None)
     return settings
 
 

@@ -1,6 +1,7 @@
 """Train one tiny transformer per seed on the synthetic language; save and load checkpoints.
 
-A seed fixes the initialisation and, when `TrainConfig.data == "per_seed"`, the training rows;
+A seed fixes the initialisation and, when `TrainConfig.data == "per_seed"`, the training rows
+(with `TrainConfig.ioi_fraction` > 0, that fraction of every batch is indirect-object prompts, `tasks.IOITask`);
 with `data == "shared"` every seed reads the rows of `TrainConfig.data_seed` in the same order.
 Rows are drawn in chunks of `CHUNK_STEPS` steps, each chunk from a seed derived from
 (data seed, chunk index), so a run never touches the global RNG.
@@ -47,7 +48,7 @@ from ..config import ModelConfig, TrainConfig
 from .._rundir import file_digest, save_tensors
 from ..errors import UniversalityError
 from ..models import TinyTransformer
-from ..tasks import SyntheticLanguage
+from ..tasks import IOITask, SyntheticLanguage
 
 __all__ = ["TrainedModel", "train_seed", "train_seeds", "save_checkpoint", "load_checkpoint",
            "load_checkpoint_models", "with_checkpoints", "checkpoint_epochs"]
@@ -149,10 +150,18 @@ def training_batches(language: SyntheticLanguage, train_config: TrainConfig,
     """The `steps` batches of tokens [batch_size, seq_len] that `seed` trains on, in order."""
     data_seed = seed if train_config.data == "per_seed" else train_config.data_seed
     rows = train_config.batch_size
+    # the first round(ioi_fraction * rows) rows of every batch are indirect-object prompts (off by default)
+    ioi_rows = round(train_config.ioi_fraction * rows)
+    task = IOITask(language, train_config.ioi) if ioi_rows else None
     for chunk_start in range(0, train_config.steps, CHUNK_STEPS):
         chunk_steps = min(CHUNK_STEPS, train_config.steps - chunk_start)
         chunk_seed = _derive_seed(data_seed, chunk_start // CHUNK_STEPS)
         tokens = language.sample(chunk_steps * rows, seed=chunk_seed).tokens  # [chunk rows, seq_len]
+        if task is not None:  # [chunk_steps, rows, seq_len]: the task's rows first in each batch
+            task_rows = task.training_rows(chunk_steps * ioi_rows, seed=_derive_seed(chunk_seed, 1))
+            tokens = tokens.view(chunk_steps, rows, -1)
+            tokens[:, :ioi_rows] = task_rows.view(chunk_steps, ioi_rows, -1)
+            tokens = tokens.view(chunk_steps * rows, -1)
         yield from tokens.split(rows)
 
 

@@ -265,3 +265,24 @@ def test_classify_heads_reads_each_role_from_its_score():
     assert list(zip(roles["role"], roles["layer"], roles["head"])) == [
         ("duplicate_token", 0, 0), ("s_inhibition", 0, 0), ("name_mover", 1, 0), ("negative_name_mover", 1, 1)]
     assert roles["score"].tolist() == pytest.approx([0.9, 0.4, 0.54, 0.4])
+
+
+def test_a_language_run_with_the_task_writes_circuit_tables_and_the_report_grid(tmp_path):
+    """`train.ioi_fraction` > 0: per seed the task's scores, every head's attribution and the roles matched
+    across seeds, in tables and in the report (the circuit step of a language run)."""
+    import tomllib
+    import pandas as pd
+    from universality.api import run_experiment
+    from universality.config import parse_config
+    from test_pipeline import SMALL
+    text = (SMALL.replace("[train]\n", "[train]\nthreads = 1\nioi_fraction = 0.5\n")
+            + "[calibration]\nenabled = false\n[similarity]\nenabled = false\n[posterior]\nenabled = false\n")
+    run = run_experiment(parse_config(tomllib.loads(text)), runs_dir=tmp_path)
+    tables = {name: pd.read_parquet(run.run_dir / "tables" / f"{name}.parquet")
+              for name in ("ioi", "circuits", "circuit_attribution")}
+    assert sorted(tables["ioi"].seed) == [0, 1, 2] and tables["ioi"].accuracy.between(0, 1).all()
+    attribution = tables["circuit_attribution"]
+    assert len(attribution[attribution.component == "head"]) == 3 * 2 * 2  # seeds x layers x heads
+    assert set(tables["circuits"].columns) >= {"seed", "role", "layer", "head", "score", "matched_head_in_other_seeds"}
+    html = (run.run_dir / "report.html").read_text()
+    assert "Circuits across seeds" in html and (run.run_dir / "plots" / "circuits.png").is_file()

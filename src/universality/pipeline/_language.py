@@ -29,6 +29,7 @@ from ._neurons import neuron_step
 from ._posterior import next_token
 from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
+from ._circuits import circuit_step
 from ._saes import check_sae_inputs, sae_step
 from ._similarity import reservoir_rows
 from ._planned import plan_fact, resolve_budget, stream_and_compare
@@ -87,6 +88,9 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                                          memory_budget=resolve_budget(config.scale.memory_budget, config.device),
                                          seed=config.compare.seed, labels={label: sample.labels[label] for label in _LABELS},
                                          feature_tokens={"class": _class_tokens(language)})
+        with times("circuits"):
+            circuits = circuit_step(run_dir, config.train, language, adapters, config.seeds,
+                                    eval_seed=collect.eval_seed, models_print=moments_print)
         with times("saes"):
             saes, sae_notes = sae_step(run_dir, config.sae, adapters=adapters, language=language,
                                        eval_tokens=sample.tokens, eval_labels={l: sample.labels[l] for l in _LABELS},
@@ -116,7 +120,7 @@ def run_language(config: ExperimentConfig, *, runs_dir: str | Path = "runs",
                             lambda: context_tables(sample.tokens, [f" {name}" for name in language.token_names]))
         if neurons is not None:
             tables["neurons"] = neurons
-        tables |= saes or {}
+        tables |= (saes or {}) | circuits
         if config.training_dynamics.enabled:
             tables |= dynamics
         return RunRecord(comparison, curves, facts, tables, notes=notes, top_activations=top, reservoir=reservoir,

@@ -23,8 +23,8 @@ from .._rundir import read_json, write_text_atomic
 from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import TopActivations, load_moments, read_manifest
-from ..report import (calibration_sections, group_sections, head_sections, neuron_sections, posterior_sections,
-                      sae_sections, similarity_sections, steering_sections, training_sections,
+from ..report import (calibration_sections, circuit_sections, group_sections, head_sections, neuron_sections,
+                      posterior_sections, sae_sections, similarity_sections, steering_sections, training_sections,
                       write_site)
 from ._steps import saved_tables
 
@@ -83,6 +83,7 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
                                    include_ungeneralised=record.include_ungeneralised)
     comparison = record.comparison
     sections = calibration_sections(comparison.units) + sections
+    sections += circuit_sections(tables)
     if "steering" in tables:
         sections += steering_sections(tables["steering"])
     if "similarity" in tables:

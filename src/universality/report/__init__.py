@@ -5,6 +5,7 @@ universality step (`group_sections`, `neuron_sections`, `head_sections`)."""
 from ._group_sections import group_sections
 from ._html import ReportSection
 from ._calibration_section import calibration_sections
+from ._circuits_section import circuit_sections
 from ._neuron_sections import head_sections, neuron_sections
 from ._posterior_section import posterior_sections
 from ._sae_section import sae_sections
@@ -14,4 +15,5 @@ from ._training_section import training_sections
 from ._site import write_report, write_site
 
 __all__ = ["write_site", "write_report", "ReportSection", "group_sections", "neuron_sections", "head_sections",
-           "calibration_sections", "similarity_sections", "posterior_sections", "training_sections", "sae_sections", "steering_sections"]
+           "calibration_sections", "similarity_sections", "posterior_sections", "training_sections", "sae_sections",
+           "steering_sections", "circuit_sections"]

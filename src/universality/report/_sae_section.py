@@ -60,8 +60,8 @@ def sae_sections(tables: dict[str, pd.DataFrame], neuron_universal_fraction: flo
                                "against at least one other SAE or not", _feature_alignment(features, latents)))
     return [ReportSection(
         "Do the SAEs learn universal features?", text=text, tables=section_tables,
-        figures=[("sae_mcs.png", "Decoder MCS to the other SAE, against a random dictionary of the same width "
-                  "(dashed: the analytic expectation for random directions)", _mcs_histograms(pairs, latents)),
+        figures=[("sae_mcs.png", "Decoder MCS of live latents to the other SAE, against a random dictionary of the "
+                  "same width (dashed: the analytic expectation for random directions)", _mcs_histograms(pairs, latents)),
                  ("sae_act_vs_cos.png", "Each latent's max activation correlation with the other SAE against its "
                   "decoder MCS", _scatter(latents))])]
 
@@ -81,7 +81,9 @@ def _feature_alignment(features: pd.DataFrame, latents: pd.DataFrame) -> pd.Data
 
 
 def _mcs_histograms(pairs: pd.DataFrame, latents: pd.DataFrame) -> bytes:
-    """A PNG: the direct-level MCS of every latent, split by same model / across models."""
+    """A PNG: the direct-level MCS of every live latent (active on the evaluation rows), split by same model /
+    across models."""
+    latents = latents[latents.frequency > 0]
     model_of = dict(zip(pairs.sae_a, pairs.model_a))
     same = latents.sae.map(model_of) == latents.other_sae.map(model_of)
     fig = _figure(8, 3)

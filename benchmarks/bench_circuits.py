@@ -7,10 +7,12 @@
    Spearman rank correlation over heads, signed and of |values|;
 3. the same timing on a random-weights larger TinyTransformer (4 layers x 8 heads, d_model 256), where the
    number of heads, and so activation patching's cost, is larger (its rank correlation is not meaningful);
-4. the trained model's head roles.
+4. the trained model's head roles;
+5. steering (`bench_steering.py`, run as its own process): success of the ground-truth irreps rotation, a
+   single steering vector and the learned nonlinear f on grokked C_29 seeds.
 
-Last line: a JSON object with `attribution_speedup` (the trained model), `rank_correlation` (signed, heads) and
-the other figures.
+Last line: a JSON object with `attribution_speedup` (the trained model), `rank_correlation` (signed, heads),
+`ground_truth_steering_success`, `steering_vector_success`, `learned_nonlinear_success` and the other figures.
 
     PYTHONPATH=src python benchmarks/bench_circuits.py [--steps 2500] [--prompts 128]
 """
@@ -19,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -88,7 +93,11 @@ def main() -> None:
     print(scores.round(3).to_string(index=False))
     print(classify_heads(scores).round(3).to_string(index=False))
 
-    print(json.dumps({"attribution_speedup": round(small["speedup"], 2),
+    # steering's figures (issue 12's benchmark keys) from its own script, in its own process
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "bench_steering.py")],
+                          capture_output=True, text=True, check=True)
+    steering = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps({**steering, "attribution_speedup": round(small["speedup"], 2),
                       "rank_correlation": round(small["rank_correlation"], 3),
                       "rank_correlation_abs": round(small["rank_correlation_abs"], 3),
                       "attribution_speedup_random_4x8": round(large["speedup"], 2),

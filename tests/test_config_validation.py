@@ -110,7 +110,8 @@ def _check_message(message: str, path: tuple[str, ...]) -> None:
     assert "\n" not in message and "\r" not in message, message
     assert len(message) < 700, message
     named = {*path, "kind", "name", "seeds", "model", "language", "train", "collect", "compare", "task", "data",
-             "device", "analysis", "claims", "scale", "neurons", "calibration", "similarity", "posterior"}
+             "device", "analysis", "claims", "scale", "neurons", "calibration", "similarity", "posterior", "sae",
+             "steering"}
     assert any(part and part[:20] in message for part in named), (message, path)
 
 

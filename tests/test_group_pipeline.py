@@ -29,7 +29,7 @@ stop_at_test_accuracy = 1.0
 extra_epochs = 300
 log_every = 25
 checkpoints = 10
-threads = 2
+threads = 1  # make test runs 2 workers, one per core: 2 threads here would share a core
 [analysis]
 key_threshold = 0.05  # random logits of S4 already score ~0.009, above the paper's 0.005 (see KEY_THRESHOLD)
 [steering]

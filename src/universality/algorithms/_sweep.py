@@ -9,8 +9,8 @@ small C_n, seed after seed (one thread; see `train._group_training` for why seed
 | `attention_rate_sweep` | (attention_rate, seed): diagnostics, algorithm, accuracy, epochs to grok |
 | `algorithm_fractions`  | attention_rate: fraction of generalised seeds per algorithm              |
 
-The defaults (`SWEEP_MODEL`, `SWEEP_TRAIN`) are sized so a C_31 seed trains in about 10-20 s on one
-thread: d_model 64, 4 heads, d_mlp 256, the authors' 80% train split and lr 1e-3 raised to 3e-3, weight
+The defaults (`SWEEP_MODEL`, `SWEEP_TRAIN`) are sized so a C_31 seed trains in about 10-25 s on one
+thread (idle core): d_model 64, 4 heads, d_mlp 256, the authors' 80% train split and lr 1e-3 raised to 3e-3, weight
 decay 1, Grokfast-EMA, stopping 200 epochs after test accuracy reaches 1.
 """
 

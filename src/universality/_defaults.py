@@ -58,3 +58,15 @@ RESERVOIR_ROWS = 4096
 KNN_NEIGHBOURS = 10
 # Token-shuffled partners per score, for null_mean and null_std.
 SIMILARITY_NULLS = 3
+
+# Clock or pizza (Zhong et al. 2023, arXiv 2306.17844). The paper's exemplars: pizza (model A, constant
+# attention) gradient symmetricity 0.994, distance irrelevance 0.17; clock (model B) symmetricity 0.33. In
+# the authors' released 1-layer sweep (fjzzq2002/pizza result/1l_fixedwidth.csv: test accuracy > 0.99,
+# circularity > 0.99), attention rate < 0.1 gives symmetricity >= 0.987 in 95% of runs (median 0.994;
+# 0.992 with an "=" token), distance irrelevance median 0.28 (0.22 with "="); rate >= 0.9 gives symmetricity
+# below 0.68 in 95% (below 0.975 with "=", median 0.96) and distance irrelevance >= 0.66 in 95% (median
+# 0.83). So: pizza = symmetric AND distance-dependent, clock = neither, anything else "mixed" (the
+# paper's accompanied pizzas and non-circular solutions land there).
+PIZZA_MIN_SYMMETRICITY = 0.98  # pizza at or above, clock below
+PIZZA_MAX_DISTANCE_IRRELEVANCE = 0.5  # pizza at or below
+CLOCK_MIN_DISTANCE_IRRELEVANCE = 0.65  # clock at or above

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_serializer
 
 from ._config_checks import Seed, StrictSection, Threads
 from ._defaults import EMERGENCE_THRESHOLD, KEY_THRESHOLD, UNIT_THRESHOLD
@@ -43,6 +43,18 @@ class GroupTransformerConfig(_GroupConfig):
     # "nanda": N(0, 1/d_model), unembedding N(0, 1/order), this package's init before issue 8
     init: Literal["paper", "nanda"] = "paper"
     mlp_biases: Literal["frozen", "trained"] = "frozen"  # the paper freezes every bias at 0
+    # Zhong et al. 2023's attention rate: pattern = rate softmax + (1 - rate) ones; 1 = softmax attention (the
+    # "Clock" side), 0 = constant attention (the "Pizza" side). See `GroupTransformer`.
+    attention_rate: float = Field(1.0, ge=0, le=1)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_rate(self, handler):
+        """Leave `attention_rate` out of dumps at its default 1, so a config without it dumps (and so
+        fingerprints) as before the setting existed: saved runs stay valid and are not retrained."""
+        data = handler(self)
+        if self.attention_rate == 1.0 and isinstance(data, dict):
+            data.pop("attention_rate", None)
+        return data
 
 
 GroupModelConfig = Annotated[GroupMLPConfig | GroupTransformerConfig, Field(discriminator="arch")]

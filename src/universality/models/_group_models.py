@@ -17,7 +17,8 @@ Hook points (identity `HookPoint`s, names from module paths, TransformerLens for
     model             name                          shape
     GroupMLP          mlp.hook_pre                  [pairs, hidden]  before the ReLU
     GroupMLP          mlp.hook_post                 [pairs, hidden]  after the ReLU
-    GroupTransformer  blocks.0.attn.hook_pattern    [pairs, heads, key=3]  the "=" query's pattern
+    GroupTransformer  blocks.0.attn.hook_pattern    [pairs, heads, key=3]  the "=" query's pattern (after
+                                                    the attention-rate mix, so rows sum to 3 - 2 rate)
     GroupTransformer  blocks.0.mlp.hook_pre         [pairs, d_mlp]  at "=", before the ReLU
     GroupTransformer  blocks.0.mlp.hook_post        [pairs, d_mlp]  at "=", after the ReLU
 
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import UniversalityError
+from ..errors import UniversalityError, short_repr
 from ._tiny_transformer import HookPoint
 
 __all__ = ["GroupMLP", "GroupTransformer"]
@@ -47,6 +48,13 @@ __all__ = ["GroupMLP", "GroupTransformer"]
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UniversalityError(f"{field} must be one of: {', '.join(choices)}; got {value!r}")
+
+
+def _check_attention_rate(rate: float) -> None:
+    """Raise unless `rate` is a real number in [0, 1] (Zhong et al.'s attention rate)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise UniversalityError(f"attention_rate must be a number in [0, 1] (1 = softmax attention, 0 = constant "
+                                f"attention), got {short_repr(rate)}")
 
 
 class _HookedModel(nn.Module):
@@ -147,20 +155,27 @@ class GroupTransformer(_HookedModel):
     mlp_biases : {'frozen', 'trained'}, default='frozen'. The authors' code freezes every bias at
         its initial 0 (`requires_grad = False` on each `b_` parameter), so the paper's transformer
         has none in effect; 'trained' lets AdamW train the MLP's two biases.
+    attention_rate : float in [0, 1], default=1. Zhong et al. 2023 ("The Clock and the Pizza", arXiv
+        2306.17844) interpolate between softmax and constant attention with their attention rate alpha:
+        pattern = alpha softmax(scores) + (1 - alpha), the constant part all ones, not 1/keys (their
+        code, fjzzq2002/pizza `code/train-main.py`, `Attention.forward`: `normalized * self.attn_coeff
+        + (1 - self.attn_coeff)`). 1 is ordinary attention (the forward is then unchanged, bit for bit);
+        0 is constant attention, where the "=" position reads the sum of the three values.
     """
 
     def __init__(self, order: int, *, d_model: int = 128, n_heads: int = 4, d_head: int = 32,
                  d_mlp: int = 512, seed: int = 0, init: Literal["paper", "nanda"] = "paper",
-                 mlp_biases: Literal["frozen", "trained"] = "frozen"):
+                 mlp_biases: Literal["frozen", "trained"] = "frozen", attention_rate: float = 1.0):
         super().__init__()
         _check_choice("init", init, ("paper", "nanda"))
         _check_choice("mlp_biases", mlp_biases, ("frozen", "trained"))
+        _check_attention_rate(attention_rate)
         self.order, self.d_model, self.n_heads, self.d_head, self.d_mlp = order, d_model, n_heads, d_head, d_mlp
-        self.units = d_mlp
+        self.units, self.attention_rate = d_mlp, float(attention_rate)
         with torch.random.fork_rng(devices=[]):  # nn defaults draw from the global RNG; keep it intact
             self.embed = nn.Embedding(order + 1, d_model)  # [vocab, d_model]
             self.pos_embed = nn.Embedding(3, d_model)  # positions of a, b, "="
-            self.blocks = nn.ModuleList([_Block(d_model, n_heads, d_head, d_mlp)])
+            self.blocks = nn.ModuleList([_Block(d_model, n_heads, d_head, d_mlp, self.attention_rate)])
             self.unembed = nn.Linear(d_model, order, bias=False)  # [order, d_model]
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -207,9 +222,9 @@ class GroupTransformer(_HookedModel):
 class _Block(nn.Module):
     """resid_= += attn(resid)_=; resid_= += mlp(resid_=), both at the "=" position only."""
 
-    def __init__(self, d_model: int, n_heads: int, d_head: int, d_mlp: int):
+    def __init__(self, d_model: int, n_heads: int, d_head: int, d_mlp: int, attention_rate: float):
         super().__init__()
-        self.attn = _Attention(d_model, n_heads, d_head)
+        self.attn = _Attention(d_model, n_heads, d_head, attention_rate)
         self.mlp = _MLP(d_model, d_mlp)
 
     def forward(self, resid: torch.Tensor) -> torch.Tensor:
@@ -218,11 +233,12 @@ class _Block(nn.Module):
 
 
 class _Attention(nn.Module):
-    """The "=" query over keys a, b, "=" (causal attention at the last position sees all three)."""
+    """The "=" query over keys a, b, "=" (causal attention at the last position sees all three), with
+    Zhong et al.'s attention rate (see `GroupTransformer`)."""
 
-    def __init__(self, d_model: int, n_heads: int, d_head: int):
+    def __init__(self, d_model: int, n_heads: int, d_head: int, attention_rate: float):
         super().__init__()
-        self.n_heads, self.d_head = n_heads, d_head
+        self.n_heads, self.d_head, self.attention_rate = n_heads, d_head, attention_rate
         self.query = nn.Linear(d_model, n_heads * d_head, bias=False)  # W_Q
         self.key = nn.Linear(d_model, n_heads * d_head, bias=False)  # W_K
         self.value = nn.Linear(d_model, n_heads * d_head, bias=False)  # W_V
@@ -235,7 +251,10 @@ class _Attention(nn.Module):
         k = self.key(resid).view(pairs, pos, self.n_heads, self.d_head)  # [pairs, key, heads, d_head]
         v = self.value(resid).view(pairs, pos, self.n_heads, self.d_head)  # [pairs, key, heads, d_head]
         scores = torch.einsum("phd,pkhd->phk", q, k) / math.sqrt(self.d_head)  # [pairs, heads, key]
-        pattern = self.hook_pattern(scores.softmax(dim=-1))  # [pairs, heads, key]
+        pattern = scores.softmax(dim=-1)  # [pairs, heads, key]
+        if self.attention_rate != 1.0:  # at 1 skip the mix: the default forward stays bit-identical
+            pattern = self.attention_rate * pattern + (1.0 - self.attention_rate)  # alpha softmax + (1 - alpha) ones
+        pattern = self.hook_pattern(pattern)  # [pairs, heads, key]
         z = torch.einsum("phk,pkhd->phd", pattern, v)  # [pairs, heads, d_head]
         return self.out(z.reshape(pairs, self.n_heads * self.d_head))  # [pairs, d_model]
 

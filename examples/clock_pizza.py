@@ -1,0 +1,55 @@
+"""Clock or pizza? The fraction of each per attention rate on C_31 (Zhong et al. 2023, arXiv 2306.17844).
+
+Trains one small transformer per (attention rate, seed) on modular addition mod 31, one after another on
+one thread (about 10-25 s each with the defaults of `universality.algorithms.attention_rate_sweep`), and
+prints every run's diagnostics, then per attention rate the fraction of generalised seeds that learned
+the clock, the pizza or a mixture. The whole table is written to clock_pizza.csv.
+
+    PYTHONPATH=src python examples/clock_pizza.py                       # rates 0, 0.5, 1 x seeds 0-3
+    PYTHONPATH=src python examples/clock_pizza.py --rates 0 0.25 0.5 0.75 1 --seeds 0 1 2 3 4 5 6 7
+
+Measured with the defaults (C_31, 4 seeds per rate; 1 thread on a shared machine):
+
+    rate  clock  pizza  mixed   (fractions of generalised seeds)
+    0.0   0.00   0.25   0.75    symmetricity 1.000 (by construction), distance irrelevance 0.35-0.77
+    0.5   0.33   0.00   0.67    symmetricity 0.88-0.92
+    1.0   1.00   0.00   0.00    symmetricity -0.09-0.38, distance irrelevance 0.94-0.98
+
+Constant-attention seeds with two or three pizzas right after grokking keep distance irrelevance above
+the pizza cut (0.5): "mixed". Training longer lowers it (seed 1: 0.71 -> 0.49 with 2000 more epochs).
+
+`univ run` does not run this sweep yet: a group run trains one task with fixed architectures and has no
+clock/pizza step. A group config can already set `attention_rate` in its [model] section(s).
+"""
+
+import argparse
+
+import torch
+
+from universality.algorithms import algorithm_fractions, attention_rate_sweep
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=31, help="the modulus (default 31)")
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--out", default="clock_pizza.csv")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # nothing draws from the global RNG; set anyway
+
+    def show(row: dict) -> None:
+        print(f"rate {row['attention_rate']:.2f} seed {row['seed']}: {row['algorithm']:5s} "
+              f"symmetricity {row['gradient_symmetricity']:.3f} distance irrelevance "
+              f"{row['distance_irrelevance']:.3f} frequencies {list(row['key_frequencies'])} "
+              f"test accuracy {row['test_accuracy']:.3f} ({row['seconds']:.0f} s)", flush=True)
+
+    sweep = attention_rate_sweep(args.n, args.rates, args.seeds, on_row=show)
+    sweep.to_csv(args.out, index=False)
+    print()
+    print(algorithm_fractions(sweep).to_string(float_format=lambda x: f"{x:.2f}"))
+
+
+if __name__ == "__main__":
+    main()

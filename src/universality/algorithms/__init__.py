@@ -1,0 +1,22 @@
+"""Algorithm identity: which algorithm, not only which irreps, a seed learned (Zhong et al. 2023).
+
+A package of its own rather than part of `irreps`: clock and pizza use the same Fourier key frequencies
+(irreps), so `irreps` cannot tell them apart; the diagnostics need the model's forward and gradients,
+not only its weights and logits, and the sweep trains models (`irreps` never imports `train`).
+
+| function                    | question                                                         |
+|-----------------------------|------------------------------------------------------------------|
+| `gradient_symmetricity`     | do the two inputs' embeddings enter the logits symmetrically?    |
+| `distance_irrelevance`      | does the correct logit ignore the distance (a - b) mod n?         |
+| `embedding_key_frequencies` | which circles (Fourier frequencies) does the embedding hold?     |
+| `classify_algorithm`        | clock, pizza or mixed?                                           |
+| `attention_rate_sweep`      | attention rate x seeds on C_n: the algorithm of every run        |
+| `algorithm_fractions`       | per attention rate: the fraction of clocks, pizzas and mixtures  |
+"""
+
+from ._diagnostics import (classify_algorithm, correct_logits, cyclic_order, distance_irrelevance,
+                           embedding_key_frequencies, gradient_symmetricity)
+from ._sweep import algorithm_fractions, attention_rate_sweep
+
+__all__ = ["gradient_symmetricity", "distance_irrelevance", "correct_logits", "embedding_key_frequencies",
+           "classify_algorithm", "cyclic_order", "attention_rate_sweep", "algorithm_fractions"]

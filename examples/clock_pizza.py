@@ -18,8 +18,8 @@ Measured with the defaults (C_31, 4 seeds per rate; 1 thread on a shared machine
 Constant-attention seeds with two or three pizzas right after grokking keep distance irrelevance above
 the pizza cut (0.5): "mixed". Training longer lowers it (seed 1: 0.71 -> 0.49 with 2000 more epochs).
 
-`univ run` does not run this sweep yet: a group run trains one task with fixed architectures and has no
-clock/pizza step. A group config can already set `attention_rate` in its [model] section(s).
+The same sweep as a run directory with a report: `univ run examples/clock_pizza.toml` (a group run
+on C_n diagnoses every transformer seed, `tables/algorithms.parquet` and `algorithm_fractions.parquet`).
 """
 
 import argparse

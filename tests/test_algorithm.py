@@ -144,3 +144,25 @@ def test_softmax_attention_learns_a_clock_and_constant_attention_a_pizza():
     assert pizza.algorithm == "pizza" and pizza.gradient_symmetricity == pytest.approx(1.0, abs=1e-6)
     assert pizza.distance_irrelevance < 0.45
     assert len(clock.key_frequencies) >= 1 and len(pizza.key_frequencies) >= 1
+
+
+def test_a_group_run_on_c_n_diagnoses_every_transformer_seed_and_reports_the_fractions(tmp_path):
+    """The algorithm step of a group run: transformers of two attention rates on C_7, briefly trained; one
+    row per seed with its diagnostics and the fractions per rate, in tables and in the report."""
+    import tomllib
+    import pandas as pd
+    from universality.api import run_experiment
+    from universality.config import parse_config
+    model = 'arch = "transformer"\nd_model = 16\nn_heads = 2\nd_head = 8\nd_mlp = 32\n'
+    text = (f'kind = "groups"\nname = "cp"\nseeds = [0, 1]\n[task]\ngroup = "C7"\n'
+            f'[[model]]\n{model}attention_rate = 0.0\n'
+            f'[[model]]\n{model}attention_rate = 1.0\n[train]\nepochs = 30\nthreads = 1\ncheckpoints = 0\n'
+            '[calibration]\nenabled = false\n[similarity]\nenabled = false\n[posterior]\nenabled = false\n')
+    run = run_experiment(parse_config(tomllib.loads(text)), runs_dir=tmp_path)
+    algorithms = pd.read_parquet(run.run_dir / "tables" / "algorithms.parquet")
+    assert len(algorithms) == 4 and set(algorithms.attention_rate) == {0.0, 1.0}
+    assert set(algorithms.algorithm) <= {"clock", "pizza", "mixed"}
+    assert (algorithms[algorithms.attention_rate == 0.0].gradient_symmetricity > 0.999).all()  # a sum, by construction
+    fractions = pd.read_parquet(run.run_dir / "tables" / "algorithm_fractions.parquet")
+    assert list(fractions.attention_rate) == [0.0, 1.0] and (fractions.seeds == 2).all()
+    assert "Clock or pizza?" in (run.run_dir / "report.html").read_text()

@@ -10,13 +10,14 @@ not only its weights and logits, and the sweep trains models (`irreps` never imp
 | `distance_irrelevance`      | does the correct logit ignore the distance (a - b) mod n?         |
 | `embedding_key_frequencies` | which circles (Fourier frequencies) does the embedding hold?     |
 | `classify_algorithm`        | clock, pizza or mixed?                                           |
+| `diagnose`                  | all of the above for one C_n transformer                         |
 | `attention_rate_sweep`      | attention rate x seeds on C_n: the algorithm of every run        |
 | `algorithm_fractions`       | per attention rate: the fraction of clocks, pizzas and mixtures  |
 """
 
-from ._diagnostics import (classify_algorithm, correct_logits, cyclic_order, distance_irrelevance,
+from ._diagnostics import (classify_algorithm, correct_logits, cyclic_order, diagnose, distance_irrelevance,
                            embedding_key_frequencies, gradient_symmetricity)
 from ._sweep import algorithm_fractions, attention_rate_sweep
 
 __all__ = ["gradient_symmetricity", "distance_irrelevance", "correct_logits", "embedding_key_frequencies",
-           "classify_algorithm", "cyclic_order", "attention_rate_sweep", "algorithm_fractions"]
+           "classify_algorithm", "diagnose", "cyclic_order", "attention_rate_sweep", "algorithm_fractions"]

@@ -13,8 +13,8 @@ The definitions follow the authors' code (fjzzq2002/pizza, `code/eval-main.ipynb
 
 | function                   | authors' cell           | value                                              |
 |----------------------------|-------------------------|----------------------------------------------------|
-| `gradient_symmetricity`    | "Gradient Symmetricity" | mean over 100 sampled (a, b, c) of cos(dQ_c/dE[a], dQ_c/dE[b]) |
-| `distance_irrelevance`     | "Distance Irrelevance"  | mean_d std_s L[s, d] / std L, L = correct logits [sum, distance] |
+| `gradient_symmetricity`    | "Gradient Symmetricity" | mean over 100 (a, b, c) of cos(dQ_c/dE[a], dQ_c/dE[b]) |
+| `distance_irrelevance`     | "Distance Irrelevance"  | mean_d std_s L[s, d] / std L, L = correct logits  |
 | `embedding_key_frequencies`| (Nanda et al. 2023)     | Fourier frequencies holding the embedding's norm   |
 | `classify_algorithm`       | (thresholds: see `_defaults`) | "clock", "pizza" or "mixed"                  |
 
@@ -164,7 +164,8 @@ def classify_algorithm(gradient_symmetricity: float, distance_irrelevance: float
     """"pizza" when symmetricity >= PIZZA_MIN_SYMMETRICITY (0.98) and distance irrelevance <=
     PIZZA_MAX_DISTANCE_IRRELEVANCE (0.5); "clock" when symmetricity < 0.98 and distance irrelevance >=
     CLOCK_MIN_DISTANCE_IRRELEVANCE (0.65); else "mixed". Where the cuts come from: `universality._defaults`."""
-    for name, value in (("gradient_symmetricity", gradient_symmetricity), ("distance_irrelevance", distance_irrelevance)):
+    for name, value in (("gradient_symmetricity", gradient_symmetricity),
+                        ("distance_irrelevance", distance_irrelevance)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise UniversalityError(f"{name} must be a finite number, got {short_repr(value)}")
     symmetric = gradient_symmetricity >= PIZZA_MIN_SYMMETRICITY
@@ -173,3 +174,13 @@ def classify_algorithm(gradient_symmetricity: float, distance_irrelevance: float
     if not symmetric and distance_irrelevance >= CLOCK_MIN_DISTANCE_IRRELEVANCE:
         return "clock"
     return "mixed"
+
+
+def diagnose(model: GroupTransformer, group: Group) -> dict:
+    """{gradient_symmetricity, distance_irrelevance, key_frequencies (tuple of ints), algorithm} of one
+    C_n transformer: every diagnostic of this module and the classification they give."""
+    symmetricity = gradient_symmetricity(model, group)
+    irrelevance = distance_irrelevance(model, group)
+    return {"gradient_symmetricity": symmetricity, "distance_irrelevance": irrelevance,
+            "key_frequencies": embedding_key_frequencies(model, group),
+            "algorithm": classify_algorithm(symmetricity, irrelevance)}

@@ -25,8 +25,7 @@ from ..errors import UniversalityError, short_repr
 from ..groups import make_group
 from ..tasks import composition_task
 from ..train import train_group_seed
-from ._diagnostics import (classify_algorithm, cyclic_order, distance_irrelevance, embedding_key_frequencies,
-                           gradient_symmetricity)
+from ._diagnostics import cyclic_order, diagnose
 
 __all__ = ["SWEEP_MODEL", "SWEEP_TRAIN", "attention_rate_sweep", "algorithm_fractions"]
 
@@ -72,12 +71,7 @@ def attention_rate_sweep(n: int, rates: Sequence[float], seeds: Sequence[int], *
     for config in configs:
         for seed in seeds:
             trained = train_group_seed(task, config, train, seed)
-            symmetricity = gradient_symmetricity(trained.model, group)
-            irrelevance = distance_irrelevance(trained.model, group)
-            row = {"attention_rate": config.attention_rate, "seed": seed, "gradient_symmetricity": symmetricity,
-                   "distance_irrelevance": irrelevance,
-                   "key_frequencies": embedding_key_frequencies(trained.model, group),
-                   "algorithm": classify_algorithm(symmetricity, irrelevance),
+            row = {"attention_rate": config.attention_rate, "seed": seed, **diagnose(trained.model, group),
                    "test_accuracy": trained.curve[-1]["test_acc"], "epochs_to_grok": trained.epochs_to_grok,
                    "seconds": trained.seconds}
             rows.append(row)

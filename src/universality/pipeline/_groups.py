@@ -45,6 +45,7 @@ from ._report import RunRecord, context_tables
 from ._run import execute, pinned_threads, trained_inputs
 from ._similarity import reservoir_rows
 from ._planned import plan_fact, stream_and_compare
+from ._algorithms import algorithm_step
 from ._steering import steering_step
 from ._steps import Progress, RunResult, StepTimes, quiet, table_step, train_or_load
 from ._training_dynamics import check_dynamics_steps, training_dynamics_step
@@ -79,6 +80,9 @@ def run_groups(config: GroupExperimentConfig, *, runs_dir: str | Path = "runs",
                 tables |= table_step(run_dir / "tables", "group_irrep_similarity",
                                      fingerprint(models=prints, ridge=SIMILARITY_RIDGE),
                                      lambda: {"group_irrep_similarity": _irrep_similarity(task, trained)})
+            with times("algorithms"):
+                tables |= algorithm_step(run_dir, task, trained, prints,
+                                         generalised_accuracy=config.claims.generalised_accuracy)
             with times("steering"):
                 steered, steering_notes = steering_step(run_dir, config.steering, task, trained, prints)
                 tables |= steered

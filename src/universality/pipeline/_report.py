@@ -23,9 +23,9 @@ from .._rundir import read_json, write_text_atomic
 from ..compare import Comparison
 from ..errors import UniversalityError
 from ..moments import TopActivations, load_moments, read_manifest
-from ..report import (calibration_sections, circuit_sections, group_sections, head_sections, neuron_sections,
-                      posterior_sections, sae_sections, similarity_sections, steering_sections, training_sections,
-                      write_site)
+from ..report import (algorithm_sections, calibration_sections, circuit_sections, group_sections, head_sections,
+                      neuron_sections, posterior_sections, sae_sections, similarity_sections, steering_sections,
+                      training_sections, write_site)
 from ._steps import saved_tables
 
 __all__ = ["RunRecord", "report_step", "load_run", "context_tables"]
@@ -83,7 +83,7 @@ def report_step(run_dir: Path, record: RunRecord, *, run_name: str | None = None
                                    include_ungeneralised=record.include_ungeneralised)
     comparison = record.comparison
     sections = calibration_sections(comparison.units) + sections
-    sections += circuit_sections(tables)
+    sections += circuit_sections(tables) + algorithm_sections(tables)
     if "steering" in tables:
         sections += steering_sections(tables["steering"])
     if "similarity" in tables:

@@ -4,6 +4,7 @@ universality step (`group_sections`, `neuron_sections`, `head_sections`)."""
 
 from ._group_sections import group_sections
 from ._html import ReportSection
+from ._algorithm_section import algorithm_sections
 from ._calibration_section import calibration_sections
 from ._circuits_section import circuit_sections
 from ._neuron_sections import head_sections, neuron_sections
@@ -16,4 +17,4 @@ from ._site import write_report, write_site
 
 __all__ = ["write_site", "write_report", "ReportSection", "group_sections", "neuron_sections", "head_sections",
            "calibration_sections", "similarity_sections", "posterior_sections", "training_sections", "sae_sections",
-           "steering_sections", "circuit_sections"]
+           "steering_sections", "circuit_sections", "algorithm_sections"]

@@ -121,7 +121,8 @@ def _training_pass(adapters: dict, tokens: torch.Tensor, unit_set: str, drop: li
     chunks = {m: [] for m in adapters}
     inputs = None
     for batch in stream_activations(adapters, tokens, unit_sets=[unit_set], batch_rows=batch_rows, drop_tokens=drop):
-        inputs = inputs or MomentAccumulator.for_batch(batch, dtype="float64")
+        if inputs is None:
+            inputs = MomentAccumulator.for_batch(batch, dtype="float64")
         inputs.update(batch)
         for model, sets in batch.items():
             chunks[model].append(sets[unit_set])
@@ -215,7 +216,8 @@ def _evaluation_pass(adapters, saes: dict[str, SAE], about: pd.DataFrame, tokens
                 for b in by_model[other]:
                     back = (saes[b](mapped).double() - mean[other]) @ maps[model, other].T + mean[model]
                     swaps[model, b].update(x, None, back.float())
-        latents = latents or MomentAccumulator.for_batch(encoded, dtype="float32")
+        if latents is None:
+            latents = MomentAccumulator.for_batch(encoded, dtype="float32")
         latents.update(encoded)
     latents.end_stream()
     results = {name: s.result() for name, s in stats.items()}

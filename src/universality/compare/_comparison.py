@@ -79,15 +79,15 @@ class Comparison:
         alpha = check_alpha(alpha)
         if rotations < 2:
             raise UniversalityError(f"calibration needs rotations >= 2, got {rotations}; e.g. rotations=32")
-        own = self.pairs[rotation_columns(self.pairs) or ["baseline_max_corr"]].to_numpy(float)  # [rows, own]
-        if rotations > own.shape[1]:
+        rotated = self.pairs[rotation_columns(self.pairs) or ["baseline_max_corr"]].to_numpy(float)  # [rows, own]
+        if rotations > rotated.shape[1]:
             if not self.moments.is_default:
                 raise UniversalityError(
                     f"this comparison has {self.rotations} rotation(s) and its state no longer holds the cross-"
                     f"moments (a multi-pass plan or a sketch reduced them); compare again with rotations={rotations}, "
                     f"or calibrate with rotations={self.rotations}")
-            own = rotated_maxima(self.moments, rotations=rotations, seed=self.seed)
-        units, calibrated = calibrated_tables(self.units, self.pairs, own[:, :rotations], alpha=alpha)
+            rotated = rotated_maxima(self.moments, rotations=rotations, seed=self.seed)
+        units, calibrated = calibrated_tables(self.units, self.pairs, rotated[:, :rotations], alpha=alpha)
         return Comparison(self.moments, units, calibrated, threshold=self.threshold, rotations=self.rotations,
                           seed=self.seed, plan=self.plan)
 

@@ -35,7 +35,7 @@ from ._match import CANDIDATES, DENSE_LIMIT, match
 from ._null import random_decoder, random_mcs_expectation
 from ._sae import SAE
 
-__all__ = ["summarize_match", "compare_sae_pair", "PAIR_COLUMNS"]
+__all__ = ["summarize_match", "pair_matches", "compare_sae_pair", "PAIR_COLUMNS"]
 
 PAIR_COLUMNS = ["sae_a", "sae_b", "level", "latents_a", "latents_b", "d_in", "threshold", "encoders", "matching",
                 "shared", "shared_fraction", "mean_mcs", "median_mcs", "mean_hungarian_cos", "coverage_a", "coverage_b",
@@ -74,13 +74,13 @@ def summarize_match(matches: pd.DataFrame, *, sae_a: str, sae_b: str, level: str
     return {column: row[column] for column in PAIR_COLUMNS}
 
 
-def compare_sae_pair(sae_a: SAE, sae_b: SAE, *, name_a: str = "a", name_b: str = "b", cross_moment=None,
-                     threshold: float = 0.7, encoders: bool = True, seed: int = 0, dense_limit: int = DENSE_LIMIT,
-                     candidates: int = CANDIDATES) -> pd.DataFrame:
-    """PAIR_COLUMNS rows for the "direct" level and, given `cross_moment` [d_in_a, d_in_b] (the centred
-    cross-moment of the two spaces the SAEs read, a's as rows; `saes._linear`), the "linear" level.
-    `encoders`: shared also needs the encoders' assignment to agree (default True). The null is a
-    random dictionary as wide as b from `seed`, against a's decoder."""
+def pair_matches(sae_a: SAE, sae_b: SAE, *, cross_moment=None, threshold: float = 0.7, encoders: bool = True,
+                 seed: int = 0, dense_limit: int = DENSE_LIMIT, candidates: int = CANDIDATES
+                 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, float]:
+    """The `match` tables of a pair's weight levels, {"direct": ..., "linear": ... (given `cross_moment`
+    [d_in_a, d_in_b], the centred cross-moment of the two spaces, a's as rows)}; the null, a's decoder
+    against a random dictionary as wide as b from `seed`; and `random_mcs_expectation` for b's width (NaN
+    at d_in 1). `encoders`: shared also needs the encoders' assignment to agree."""
     for name, sae in (("sae_a", sae_a), ("sae_b", sae_b)):
         if not isinstance(sae, SAE):
             raise UniversalityError(f"{name} must be an SAE (universality.saes.SAE), got {type(sae).__name__}")
@@ -91,6 +91,18 @@ def compare_sae_pair(sae_a: SAE, sae_b: SAE, *, name_a: str = "a", name_b: str =
         tables["linear"] = match_linear(sae_a.W_dec, sae_b.W_dec, cross_moment, **enc, **options)
     null = match(sae_a.W_dec, random_decoder(sae_b.latents, sae_b.d_in, seed=seed), **options)
     analytic = random_mcs_expectation(sae_b.d_in, sae_b.latents) if sae_b.d_in >= 2 else math.nan
+    return tables, null, analytic
+
+
+def compare_sae_pair(sae_a: SAE, sae_b: SAE, *, name_a: str = "a", name_b: str = "b", cross_moment=None,
+                     threshold: float = 0.7, encoders: bool = True, seed: int = 0, dense_limit: int = DENSE_LIMIT,
+                     candidates: int = CANDIDATES) -> pd.DataFrame:
+    """PAIR_COLUMNS rows for the "direct" level and, given `cross_moment` [d_in_a, d_in_b] (the centred
+    cross-moment of the two spaces the SAEs read, a's as rows; `saes._linear`), the "linear" level.
+    `encoders`: shared also needs the encoders' assignment to agree (default True). The null is a
+    random dictionary as wide as b from `seed`, against a's decoder (`pair_matches`)."""
+    tables, null, analytic = pair_matches(sae_a, sae_b, cross_moment=cross_moment, threshold=threshold,
+                                          encoders=encoders, seed=seed, dense_limit=dense_limit, candidates=candidates)
     rows = [summarize_match(table, sae_a=name_a, sae_b=name_b, level=level, null=null, analytic_null_mcs=analytic)
             for level, table in tables.items()]
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)

@@ -15,8 +15,9 @@ being the identity on one model), "functional" (the latents' activations as one 
 the universality engine: `act_corr` is a latent's max correlation with the other SAE's latents over
 the evaluation stream; the row's `shared_fraction` is the share of a's live latents with act_corr >=
 threshold, `mean_mcs` the mean act_corr, `null_mean_mcs` the mean of the rotation baseline, the
-engine's own null). The pair rows summarise a's live latents only (active on the evaluation rows). `fvu_swap`: a's model's activations reconstructed by b (through the Procrustes
-map and back when the models differ), as a fraction of their variance.
+engine's own null). The pair rows summarise a's live latents only (active on the evaluation rows).
+`fvu_swap`: a's model's activations reconstructed by b (through the Procrustes map and back when the
+models differ), as a fraction of their variance.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from ._linear import match_linear
-from ._match import match
-from ._null import random_decoder, random_mcs_expectation
-from ._pairs import PAIR_COLUMNS, summarize_match
+
+from ._pairs import PAIR_COLUMNS, pair_matches, summarize_match
 from ._sae import SAE
 
 __all__ = ["sae_tables", "LATENT_SET"]
@@ -80,9 +79,8 @@ def _pair(a: SAE, b: SAE, name_a: str, name_b: str, cross_moment, same_model: bo
     """(per-latent columns of a against b, PAIR_COLUMNS rows of the pair's levels). The rows summarise a's
     `live` latents (bool [latents_a]: active on the evaluation rows): a latent that never fires keeps a
     decoder row it was initialised with, which would read as an unshared feature."""
-    direct = match(a.W_dec, b.W_dec, threshold=threshold, encoder_a=a.W_enc, encoder_b=b.W_enc)
-    null = match(a.W_dec, random_decoder(b.latents, b.d_in, seed=seed), threshold=threshold)
-    analytic = random_mcs_expectation(b.d_in, b.latents) if b.d_in >= 2 else math.nan
+    tables, null, analytic = pair_matches(a, b, cross_moment=None if same_model else cross_moment,
+                                          threshold=threshold, seed=seed)
 
     def summary(table: pd.DataFrame, level: str) -> dict:
         kept = table[live].copy()
@@ -91,14 +89,13 @@ def _pair(a: SAE, b: SAE, name_a: str, name_b: str, cross_moment, same_model: bo
                               analytic_null_mcs=analytic)
         return row | {"latents_a": a.latents, "live_a": int(live.sum()),
                       "coverage_a": float((kept.mcs >= threshold).mean()) if len(kept) else math.nan}
-    rows = [summary(direct, "direct")]
+    direct = tables["direct"]
+    rows = [summary(table, level) for level, table in tables.items()]
     frame = pd.DataFrame({"latent": direct.latent, "mcs_dec": direct.mcs, "mcs_enc": direct.mcs_enc,
                           "match": direct.hungarian_partner, "hungarian_cos": direct.hungarian_cos,
                           "shared": direct.shared})
-    if not same_model and cross_moment is not None:
-        linear = match_linear(a.W_dec, b.W_dec, cross_moment, threshold=threshold, encoder_a=a.W_enc,
-                              encoder_b=b.W_enc)
-        rows.append(summary(linear, "linear"))
+    if "linear" in tables:
+        linear = tables["linear"]
         frame["linear_mcs_dec"], frame["linear_shared"] = linear.mcs.to_numpy(), linear.shared.to_numpy()
     else:
         frame["linear_mcs_dec"], frame["linear_shared"] = np.nan, pd.array([pd.NA] * len(frame), dtype="boolean")

@@ -15,9 +15,10 @@ import torch
 
 from universality.circuits import (
     ROLES, activation_patching, attribution_patching, circuits_table, classify_heads, head_role_scores,
-    heads_with_role, rank_correlation,
+    heads_with_role, permute_heads, rank_correlation,
 )
 from universality.circuits._patching import top_components
+from universality.circuits._reference import set_head
 from universality.config import IOIConfig, LanguageConfig, ModelConfig, TrainConfig
 from universality.errors import UniversalityError
 from universality.models import TinyAdapter, TinyTransformer
@@ -52,15 +53,6 @@ def _reader(block: int, count: int, scale: float, shift: int = 0) -> torch.Tenso
     return w
 
 
-def _set_head(model: TinyTransformer, layer: int, head: int, W_Q, W_K, W_V, W_O) -> None:
-    """Write TransformerLens-layout weights [d_model, d_head] (W_O [d_head, d_model]) into one head."""
-    attn, dh = model.blocks[layer].attn, D_MODEL // HEADS
-    with torch.no_grad():
-        for part, w in enumerate((W_Q, W_K, W_V)):
-            attn.qkv.weight[part * D_MODEL + head * dh: part * D_MODEL + (head + 1) * dh] = w.T
-        attn.out.weight[:, head * dh:(head + 1) * dh] = W_O.T
-
-
 def analytic_model(sharp: float = SHARP) -> TinyTransformer:
     model = TinyTransformer(ModelConfig(d_model=D_MODEL, n_layers=2, n_heads=HEADS, d_mlp=4, activation="relu"),
                             vocab_size=VOCAB, n_ctx=N_CTX, seed=0)
@@ -79,21 +71,12 @@ def analytic_model(sharp: float = SHARP) -> TinyTransformer:
         back0[t] = _pair(PREV, t) / c0
         back1[t] = _pair(OUT, t) / c1
     # L0H0: query position p, key position p - 1 (key column j + 1 for position j); copies TOK into PREV
-    _set_head(model, 0, 0, _reader(POS, N_CTX, sharp), _reader(POS, N_CTX, 1.0, shift=1), _reader(TOK, VOCAB, 1.0), back0)
+    set_head(model, 0, 0, W_Q=_reader(POS, N_CTX, sharp), W_K=_reader(POS, N_CTX, 1.0, shift=1),
+             W_V=_reader(TOK, VOCAB, 1.0), W_O=back0)
     # L1H0: query TOK t, key PREV t (K-composition with L0H0); copies the key's TOK into OUT
-    _set_head(model, 1, 0, _reader(TOK, VOCAB, sharp), _reader(PREV, VOCAB, 1.0), _reader(TOK, VOCAB, 1.0), back1)
+    set_head(model, 1, 0, W_Q=_reader(TOK, VOCAB, sharp), W_K=_reader(PREV, VOCAB, 1.0), W_V=_reader(TOK, VOCAB, 1.0),
+             W_O=back1)
     return model.eval()
-
-
-def permute_heads(model: TinyTransformer, order: list[int]) -> TinyTransformer:
-    """A copy whose head h in every layer is the original's head order[h]."""
-    out, dh = copy.deepcopy(model), D_MODEL // HEADS
-    index = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in order])
-    with torch.no_grad():
-        for block in out.blocks:
-            block.attn.qkv.weight.copy_(block.attn.qkv.weight.view(3, D_MODEL, D_MODEL)[:, index].reshape(-1, D_MODEL))
-            block.attn.out.weight.copy_(block.attn.out.weight[:, index])
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,13 @@ Scores per head (layer-major), from attention patterns, weights and one path pat
 | `attn_io`, `attn_s1`, `attn_s2` | on clean IOI prompts: mean attention from the final position to IO, S1, S2 |
 | `copy`            | fraction of prompts where the head's OV circuit, applied to the residual at IO's position (after the layer's LayerNorm) and read through the centred, ln_final-scaled unembedding, ranks IO strictly first among the prompts' names |
 | `negative_copy`   | the same fraction with IO ranked strictly last (the head writes "not IO")  |
-| `s_inhibition`    | path patching of the head's output into the name movers' *queries* only: the drop of their attention difference (IO - S1) at the final position when the head's output there comes from the corrupted prompt (S2 := IO), over the clean difference, summed over name movers in later layers |
+| `s_inhibition`    | path patching of the head's output into the name movers' *queries* only: the drop of their attention difference IO - S (S1 and S2) at the final position when the head's output there comes from the corrupted prompt (S2 := IO), over the clean difference, summed over name movers in later layers |
 
 S-inhibition is a simplified path patch: the sender's output reaches each receiver's query directly
 (no path through intermediate components), keys and values stay clean, and the effect is read on the
-receivers' attention rather than on the logits. It is NaN for heads with no name mover after them.
+receivers' attention rather than on the logits. S is both of its positions: attention moved from S1 to S2 still
+copies S, so it is no inhibition. The score reaches 2 when the patch turns a name mover from IO alone to S alone
+(`circuits.ioi_reference_model`'s S-inhibition head). It is NaN for heads with no name mover after them.
 
 Roles (`classify_heads`, thresholds in `RoleThresholds`; a head may hold several):
 
@@ -140,7 +142,8 @@ def s_inhibition_scores(adapter, prompts: IOIPrompts, receivers: list[tuple[int,
     """s_inhibition per head (module docstring) towards the name movers `receivers` [(layer, head)].
 
     1. clean pass: each receiver layer's residual (its keys and the query's base); every head's z, clean and corrupted;
-    2. per receiver: its attention difference d = attn(end -> IO) - attn(end -> S1), from the clean query;
+    2. per receiver: its attention difference d = attn(end -> IO) - attn(end -> S1) - attn(end -> S2), from
+       the clean query;
     3. per sender in an earlier layer: d again with the sender's output at the final position,
        (z_corrupt - z_clean) W_O, added to the receiver's query input only;
     4. s_inhibition = sum over receivers (d_clean - d_patched) / sum over receivers |d_clean|."""
@@ -162,10 +165,10 @@ def s_inhibition_scores(adapter, prompts: IOIPrompts, receivers: list[tuple[int,
                 + weights[prefix + "attn.b_K"][head]  # [batch, pos, d_head]
 
             def difference(query_input: torch.Tensor) -> torch.Tensor:  # [batch, d_model] -> [batch]
-                q = _layer_norm(query_input, weights, prefix + "ln1", adapter.norm_eps) @ weights[prefix + "attn.W_Q"][head] \
-                    + weights[prefix + "attn.b_Q"][head]  # [batch, d_head]
+                q = _layer_norm(query_input, weights, prefix + "ln1", adapter.norm_eps) \
+                    @ weights[prefix + "attn.W_Q"][head] + weights[prefix + "attn.b_Q"][head]  # [batch, d_head]
                 attn = (torch.einsum("be,bpe->bp", q, keys) / math.sqrt(d_head)).softmax(dim=-1)  # [batch, pos]
-                return attn[rows, prompts.io_pos] - attn[rows, prompts.s1_pos]
+                return attn[rows, prompts.io_pos] - attn[rows, prompts.s1_pos] - attn[rows, prompts.s2_pos]
             base = float(difference(x[:, end]).mean())
             for sender in range(layer):
                 delta = (corrupt[zs[sender]] - clean[zs[sender]]).double().cpu()[:, end]  # [batch, heads * d_head]

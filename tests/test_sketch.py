@@ -271,6 +271,13 @@ def test_units_near_the_threshold_get_exact_baselines_and_exact_modes_universal_
     differ = sketch.units["universal"].to_numpy() != exact.units["universal"].to_numpy()
     assert (np.abs(excess[differ] - 0.5) < 0.01).all()
     assert exact.units["universal"].sum() > 10
+    # their full rows give exact mode's partner and max correlation against every other model
+    keys = ["model", "unit_set", "unit"]
+    on_rows = sketch.pairs[keys].merge(sketch.units[keys + ["baseline_exact"]], on=keys)["baseline_exact"].to_numpy()
+    for column in ("partner_unit_set", "partner_unit"):
+        assert (sketch.pairs[column].to_numpy()[on_rows] == exact.pairs[column].to_numpy()[on_rows]).all()
+    np.testing.assert_allclose(sketch.pairs["max_corr"].to_numpy()[on_rows], exact.pairs["max_corr"].to_numpy()[on_rows],
+                               atol=1e-5, rtol=0)
 
 
 def test_full_rows_beyond_the_memory_budget_are_left_to_the_denoised_baseline_with_a_warning():

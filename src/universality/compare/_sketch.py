@@ -231,7 +231,8 @@ class _Atoms:
 def _state(refine: CandidateMoments, baseline: PairMaxima, exact: dict, layout: dict, *, subsample_tokens: int
            ) -> dict[str, torch.Tensor]:
     """A `PairMaxima.state_dict`: max correlation and partner over each unit's candidate pairs (ties:
-    the lower partner index, as the exact max), baselines from the subsample's maxima (`baseline`)
+    the lower partner index, as the exact max) or, for the units of `exact`, over their full rows
+    (`_row_maxima`), baselines from the subsample's maxima (`baseline`)
     with its sampling noise taken out (`denoised_baseline`), except the units of `exact`
     (`exact_row_baselines`), whose baselines are over all tokens."""
     corr = torch.nan_to_num(refine.correlation(), nan=-torch.inf).cpu().numpy()
@@ -260,7 +261,25 @@ def _state(refine: CandidateMoments, baseline: PairMaxima, exact: dict, layout: 
             if (a, b) in exact:
                 settled, values = exact[a, b]
                 state[f"baseline/{a}/{b}"][:, settled] = values
+                row_max, row_partner = _row_maxima(refine, settled + offsets[ia], offsets[ib], offsets[ib + 1])
+                state[f"max_corr/{a}/{b}"][settled], state[f"partner/{a}/{b}"][settled] = row_max, row_partner
     return state
+
+
+def _row_maxima(refine: CandidateMoments, units: torch.Tensor, start: int, stop: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max correlation float64 [n] (-inf: no live partner) and partner int64 [n] (-1: none, else the index
+    among the units [start, stop) of the other model; ties: the lowest) over all tokens of the `units` (global
+    indices, all in `refine.rows`) from their full rows: exact mode's max and partner, where the candidates'
+    max holds only if the subsample ranked the best partner among the top m."""
+    where = torch.searchsorted(refine.rows.cpu(), units)
+    inverse = refine.variance_.cpu().rsqrt()
+    inverse[is_dead(refine.variance_.cpu() / refine.count_, refine.mean_.cpu())] = float("nan")
+    corr = refine.row_comoment_.cpu()[where, start:stop] * inverse[units, None] * inverse[None, start:stop]
+    corr = torch.nan_to_num(corr, nan=-torch.inf).numpy()  # [n, units of the other model]
+    partner = corr.argmax(axis=1)  # numpy: the first of equal maxima
+    best = corr[np.arange(len(partner)), partner]
+    return torch.from_numpy(best), torch.from_numpy(np.where(np.isneginf(best), -1, partner))
 
 
 def _normalized(batch, layout: dict, index: int, where: str = "") -> dict:

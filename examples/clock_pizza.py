@@ -40,15 +40,19 @@ def main() -> None:
     torch.manual_seed(0)  # nothing draws from the global RNG; set anyway
 
     def show(row: dict) -> None:
-        print(f"rate {row['attention_rate']:.2f} seed {row['seed']}: {row['algorithm']:5s} "
-              f"symmetricity {row['gradient_symmetricity']:.3f} distance irrelevance "
-              f"{row['distance_irrelevance']:.3f} frequencies {list(row['key_frequencies'])} "
+        circles = ", ".join(f"{k}: {kind} {irrelevance:.2f}" for k, kind, irrelevance in
+                            zip(row["key_frequencies"], row["circle_algorithms"], row["circle_distance_irrelevance"]))
+        print(f"rate {row['attention_rate']:.2f} seed {row['seed']}: {row['algorithm']:5s} (whole model "
+              f"{row['whole_model_algorithm']}: symmetricity {row['gradient_symmetricity']:.3f}, distance "
+              f"irrelevance {row['distance_irrelevance']:.3f}) circles [{circles}] "
               f"test accuracy {row['test_accuracy']:.3f} ({row['seconds']:.0f} s)", flush=True)
 
     sweep = attention_rate_sweep(args.n, args.rates, args.seeds, on_row=show)
     sweep.to_csv(args.out, index=False)
     print()
-    print(algorithm_fractions(sweep).to_string(float_format=lambda x: f"{x:.2f}"))
+    for column in ("algorithm", "whole_model_algorithm"):
+        print(f"by {column}:")
+        print(algorithm_fractions(sweep, column=column).to_string(float_format=lambda x: f"{x:.2f}"))
 
 
 if __name__ == "__main__":

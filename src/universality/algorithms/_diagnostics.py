@@ -65,13 +65,16 @@ def cyclic_order(group: Group) -> int:
     return n
 
 
-def _check_model(model: torch.nn.Module, n: int, *, transformer: bool) -> None:
-    if transformer and not isinstance(model, GroupTransformer):
-        raise UniversalityError(f"gradient symmetricity is defined on the token embeddings of a GroupTransformer, "
-                                f"got {type(model).__name__}")
+def _check_model(model: torch.nn.Module, n: int, *, embedding: bool) -> None:
+    """`embedding`: the model must also read its tokens through `embed`, an nn.Embedding of n + 1 rows
+    (residues 0..n-1 and "="), as a GroupTransformer does."""
     if getattr(model, "order", None) != n:
         raise UniversalityError(f"the model is built for {getattr(model, 'order', '?')} elements, the group has {n}: "
                                 f"pass the group the model was trained on")
+    embed = getattr(model, "embed", None)
+    if embedding and not (isinstance(embed, torch.nn.Embedding) and embed.num_embeddings == n + 1):
+        raise UniversalityError(f"these diagnostics read the token embeddings of a GroupTransformer (`embed`, an "
+                                f"nn.Embedding of n + 1 = {n + 1} rows), got {type(model).__name__}")
 
 
 def gradient_symmetricity(model: GroupTransformer, group: Group, *, samples: int = GRADIENT_SAMPLES,
@@ -87,7 +90,7 @@ def gradient_symmetricity(model: GroupTransformer, group: Group, *, samples: int
     Returns a float in [-1, 1].
     """
     n = cyclic_order(group)
-    _check_model(model, n, transformer=True)
+    _check_model(model, n, embedding=True)
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= n**3:
         raise UniversalityError(f"samples must be an integer in [1, n^3 = {n**3}], got {short_repr(samples)}")
     order = list(range(n**3))  # the triple index a n^2 + b n + c; shuffle permutes by length alone
@@ -117,29 +120,39 @@ def gradient_symmetricity(model: GroupTransformer, group: Group, *, samples: int
 
 
 @torch.no_grad()
-def correct_logits(model: torch.nn.Module, group: Group) -> np.ndarray:
+def correct_logits(model: torch.nn.Module, group: Group, *, centred: bool = False) -> np.ndarray:
     """L [n, n] float64: L[s, d] = logit of the correct answer s for the pair with a + b = s and a - b = d
     (mod n). For odd n each (s, d) is one pair; for even n half the cells are hit twice and half never
-    (NaN), as the parity of s and d must agree; the authors' table keeps the last pair written."""
+    (NaN), as the parity of s and d must agree; the authors' table keeps the last pair written.
+
+    centred : read the logits Q [pairs, n] after removing what does not depend on both the pair and the
+        answer, Q[p, c] - mean_c Q[p, c] - mean_p Q[p, c] + mean Q: a shift of one pair's logits changes no
+        prediction, and a shift of one answer's over every pair (a prior) says nothing about the pair; a
+        circle alone (`isolate_circle`) adds such a prior, which the correct logit would read as a
+        dependence on the sum s. Default False: the authors' raw logits.
+    """
     n = cyclic_order(group)
-    _check_model(model, n, transformer=False)
+    _check_model(model, n, embedding=False)
     a, b = np.divmod(np.arange(n * n), n)  # [pairs]
     target = (a + b) % n
     logits = model(torch.from_numpy(a), torch.from_numpy(b)).double().numpy()  # [pairs, n]
+    if centred:
+        logits = logits - logits.mean(axis=1, keepdims=True) - logits.mean(axis=0, keepdims=True) + logits.mean()
     table = np.full((n, n), np.nan)
     table[target, (a - b) % n] = logits[np.arange(n * n), target]
     return table
 
 
-def distance_irrelevance(model: torch.nn.Module, group: Group) -> float:
+def distance_irrelevance(model: torch.nn.Module, group: Group, *, centred: bool = False) -> float:
     """How little the correct logit depends on the distance (a - b) mod n: for each distance d the
     standard deviation of L[s, d] over the sums s, averaged over d, over the standard deviation of all L
-    (`correct_logits`; population standard deviations, as numpy's default in the authors' code).
+    (`correct_logits`, with `centred`; population standard deviations, as numpy's default in the authors'
+    code):  mean_d std_s L[s, d] / std_{s,d} L[s, d].
 
     Near 1: the logit ignores the distance (clock; the paper's model B 0.85); near 0: it is set by the
     distance (pizza; model A 0.17). Returns a float >= 0.
     """
-    table = correct_logits(model, group)  # [sums, distances]
+    table = correct_logits(model, group, centred=centred)  # [sums, distances]
     total = np.nanstd(table)
     if not total > 0:
         raise UniversalityError("every correct logit is the same, so distance irrelevance is undefined: "
@@ -153,7 +166,7 @@ def embedding_key_frequencies(model: GroupTransformer, group: Group, *,
     norm over the n residues (`fourier_key_frequencies` on E[:n], [n, d_model]); both algorithms use
     such circles. `threshold` None: the 5% default, raised to 3x chance (3 * 2 / n) for small n."""
     n = cyclic_order(group)
-    _check_model(model, n, transformer=True)
+    _check_model(model, n, embedding=True)
     threshold = max(FREQUENCY_THRESHOLD, 6 / n) if threshold is None else threshold
     embedding = model.embed.weight.detach()[:n].double().numpy()  # [n, d_model]
     table = fourier_key_frequencies(embedding, n, threshold=threshold)
@@ -174,13 +187,3 @@ def classify_algorithm(gradient_symmetricity: float, distance_irrelevance: float
     if not symmetric and distance_irrelevance >= CLOCK_MIN_DISTANCE_IRRELEVANCE:
         return "clock"
     return "mixed"
-
-
-def diagnose(model: GroupTransformer, group: Group) -> dict:
-    """{gradient_symmetricity, distance_irrelevance, key_frequencies (tuple of ints), algorithm} of one
-    C_n transformer: every diagnostic of this module and the classification they give."""
-    symmetricity = gradient_symmetricity(model, group)
-    irrelevance = distance_irrelevance(model, group)
-    return {"gradient_symmetricity": symmetricity, "distance_irrelevance": irrelevance,
-            "key_frequencies": embedding_key_frequencies(model, group),
-            "algorithm": classify_algorithm(symmetricity, irrelevance)}

@@ -25,7 +25,8 @@ from ..errors import UniversalityError, short_repr
 from ..groups import make_group
 from ..tasks import composition_task
 from ..train import train_group_seed
-from ._diagnostics import cyclic_order, diagnose
+from ._circles import diagnose
+from ._diagnostics import cyclic_order
 
 __all__ = ["SWEEP_MODEL", "SWEEP_TRAIN", "attention_rate_sweep", "algorithm_fractions"]
 
@@ -33,7 +34,8 @@ SWEEP_MODEL = GroupTransformerConfig(d_model=64, n_heads=4, d_head=16, d_mlp=256
 SWEEP_TRAIN = GroupTrainConfig(epochs=4000, lr=3e-3, weight_decay=1.0, train_fraction=0.8, checkpoints=0,
                                log_every=100, stop_at_test_accuracy=1.0, extra_epochs=200, grokfast=True,
                                threads=1)
-COLUMNS = ["attention_rate", "seed", "gradient_symmetricity", "distance_irrelevance", "key_frequencies",
+COLUMNS = ["attention_rate", "seed", "gradient_symmetricity", "distance_irrelevance", "whole_model_algorithm",
+           "key_frequencies", "circle_gradient_symmetricity", "circle_distance_irrelevance", "circle_algorithms",
            "algorithm", "test_accuracy", "epochs_to_grok", "seconds"]
 
 
@@ -47,12 +49,14 @@ def attention_rate_sweep(n: int, rates: Sequence[float], seeds: Sequence[int], *
     model : its `attention_rate` is replaced by each rate; train : the training settings
     split_seed : the train/test split, shared by every run (the authors draw one per run)
     on_row : called with each finished row (a dict of `COLUMNS`)
-    Returns a DataFrame [len(rates) * len(seeds) rows] with columns attention_rate, seed,
-    gradient_symmetricity, distance_irrelevance, key_frequencies (tuple of ints), algorithm
-    ("clock" | "pizza" | "mixed"), test_accuracy (final), epochs_to_grok (None if never), seconds.
+    Returns a DataFrame [len(rates) * len(seeds) rows] with columns attention_rate, seed, the keys of
+    `diagnose` (whole model: gradient_symmetricity, distance_irrelevance, whole_model_algorithm; per circle:
+    key_frequencies, circle_gradient_symmetricity, circle_distance_irrelevance, circle_algorithms, all
+    tuples; the seed's algorithm "clock" | "pizza" | "mixed" from its circles), test_accuracy (final),
+    epochs_to_grok (None if never), seconds.
 
     1. check every setting (group, rates, seeds) before training anything;
-    2. per rate, per seed: train (`train_group_seed`), then the diagnostics of `_diagnostics`.
+    2. per rate, per seed: train (`train_group_seed`), then `diagnose` (whole model and circle by circle).
     """
     # 1) the whole plan first
     group = make_group(f"C{n}") if isinstance(n, int) and not isinstance(n, bool) and n >= 2 else None
@@ -80,15 +84,17 @@ def attention_rate_sweep(n: int, rates: Sequence[float], seeds: Sequence[int], *
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def algorithm_fractions(sweep: pd.DataFrame, *, min_test_accuracy: float = 0.99) -> pd.DataFrame:
+def algorithm_fractions(sweep: pd.DataFrame, *, min_test_accuracy: float = 0.99,
+                        column: str = "algorithm") -> pd.DataFrame:
     """Per attention rate: seeds, generalised (test accuracy >= `min_test_accuracy`), and the fraction
     of the generalised seeds that are clock, pizza and mixed (NaN when none generalised): the paper
-    classifies only runs that generalised. Returns a DataFrame indexed by attention_rate."""
-    missing = {"attention_rate", "algorithm", "test_accuracy"} - set(sweep.columns)
+    classifies only runs that generalised. `column`: the classification counted, "algorithm" (from the
+    circles) or "whole_model_algorithm". Returns a DataFrame indexed by attention_rate."""
+    missing = {"attention_rate", column, "test_accuracy"} - set(sweep.columns)
     if missing:
         raise UniversalityError(f"sweep lacks columns {sorted(missing)}: pass what attention_rate_sweep returned")
     good = sweep[sweep.test_accuracy >= min_test_accuracy]
-    counts = pd.crosstab(good.attention_rate, good.algorithm).reindex(columns=["clock", "pizza", "mixed"], fill_value=0)
+    counts = pd.crosstab(good.attention_rate, good[column]).reindex(columns=["clock", "pizza", "mixed"], fill_value=0)
     table = pd.DataFrame({"seeds": sweep.groupby("attention_rate").size()})
     table["generalised"] = counts.sum(axis=1).reindex(table.index).fillna(0).astype(int)
     for name in counts.columns:

@@ -1,12 +1,16 @@
 """The algorithm step of a group run on C_n (Zhong et al. 2023, `universality.algorithms`): for every
-transformer seed, clock or pizza, read from its gradient symmetricity and distance irrelevance, with its
-key frequencies; and per attention rate the fraction of generalised seeds that are clock, pizza or mixed.
+transformer seed, clock or pizza, read from the gradient symmetricity and distance irrelevance of each of
+its circles (key frequencies) alone and of the whole model; and per attention rate the fraction of
+generalised seeds that are clock, pizza or mixed.
 A run listing transformers of several attention rates (`model = [...]`) is the paper's sweep: the case
 where seeds are not universal at the algorithm level, beside the irreps where they are.
 
-- `algorithms`, one row per transformer seed: model, attention_rate, gradient_symmetricity,
-  distance_irrelevance, key_frequencies (space-separated), algorithm, test_accuracy;
-- `algorithm_fractions`, one row per attention rate: attention_rate, seeds, generalised, clock, pizza, mixed.
+- `algorithms`, one row per transformer seed: model, attention_rate, the keys of `diagnose` (whole model:
+  gradient_symmetricity, distance_irrelevance, whole_model_algorithm; per circle, space-separated in
+  circle order: key_frequencies, circle_gradient_symmetricity, circle_distance_irrelevance (3 decimals),
+  circle_algorithms; the seed's algorithm from its circles), test_accuracy;
+- `algorithm_fractions`, one row per attention rate: attention_rate, seeds, generalised, clock, pizza, mixed
+  (by the circles), whole_model_clock, whole_model_pizza, whole_model_mixed (by the whole model).
 """
 
 from __future__ import annotations
@@ -40,8 +44,13 @@ def algorithm_step(run_dir: Path, task, trained: dict, prints: dict, *, generali
         rows = [{"model": name, "attention_rate": t.model_config.attention_rate, **diagnose(t.model, group),
                  "test_accuracy": t.curve[-1]["test_acc"]} for name, t in transformers.items()]
         table = pd.DataFrame(rows)
-        table["key_frequencies"] = table.key_frequencies.map(lambda ks: " ".join(str(k) for k in ks))
-        fractions = algorithm_fractions(table, min_test_accuracy=generalised_accuracy).reset_index()
+        for name in ("key_frequencies", "circle_algorithms"):
+            table[name] = table[name].map(lambda values: " ".join(str(value) for value in values))
+        for name in ("circle_gradient_symmetricity", "circle_distance_irrelevance"):
+            table[name] = table[name].map(lambda values: " ".join(f"{value:.3f}" for value in values))
+        by_circles = algorithm_fractions(table, min_test_accuracy=generalised_accuracy)
+        whole = algorithm_fractions(table, min_test_accuracy=generalised_accuracy, column="whole_model_algorithm")
+        fractions = by_circles.join(whole[["clock", "pizza", "mixed"]].add_prefix("whole_model_")).reset_index()
         return {"algorithms": table, "algorithm_fractions": fractions}
     step_print = fingerprint(models={name: prints[name] for name in transformers}, generalised=generalised_accuracy)
     return table_step(run_dir / "tables", "algorithms", step_print, compute)

@@ -22,22 +22,30 @@ def algorithm_sections(tables: dict[str, pd.DataFrame]) -> list[ReportSection]:
         text=("Zhong et al. 2023: modular-addition transformers put the residues on circles (the same key "
               "frequencies) but combine them in two ways. A clock adds angles (the inputs enter asymmetrically, "
               "the correct logit ignores a - b); a pizza reads the midpoint of the two points (symmetric gradients, "
-              "the correct logit depends on a - b). Pizza: gradient symmetricity >= "
-              f"{PIZZA_MIN_SYMMETRICITY} and distance irrelevance <= {PIZZA_MAX_DISTANCE_IRRELEVANCE}; clock: "
-              f"symmetricity below it and distance irrelevance >= {CLOCK_MIN_DISTANCE_IRRELEVANCE}; mixed "
-              "otherwise. Seeds that never generalised are left out of the fractions."),
+              "the correct logit depends on a - b). Each circle is diagnosed alone (the embedding cut down to its "
+              "frequency, the logits centred over answers and over pairs): pizza when gradient symmetricity >= "
+              f"{PIZZA_MIN_SYMMETRICITY} and distance irrelevance <= {PIZZA_MAX_DISTANCE_IRRELEVANCE}; clock when "
+              f"symmetricity is below it and distance irrelevance >= {CLOCK_MIN_DISTANCE_IRRELEVANCE}; mixed "
+              "otherwise. A seed is a pizza when all its circles are, a clock when all are, else mixed. The whole "
+              "model's two diagnostics, with the same cuts, give whole_model_algorithm: a pizza whose circles "
+              "fill each other's gaps in a - b reads distance-blind there. Seeds that never generalised are left "
+              "out of the fractions."),
         tables=[("Per attention rate: seeds, how many generalised, and the share of those that are clock, pizza "
                  "or mixed", tables["algorithm_fractions"]),
                 ("Every transformer seed", algorithms)],
-        figures=[("algorithms.png", "Gradient symmetricity against distance irrelevance, one point per seed, "
-                  "coloured by attention rate", _scatter(algorithms))])]
+        figures=[("algorithms.png", "Gradient symmetricity against distance irrelevance, one point per circle "
+                  "of each seed, coloured by attention rate", _scatter(algorithms))])]
 
 
 def _scatter(algorithms: pd.DataFrame) -> bytes:
     fig = _figure(4.8, 3.6)
     axes = fig.add_subplot()
-    points = axes.scatter(algorithms.distance_irrelevance, algorithms.gradient_symmetricity,
-                          c=algorithms.attention_rate, cmap="viridis", vmin=0, vmax=1, s=30)
+    circles = pd.DataFrame({  # one row per circle; the table holds each seed's circles space-separated
+        "irrelevance": algorithms.circle_distance_irrelevance.str.split(),
+        "symmetricity": algorithms.circle_gradient_symmetricity.str.split(),
+        "rate": algorithms.attention_rate}).explode(["irrelevance", "symmetricity"]).dropna()
+    points = axes.scatter(circles.irrelevance.astype(float), circles.symmetricity.astype(float),
+                          c=circles.rate.astype(float), cmap="viridis", vmin=0, vmax=1, s=30)
     axes.axhline(PIZZA_MIN_SYMMETRICITY, color="0.5", linestyle=":")
     axes.axvline(PIZZA_MAX_DISTANCE_IRRELEVANCE, color="tab:red", linestyle=":", label="pizza below")
     axes.axvline(CLOCK_MIN_DISTANCE_IRRELEVANCE, color="tab:blue", linestyle=":", label="clock above")

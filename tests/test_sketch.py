@@ -271,9 +271,31 @@ def test_units_near_the_threshold_get_exact_baselines_and_exact_modes_universal_
     differ = sketch.units["universal"].to_numpy() != exact.units["universal"].to_numpy()
     assert (np.abs(excess[differ] - 0.5) < 0.01).all()
     assert exact.units["universal"].sum() > 10
-    # their full rows give exact mode's partner and max correlation against every other model
+
+
+def test_units_with_full_rows_take_exact_modes_partner_where_the_subsample_ranks_near_twins_wrongly():
+    """16 units of model a copy a feature that b and c each hold twice, in near twins (noise 0.75 and 0.80):
+    800 subsample tokens cannot rank the twins, so with one candidate the subsample picks the wrong twin
+    for some (12 of the near-threshold pairs rows here, measured with the candidates' max alone), while
+    the full rows the near-threshold units get in pass 2 give exact mode's partner and max correlation."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(5)
+    tokens, width, k = 40_000, 64, 16
+    feature = torch.randn(tokens, k, generator=g)
+    acts = {}
+    for m in MODELS:
+        x = torch.randn(tokens, width, generator=g)
+        x[:, :k] = feature + 0.75 * torch.randn(tokens, k, generator=g)
+        if m != "a":
+            x[:, k:2 * k] = feature + 0.80 * torch.randn(tokens, k, generator=g)
+        acts[m] = {"s": x}
+    batches = [{m: {"s": x["s"][i:i + 4000]} for m, x in acts.items()} for i in range(0, tokens, 4000)]
+    exact = compare_activations(batches, seed=3)
+    sketch = compare_activations(batches, mode="sketch", subsample=0.02, candidates=1, seed=3)
     keys = ["model", "unit_set", "unit"]
     on_rows = sketch.pairs[keys].merge(sketch.units[keys + ["baseline_exact"]], on=keys)["baseline_exact"].to_numpy()
+    copies = ((sketch.pairs["model"] == "a") & (sketch.pairs["unit"] < k)).to_numpy()
+    assert on_rows[copies].sum() >= 16  # of the copies' 32 pairs rows; the rest lie outside the band
     for column in ("partner_unit_set", "partner_unit"):
         assert (sketch.pairs[column].to_numpy()[on_rows] == exact.pairs[column].to_numpy()[on_rows]).all()
     np.testing.assert_allclose(sketch.pairs["max_corr"].to_numpy()[on_rows], exact.pairs["max_corr"].to_numpy()[on_rows],

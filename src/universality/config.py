@@ -334,6 +334,9 @@ class PretrainedExperimentConfig(StrictSection):
     # the neurons table (statistics, families, roles: one more forward pass); its family sums hold
     # feature values x neurons (GPT-2: 50,257 token ids x 36,864 neurons per model), so wide families leave it out
     neurons: bool = True
+    # the indirect-object circuit of every model (decoders with an LM head): English IOI prompts built with their
+    # tokenizer (`tasks.TextIOITask`), attribution patching, head roles matched across models (`circuits`)
+    circuits: bool = False
     # this process's torch threads for the forward passes and the moment GEMMs (not Ray workers'): "auto" = the
     # idle cores it may use, resolved once when the run starts. Not in the run's fingerprint: it changes only rounding.
     threads: Threads = "auto"

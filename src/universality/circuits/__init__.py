@@ -1,5 +1,7 @@
 """Circuits across seeds: which components carry a behaviour (attribution and activation patching), which
 heads play which role in the indirect-object circuit (Wang et al. 2022), and whether every seed builds it.
+Models: `TinyAdapter` seeds on the synthetic task (`tasks.IOITask`), and Hugging Face decoders (GPT-2,
+GPT-NeoX / Pythia, Llama-style) on English prompts built with their tokenizer (`tasks.TextIOITask`).
 
 | name                                         | what it gives                                             |
 |----------------------------------------------|-----------------------------------------------------------|

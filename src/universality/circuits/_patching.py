@@ -13,7 +13,7 @@ the first-order Taylor estimate of effect_c. Attribution patching costs three pa
 component at once (corrupted forward, clean forward, clean backward); activation patching one
 forward per component.
 
-Components, layer-major, are the `component_sites` of the adapter (the `TinyAdapter` has them):
+Components, layer-major, are the `component_sites` of the adapter (`TinyAdapter`, and `HFAdapter` for decoders):
 
 | component | site                        | activation, per row               |
 |-----------|-----------------------------|-----------------------------------|
@@ -54,7 +54,7 @@ def check_components(adapter) -> None:
     sites = getattr(adapter, "component_sites", None)
     if sites is None:
         raise UniversalityError(f"{adapter.name} ({type(adapter).__name__}) exposes no per-head outputs to patch; "
-                                "circuits run on TinyAdapter models (models.adapt(TinyTransformer))")
+                                "circuits run on TinyAdapter models and Hugging Face decoders (models.load_model)")
     names = sites()
     missing = [z_site(l) for l in range(adapter.n_layers) if z_site(l) not in names]
     if missing:
@@ -96,7 +96,10 @@ def run_components(adapter, tokens: torch.Tensor, names: list[str], *,
     return logits, acts
 
 
-def _metric_mean(metric: Metric, logits: torch.Tensor, batch: int) -> torch.Tensor:
+def _metric_mean(metric: Metric, logits: torch.Tensor | None, batch: int, model: str) -> torch.Tensor:
+    if logits is None:
+        raise UniversalityError(f"{model} has no language-model head (its checkpoint holds the base model only), "
+                                "so there is no metric on logits to patch; load a checkpoint with its LM head")
     value = metric(logits)
     if not isinstance(value, torch.Tensor) or value.shape not in ((batch,), ()):
         got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -135,7 +138,7 @@ def attribution_patching(adapter, clean: torch.Tensor, corrupt: torch.Tensor, me
     _, corrupted = run_components(adapter, corrupt, names)
     # 2) clean activations, kept in the graph, and the metric
     logits, acts = run_components(adapter, clean, names, grad=True)
-    value = _metric_mean(metric, logits, clean.shape[0])
+    value = _metric_mean(metric, logits, clean.shape[0], adapter.name)
     # 3) gradients of the mean metric at every site
     grads = dict(zip(names, torch.autograd.grad(value, [acts[n] for n in names], allow_unused=True)))
     out: dict[tuple[str, int, int], float] = {}
@@ -170,7 +173,7 @@ def activation_patching(adapter, clean: torch.Tensor, corrupt: torch.Tensor, met
     names = sorted({z_site(l) for l, _ in heads}) + ([mlp_site(l) for l in range(layers)] if mlps else [])
     _, corrupted = run_components(adapter, corrupt, names)
     clean_logits, _ = run_components(adapter, clean, [])
-    base = float(_metric_mean(metric, clean_logits, clean.shape[0]))
+    base = float(_metric_mean(metric, clean_logits, clean.shape[0], adapter.name))
     out: dict[tuple[str, int, int], float] = {}
     for layer, head in heads:
         cut = slice(head * d_head, (head + 1) * d_head)
@@ -181,10 +184,10 @@ def activation_patching(adapter, clean: torch.Tensor, corrupt: torch.Tensor, met
             value[..., cut] = source[..., cut]  # [batch, pos, d_head] of this head
             return value
         logits, _ = run_components(adapter, clean, [], replace={z_site(layer): patch})
-        out[("head", layer, head)] = float(_metric_mean(metric, logits, clean.shape[0])) - base
+        out[("head", layer, head)] = float(_metric_mean(metric, logits, clean.shape[0], adapter.name)) - base
     for l in range(layers if mlps else 0):
         logits, _ = run_components(adapter, clean, [], replace={mlp_site(l): lambda v, s=corrupted[mlp_site(l)]: s})
-        out[("mlp", l, -1)] = float(_metric_mean(metric, logits, clean.shape[0])) - base
+        out[("mlp", l, -1)] = float(_metric_mean(metric, logits, clean.shape[0], adapter.name)) - base
     return _table(out, "effect")
 
 

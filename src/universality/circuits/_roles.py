@@ -12,6 +12,10 @@ Scores per head (layer-major), from attention patterns, weights and one path pat
 | `negative_copy`   | the same fraction with IO ranked strictly last (the head writes "not IO")  |
 | `s_inhibition`    | path patching of the head's output into the name movers' *queries* only: the drop of their attention difference IO - S (S1 and S2) at the final position when the head's output there comes from the corrupted prompt (S2 := IO), over the clean difference, summed over name movers in later layers |
 
+Scores from weights are recomputed in float64 from `adapter.weights()` (raw, not folded): each pre-norm is a
+LayerNorm when its `.b` is present, else an RMSNorm; q . k is scaled by `adapter.attention_scale(layer)` and
+rotated by `adapter.rotary` (GPT-NeoX, Llama); absent biases are zeros.
+
 S-inhibition is a simplified path patch: the sender's output reaches each receiver's query directly
 (no path through intermediate components), keys and values stay clean, and the effect is read on the
 receivers' attention rather than on the logits. S is both of its positions: attention moved from S1 to S2 still
@@ -91,8 +95,34 @@ def repeated_sequence_scores(adapter, *, batch: int = 32, half: int | None = Non
                        induction=_offset_mean(patterns, half - 1, start + half))
 
 
-def _layer_norm(x: torch.Tensor, weights: dict, prefix: str, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], weights[prefix + ".w"], weights[prefix + ".b"], eps)
+def _norm(x: torch.Tensor, weights: dict, prefix: str, eps: float) -> torch.Tensor:
+    """The norm `prefix` of x [..., d_model]: LayerNorm when its `.b` is in `weights`, else RMSNorm (as `_fold`)."""
+    if prefix + ".b" in weights:
+        return F.layer_norm(x, x.shape[-1:], weights[prefix + ".w"], weights[prefix + ".b"], eps)
+    return weights[prefix + ".w"] * x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+
+def _bias(weights: dict, key: str, heads: int, d_head: int) -> torch.Tensor:
+    """A per-head bias [heads, d_head]; zeros for a model without it (Llama)."""
+    return weights[key] if key in weights else torch.zeros(heads, d_head, dtype=torch.float64)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of queries or keys x [..., d_head] with cos, sin [..., rotary_dim] (HF rotate_half:
+    the first rotary_dim dims, halves paired); the other dims pass through."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    half = torch.cat([-rot[..., r // 2:], rot[..., :r // 2]], dim=-1)
+    return torch.cat([rot * cos + half * sin, rest], dim=-1)
+
+
+def _analysis_weights(adapter) -> dict[str, torch.Tensor]:
+    """float64 weights; a one-line error when the model has no unembedding to read names through."""
+    weights = {k: v.double() for k, v in adapter.weights().items()}
+    if "W_U" not in weights:
+        raise UniversalityError(f"{adapter.name} has no unembedding (its checkpoint holds the base model only); "
+                                "head roles read names through it: load a checkpoint with its LM head")
+    return weights
 
 
 def _check_prompts(adapter, prompts: IOIPrompts) -> None:
@@ -115,18 +145,20 @@ def name_mover_scores(adapter, prompts: IOIPrompts) -> pd.DataFrame:
     attn = {f"attn_{name}": final[:, rows, :, pos].mean(dim=0)
             for name, pos in (("io", prompts.io_pos), ("s1", prompts.s1_pos), ("s2", prompts.s2_pos))}
     # OV readout of the residual at IO's position, ranked among the prompts' names
-    weights = {k: v.double() for k, v in adapter.weights().items()}
+    weights = _analysis_weights(adapter)
     names = torch.cat([prompts.io, prompts.s]).unique()  # [names]
     target = torch.searchsorted(names, prompts.io)  # [batch], IO's index among names
-    resid = adapter.run(prompts.clean, [f"blocks.{l}.hook_resid_pre" for l in range(adapter.n_layers)])
+    _, resid = run_components(adapter, prompts.clean, [f"blocks.{l}.hook_resid_pre" for l in range(adapter.n_layers)])
     unembed = weights["ln_final.w"][:, None] * weights["W_U"][:, names]  # [d_model, names]
+    centre = "ln_final.b" in weights  # a final LayerNorm removes the mean; an RMSNorm does not
     copy, negative = [], []
     for l in range(adapter.n_layers):
-        x = _layer_norm(resid[f"blocks.{l}.hook_resid_pre"].double().cpu()[rows, prompts.io_pos],
-                        weights, f"blocks.{l}.ln1", adapter.norm_eps)  # [batch, d_model]
-        v = torch.einsum("bd,hde->bhe", x, weights[f"blocks.{l}.attn.W_V"]) + weights[f"blocks.{l}.attn.b_V"]
+        x = _norm(resid[f"blocks.{l}.hook_resid_pre"].double().cpu()[rows, prompts.io_pos],
+                  weights, f"blocks.{l}.ln1", adapter.norm_eps)  # [batch, d_model]
+        v = torch.einsum("bd,hde->bhe", x, weights[f"blocks.{l}.attn.W_V"]) \
+            + _bias(weights, f"blocks.{l}.attn.b_V", adapter.n_heads, adapter.d_head)  # [batch, heads, d_head]
         out = torch.einsum("bhe,hed->bhd", v, weights[f"blocks.{l}.attn.W_O"])  # [batch, heads, d_model]
-        logits = (out - out.mean(dim=-1, keepdim=True)) @ unembed  # [batch, heads, names]
+        logits = ((out - out.mean(dim=-1, keepdim=True)) if centre else out) @ unembed  # [batch, heads, names]
         own = logits.gather(-1, target[:, None, None].expand(-1, logits.shape[1], 1)).squeeze(-1)  # [batch, heads]
         is_io = torch.zeros(logits.shape, dtype=torch.bool)
         is_io[rows, :, target] = True
@@ -153,7 +185,9 @@ def s_inhibition_scores(adapter, prompts: IOIPrompts, receivers: list[tuple[int,
     drops, bases = torch.zeros(layers, heads, dtype=torch.float64), torch.zeros(layers, heads, dtype=torch.float64)
     if receivers:
         rows, end = torch.arange(len(prompts)), prompts.end
-        weights = {k: v.double() for k, v in adapter.weights().items()}
+        weights = _analysis_weights(adapter)
+        positions = torch.arange(prompts.clean.shape[1])
+        rotary = adapter.rotary(positions)  # (cos, sin) [pos, rotary_dim] or None
         zs = [z_site(l) for l in range(layers)]
         resid_names = sorted({f"blocks.{l}.hook_resid_pre" for l, _ in receivers})
         _, clean = run_components(adapter, prompts.clean, zs + resid_names)
@@ -161,13 +195,16 @@ def s_inhibition_scores(adapter, prompts: IOIPrompts, receivers: list[tuple[int,
         for layer, head in receivers:
             prefix = f"blocks.{layer}."
             x = clean[prefix + "hook_resid_pre"].double().cpu()  # [batch, pos, d_model]
-            keys = _layer_norm(x, weights, prefix + "ln1", adapter.norm_eps) @ weights[prefix + "attn.W_K"][head] \
-                + weights[prefix + "attn.b_K"][head]  # [batch, pos, d_head]
+            w_q, w_k = weights[prefix + "attn.W_Q"][head], weights[prefix + "attn.W_K"][head]  # [d_model, d_head]
+            b_q, b_k = (_bias(weights, prefix + f"attn.b_{part}", heads, d_head)[head] for part in "QK")  # [d_head]
+            keys = _norm(x, weights, prefix + "ln1", adapter.norm_eps) @ w_k + b_k  # [batch, pos, d_head]
+            keys = keys if rotary is None else _rotate(keys, *rotary)
+            scale = adapter.attention_scale(layer)
 
             def difference(query_input: torch.Tensor) -> torch.Tensor:  # [batch, d_model] -> [batch]
-                q = _layer_norm(query_input, weights, prefix + "ln1", adapter.norm_eps) \
-                    @ weights[prefix + "attn.W_Q"][head] + weights[prefix + "attn.b_Q"][head]  # [batch, d_head]
-                attn = (torch.einsum("be,bpe->bp", q, keys) / math.sqrt(d_head)).softmax(dim=-1)  # [batch, pos]
+                q = _norm(query_input, weights, prefix + "ln1", adapter.norm_eps) @ w_q + b_q  # [batch, d_head]
+                q = q if rotary is None else _rotate(q, rotary[0][end], rotary[1][end])
+                attn = (torch.einsum("be,bpe->bp", q, keys) * scale).softmax(dim=-1)  # [batch, pos]
                 return attn[rows, prompts.io_pos] - attn[rows, prompts.s1_pos] - attn[rows, prompts.s2_pos]
             base = float(difference(x[:, end]).mean())
             for sender in range(layer):

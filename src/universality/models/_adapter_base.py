@@ -8,6 +8,7 @@ transformer, TransformerLens), with TransformerLens unit-set names.
 | `attention_patterns(tokens)`           | [layers, batch, heads, query, key]      |
 | `logits(tokens, edits=...)`            | [batch, pos, vocab]                     |
 | `weights()`                            | {TransformerLens name: float32 tensor}  |
+| `attention_scale(layer)`, `rotary(positions)` | the factor on q . k; rotary (cos, sin) [pos, rotary_dim] or None |
 
 A subclass says where each unit set lives (`_sites`: a module and whether the value is that module's
 input or output) and how to run forward (`_forward`); reading and editing activations are the same
@@ -99,6 +100,15 @@ class ModelAdapter:
 
     def weights(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def attention_scale(self, layer: int) -> float:
+        """The factor on q . k in layer `layer`'s attention scores: 1 / sqrt(d_head) unless a model says otherwise."""
+        return self.d_head ** -0.5
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rotary position embedding (cos, sin) [pos, rotary_dim] applied to queries and keys at positions [pos]
+        (HF convention: rotate_half), or None for models with learned or no positions."""
+        return None
 
     # -- public API ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -11,6 +11,15 @@ Supported: GPT-2 (`gpt2`), GPT-NeoX / Pythia (`gpt_neox`), Llama-style gated MLP
 | blocks.{l}.hook_resid_post   | [batch, pos, d_model] | output of block l (BERT: after its second LayerNorm) |
 | ln_final.hook_scale          | [batch, pos, 1]    | decoders: sqrt(var + eps) (LayerNorm) or sqrt(mean x^2 + eps) (RMSNorm) of the final norm's input |
 
+Decoders also have `component_sites` (edited and read by `circuits`, not unit sets):
+
+| name                         | shape              | read at                                          |
+|------------------------------|--------------------|--------------------------------------------------|
+| blocks.{l}.hook_resid_pre    | [batch, pos, d_model] | input of block l                              |
+| blocks.{l}.attn.hook_z       | [batch, pos, heads * d_head] | every head's z, head-major: input of the attention output projection (`attn.c_proj`, `attention.dense`, `self_attn.o_proj`) |
+| blocks.{l}.hook_attn_out     | [batch, pos, d_model] | output of that projection                     |
+| blocks.{l}.hook_mlp_out      | [batch, pos, d_model] | output of the MLP output projection           |
+
 Reading `hook_post` at the projection's input makes it exactly the vector `W_out` multiplies,
 for gated and plain MLPs alike. Attention patterns come from `output_attentions=True` with the
 eager attention kernel, switched on for that call only (SDPA returns no probabilities).
@@ -39,16 +48,20 @@ class Arch:
     act: str
     mlp_out: str
     up: str | None  # gated MLPs: the linear branch multiplied with act(gate)
+    attn_out: str  # the attention's output projection, whose input is every head's z
     final_norm: str | None
     head: str  # parameter-name prefix of the LM head (missing from a base-model checkpoint)
 
 
-_LLAMA = Arch("decoder", "layers", "mlp.act_fn", "mlp.down_proj", "mlp.up_proj", "norm", "lm_head.")
+_LLAMA = Arch("decoder", "layers", "mlp.act_fn", "mlp.down_proj", "mlp.up_proj", "self_attn.o_proj", "norm",
+              "lm_head.")
 ARCHITECTURES = {
-    "gpt2": Arch("decoder", "h", "mlp.act", "mlp.c_proj", None, "ln_f", "lm_head."),
-    "gpt_neox": Arch("decoder", "layers", "mlp.act", "mlp.dense_4h_to_h", None, "final_layer_norm", "embed_out."),
+    "gpt2": Arch("decoder", "h", "mlp.act", "mlp.c_proj", None, "attn.c_proj", "ln_f", "lm_head."),
+    "gpt_neox": Arch("decoder", "layers", "mlp.act", "mlp.dense_4h_to_h", None, "attention.dense", "final_layer_norm",
+                     "embed_out."),
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
-    "bert": Arch("encoder", "encoder.layer", "intermediate.intermediate_act_fn", "output.dense", None, None, "cls."),
+    "bert": Arch("encoder", "encoder.layer", "intermediate.intermediate_act_fn", "output.dense", None,
+                 "attention.output.dense", None, "cls."),
 }
 
 
@@ -113,14 +126,14 @@ class HFAdapter(ModelAdapter):
                                     f"num_hidden_layers={self.n_layers}")
         seen = set()
         for l, block in enumerate(blocks):
-            for path in filter(None, (self.arch.act, self.arch.mlp_out, self.arch.up)):
+            for path in filter(None, (self.arch.act, self.arch.mlp_out, self.arch.up, self.arch.attn_out)):
                 try:
                     module = block.get_submodule(path)
                 except AttributeError:
                     module = None
                 if not isinstance(module, nn.Module) or id(module) in seen:
                     raise UniversalityError(f"{self.name}: block {l} has no module {path!r} of its own to hook "
-                                            f"(a custom activation function?); cannot read its MLP")
+                                            f"(a custom activation function?); cannot read its MLP and attention")
                 seen.add(id(module))
         return blocks
 
@@ -152,7 +165,37 @@ class HFAdapter(ModelAdapter):
         if self.arch.final_norm:
             norm = self.base.get_submodule(self.arch.final_norm)
             sites["ln_final.hook_scale"] = Site(norm, "input", read=_norm_scale(norm))
+        return sites | (self.component_sites() if self.kind == "decoder" else {})
+
+    def component_sites(self) -> dict[str, Site]:
+        """Sites for patching (`circuits`), decoders only (module docstring table)."""
+        if self.kind != "decoder":
+            raise UniversalityError(f"{self.name} is a {self.model_type} encoder; circuits (the IOI logit difference "
+                                    "at the final position) need a decoder: GPT-2, GPT-NeoX / Pythia or Llama-style")
+        sites = {}
+        for l, block in enumerate(self._blocks):
+            p, attn_out = f"blocks.{l}.", block.get_submodule(self.arch.attn_out)
+            sites[p + "hook_resid_pre"] = Site(block, "input")  # blocks take hidden_states first, positionally
+            sites[p + "attn.hook_z"] = Site(attn_out, "input")
+            sites[p + "hook_attn_out"] = Site(attn_out, "output")
+            sites[p + "hook_mlp_out"] = Site(block.get_submodule(self.arch.mlp_out), "output")
         return sites
+
+    def attention_scale(self, layer: int) -> float:
+        """The factor on layer `layer`'s q . k: the attention module's own `scaling` (GPT-2's
+        `scale_attn_by_inverse_layer_idx`, as in the Stanford CRFM seeds, divides it by layer + 1)."""
+        return float(self._blocks[layer].get_submodule(self.arch.attn_out.rsplit(".", 1)[0]).scaling)
+
+    @torch.no_grad()
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rotary embedding (cos, sin), each float64 [pos, rotary_dim], of positions [pos], from the model's
+        own `rotary_emb` (GPT-NeoX: the first rotary_dim dims of each head; Llama: all); None for learned positions."""
+        rotary = getattr(self.base, "rotary_emb", None)
+        if rotary is None:
+            return None
+        probe = torch.zeros(1, dtype=torch.float32, device=self.device)  # only its dtype and device are read
+        cos, sin = rotary(probe, positions.to(self.device)[None])  # [1, pos, rotary_dim]
+        return cos[0].double().cpu(), sin[0].double().cpu()
 
     def _forward(self, tokens, attention_mask, *, logits: bool = True, **kwargs):
         extra = {"use_cache": False} if self.kind == "decoder" else {}

@@ -1,7 +1,9 @@
-"""The circuit step of a language run whose seeds were trained with the indirect-object task
-(`train.ioi_fraction` > 0): per seed the task's accuracy and logit difference, every head's and MLP's
-attribution to the logit difference (attribution patching, three passes), the heads' roles, and each
-role's heads matched across seeds (`circuits.circuits_table`).
+"""The circuit step: per model the indirect-object task's accuracy and logit difference, every head's and MLP's
+attribution to the logit difference (attribution patching, three passes), the heads' roles, and each role's
+heads matched across models (`circuits.circuits_table`). A language run makes it when its seeds were trained
+with the task (`train.ioi_fraction` > 0), on prompts of the synthetic language (`tasks.IOITask`); a pretrained
+run with `circuits = true`, on English prompts built with the models' tokenizer (`tasks.TextIOITask`), the
+models numbered 0, 1, ... in config order as the `seed` column and named in a `model` column.
 
 | table                      | one row per            | columns                                                   |
 |----------------------------|------------------------|-----------------------------------------------------------|
@@ -18,17 +20,32 @@ import pandas as pd
 
 from .._rundir import fingerprint
 from ..circuits import attribution_patching, circuits_table
-from ..tasks import IOITask, ioi_metrics, logit_difference
+from ..circuits._patching import check_components
+from ..errors import UniversalityError
+from ..tasks import IOIPrompts, IOITask, TextIOITask, ioi_metrics, logit_difference
 from ._steps import table_step
 
-__all__ = ["circuit_step", "IOI_PROMPTS"]
+__all__ = ["circuit_step", "text_ioi_task", "pretrained_circuit_step", "IOI_PROMPTS"]
 
 IOI_PROMPTS = 128  # evaluation prompts, drawn with the run's evaluation seed
 
 
+def _ioi_tables(by_seed: dict[int, object], prompts: IOIPrompts, *, seed: int) -> dict[str, pd.DataFrame]:
+    """The three tables (module docstring) of models {seed: adapter} on `prompts`."""
+    scores, attribution = [], []
+    for model_seed, adapter in by_seed.items():
+        scores.append({"seed": model_seed, **ioi_metrics(adapter, prompts)})
+        table = attribution_patching(adapter, prompts.clean, prompts.corrupt,
+                                     lambda logits: logit_difference(logits, prompts))
+        attribution.append(table.assign(seed=model_seed))
+    attribution = pd.concat(attribution, ignore_index=True)
+    return {"ioi": pd.DataFrame(scores), "circuits": circuits_table(by_seed, prompts, seed=seed),
+            "circuit_attribution": attribution[["seed", *[c for c in attribution if c != "seed"]]]}
+
+
 def circuit_step(run_dir: Path, train_config, language, adapters: dict, seeds: list[int], *, eval_seed: int,
                  models_print: str) -> dict[str, pd.DataFrame]:
-    """The three tables (module docstring), or {} when the seeds were not trained on the task."""
+    """The three tables of a language run's seeds, or {} when they were not trained on the task."""
     if train_config.ioi_fraction == 0:
         return {}
     step_print = fingerprint(models=models_print, ioi=train_config.ioi.model_dump(), prompts=IOI_PROMPTS,
@@ -36,14 +53,31 @@ def circuit_step(run_dir: Path, train_config, language, adapters: dict, seeds: l
 
     def compute() -> dict[str, pd.DataFrame]:
         prompts = IOITask(language, train_config.ioi).prompts(IOI_PROMPTS, seed=eval_seed)
-        by_seed = {seed: adapters[f"seed-{seed}"] for seed in seeds}
-        scores, attribution = [], []
-        for seed, adapter in by_seed.items():
-            scores.append({"seed": seed, **ioi_metrics(adapter, prompts)})
-            table = attribution_patching(adapter, prompts.clean, prompts.corrupt,
-                                         lambda logits: logit_difference(logits, prompts))
-            attribution.append(table.assign(seed=seed))
-        attribution = pd.concat(attribution, ignore_index=True)
-        return {"ioi": pd.DataFrame(scores), "circuits": circuits_table(by_seed, prompts, seed=eval_seed),
-                "circuit_attribution": attribution[["seed", *[c for c in attribution if c != "seed"]]]}
+        return _ioi_tables({seed: adapters[f"seed-{seed}"] for seed in seeds}, prompts, seed=eval_seed)
+    return table_step(run_dir / "tables", "circuits", step_print, compute)
+
+
+def text_ioi_task(adapters: dict) -> TextIOITask:
+    """English IOI prompts for loaded models {name: adapter} that share one tokenizer, after checking each is
+    a decoder with per-head sites and a language-model head (one-line errors, before any pass)."""
+    first = next(iter(adapters.values()))
+    for adapter in adapters.values():
+        check_components(adapter)
+        if not getattr(adapter, "has_head", True):
+            raise UniversalityError(f"circuits = true: {adapter.name} has no language-model head (its checkpoint "
+                                    "holds the base model only); load checkpoints with their LM head")
+    return TextIOITask(first.require_tokenizer(), bos_token_id=first.bos_token_id)
+
+
+def pretrained_circuit_step(run_dir: Path, adapters: dict, task: TextIOITask, *, eval_seed: int,
+                            models_print) -> dict[str, pd.DataFrame]:
+    """The three tables of loaded models {name: adapter} (numbered in order), each with a `model` column."""
+    step_print = fingerprint(models=models_print, templates=task.templates_, names=task.name_texts_,
+                             bos=task.bos_token_id, prompts=IOI_PROMPTS, seed=eval_seed)
+    names = list(adapters)
+
+    def compute() -> dict[str, pd.DataFrame]:
+        prompts = task.prompts(IOI_PROMPTS, seed=eval_seed)
+        tables = _ioi_tables(dict(enumerate(adapters.values())), prompts, seed=eval_seed)
+        return {key: frame.assign(model=[names[s] for s in frame["seed"]]) for key, frame in tables.items()}
     return table_step(run_dir / "tables", "circuits", step_print, compute)

@@ -5,7 +5,8 @@ their neurons described.
 config -> load models (one tokenizer, and `seq_len` within every model's context: checked) -> token
 rows -> stream unit activations into moments -> compare -> neuron statistics and families (a second,
 cheaper pass) -> report; with `[training_dynamics]`, each model's listed checkpoint directories compared at
-every step they share (`_training_dynamics`). The whole run uses `threads` torch threads, resolved once.
+every step they share (`_training_dynamics`); with `circuits = true`, each model's indirect-object circuit on
+English prompts built with its tokenizer (`_circuits`). The whole run uses `threads` torch threads, resolved once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..neurons import alphabet, head_scores, match_heads, position_buckets, prev
 from ..similarity import Reservoir
 from ..tokens import (check_same_tokenizer, drop_token_ids, keep_mask, tokens_from_dataset, tokens_from_numpy,
                       tokens_from_text_files)
+from ._circuits import pretrained_circuit_step, text_ioi_task
 from ._neurons import neuron_step
 from ._posterior import next_token
 from ._report import RunRecord, context_tables
@@ -58,6 +60,7 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
     checkpoints = listed_checkpoints(config.training_dynamics, dict(zip(config.models, adapters)),
                                      {name: {s: a.unit_sets[s] for s in unit_sets} for name, a in adapters.items()},
                                      lambda directory: load_model(directory, device="cpu"))
+    ioi_task = text_ioi_task(adapters) if config.circuits else None
 
     def body(run_dir: Path, times: StepTimes) -> RunRecord:
         # 2) one pass into moments; compare
@@ -106,6 +109,10 @@ def run_pretrained(config: PretrainedExperimentConfig, *, runs_dir: str | Path =
         tables = table_step(run_dir / "tables", "contexts", moments_print,
                             lambda: context_tables(tokens, _display_texts(first)))
         tables |= {"heads": heads} | ({} if neurons is None else {"neurons": neurons})
+        if ioi_task is not None:
+            with times("circuits"):
+                tables |= pretrained_circuit_step(run_dir, adapters, ioi_task, eval_seed=config.compare.seed,
+                                                  models_print=config.models)
         if checkpoints:
             with times("training dynamics"):
                 dynamics, dynamics_notes = training_dynamics_step(

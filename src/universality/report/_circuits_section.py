@@ -27,10 +27,14 @@ def circuit_sections(tables: dict[str, pd.DataFrame]) -> list[ReportSection]:
     heads = attribution[attribution.component == "head"]
     top = (heads.assign(magnitude=heads["attribution"].abs()).sort_values(["seed", "magnitude"], ascending=[True, False])
            .groupby("seed").head(3).drop(columns="magnitude"))
+    pretrained = "model" in tables["ioi"]  # loaded models, numbered as seeds in config order
+    task = ("Each model read English indirect-object prompts built with its tokenizer (\"When Mary and John went to "
+            "the store, John gave a drink to\"; models numbered 0, 1, ... in config order as the seed column)."
+            if pretrained else "Each seed trained on the language mixed with indirect-object prompts (two names, a "
+            "repeated subject, the other name to predict).")
     return [ReportSection(
         "Circuits across seeds: the indirect-object task",
-        text=("Each seed trained on the language mixed with indirect-object prompts (two names, a repeated "
-              "subject, the other name to predict). Heads are classified by their defining scores; each role's "
+        text=(task + " Heads are classified by their defining scores; each role's "
               "head is matched one to one to a head of every other seed by attention patterns, and the grid shows "
               "at which layer and head each seed put each role. Attribution patching (gradient x activation "
               "difference, three passes) estimates each head's effect on the logit difference IO - S."),

@@ -39,7 +39,7 @@ from ..config import IOIConfig
 from ..errors import UniversalityError
 from ._synthetic_language import SyntheticLanguage
 
-__all__ = ["IOITask", "IOIPrompts", "logit_difference", "ioi_metrics"]
+__all__ = ["IOITask", "IOIPrompts", "fill_templates", "logit_difference", "ioi_metrics"]
 
 
 @dataclass(frozen=True)
@@ -118,23 +118,7 @@ class IOITask:
 
     def prompts(self, count: int, *, seed: int) -> IOIPrompts:
         """`count` prompts [count, 1 + template_len]: template, names and order drawn with `seed`."""
-        if count < 1:
-            raise UniversalityError(f"count must be at least 1, got {count}")
-        generator = torch.Generator().manual_seed(seed)
-        template = torch.randint(len(self.templates), (count,), generator=generator)  # [count]
-        pair = torch.rand(count, len(self.names), generator=generator).argsort(dim=1)[:, :2]  # two distinct names
-        io, s = self.names[pair[:, 0]], self.names[pair[:, 1]]  # [count] each
-        abba = torch.rand(count, generator=generator) < 0.5  # IO in N1, S in N2 (else BABA)
-        slots = self.slots[template]  # [count, 3]
-        io_pos = torch.where(abba, slots[:, 0], slots[:, 1])
-        s1_pos = torch.where(abba, slots[:, 1], slots[:, 0])
-        s2_pos = slots[:, 2]
-        rows = torch.arange(count)
-        clean = torch.cat([torch.full((count, 1), self.language.bos), self.templates[template]], dim=1)
-        clean[rows, io_pos], clean[rows, s1_pos], clean[rows, s2_pos] = io, s, s
-        corrupt = clean.clone()
-        corrupt[rows, s2_pos] = io
-        return IOIPrompts(clean, corrupt, io, s, io_pos, s1_pos, s2_pos, template)
+        return fill_templates(self.templates, self.slots, self.names, self.language.bos, count, seed=seed)
 
     def training_rows(self, rows: int, *, seed: int) -> torch.Tensor:
         """Rows [rows, seq_len] for next-token training: BOS, then prompts each followed by its answer,
@@ -144,6 +128,32 @@ class IOITask:
         answered = torch.cat([prompts.clean[:, 1:], prompts.io[:, None]], dim=1)  # [rows * per_row, len + 1]
         body = answered.reshape(rows, -1)[:, : self.language.config.seq_len - 1]
         return torch.cat([torch.full((rows, 1), self.language.bos), body], dim=1)
+
+
+def fill_templates(templates: torch.Tensor, slots: torch.Tensor, names: torch.Tensor, bos: int | None, count: int, *,
+                   seed: int) -> IOIPrompts:
+    """`count` prompts [count, (1 if bos is not None) + length] from templates [templates, length] (-1 in the name
+    slots) whose N1, N2, S2 positions (counting BOS) are slots [templates, 3]: template, two distinct names
+    [names] and the order (ABBA or BABA, half each) drawn with `seed`; the corrupted twin has IO in S2."""
+    if count < 1:
+        raise UniversalityError(f"count must be at least 1, got {count}")
+    generator = torch.Generator().manual_seed(seed)
+    template = torch.randint(len(templates), (count,), generator=generator)  # [count]
+    pair = torch.rand(count, len(names), generator=generator).argsort(dim=1)[:, :2]  # two distinct names
+    io, s = names[pair[:, 0]], names[pair[:, 1]]  # [count] each
+    abba = torch.rand(count, generator=generator) < 0.5  # IO in N1, S in N2 (else BABA)
+    chosen = slots[template]  # [count, 3]
+    io_pos = torch.where(abba, chosen[:, 0], chosen[:, 1])
+    s1_pos = torch.where(abba, chosen[:, 1], chosen[:, 0])
+    s2_pos = chosen[:, 2]
+    rows = torch.arange(count)
+    clean = templates[template].clone()  # [count, length]
+    if bos is not None:
+        clean = torch.cat([torch.full((count, 1), bos), clean], dim=1)
+    clean[rows, io_pos], clean[rows, s1_pos], clean[rows, s2_pos] = io, s, s
+    corrupt = clean.clone()
+    corrupt[rows, s2_pos] = io
+    return IOIPrompts(clean, corrupt, io, s, io_pos, s1_pos, s2_pos, template)
 
 
 def logit_difference(logits: torch.Tensor, prompts: IOIPrompts) -> torch.Tensor:

@@ -14,7 +14,11 @@ the sketch twice (`speedup_asymptotic_with_source`).
 
 `exact_other_rotations` holds the same agreement figures between exact mode and exact mode with
 other rotations (seed + 1): the paper's rule's own noise at the threshold, the floor any sketch is
-judged against. `partner_regret_*`: exact max_corr minus the sketch's, which is exact over all
+judged against. `exact_other_tokens` does the same for the partners: exact mode on an independent token
+stream of the same models (token seed + 1) against the first, so `partner_changed` there is how many best
+partners are a property of the tokens sampled (near ties), not of the models; its
+`sketch_partner_changed_where_stable` is the sketch's partner change among the rows whose partner both
+exact runs agree on. `partner_regret_*`: exact max_corr minus the sketch's, which is exact over all
 tokens for the partner the sketch found, so a changed partner of nearly the same correlation (a
 near tie) costs nearly nothing. `--regenerate` generates the stream on every pass instead of
 holding it (its time taken out), for streams larger than memory.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 import time
@@ -57,8 +62,10 @@ class Synthetic:
     """A callable returning a fresh iterator over the same batches {model: {unit_set: [tokens, units]}}
     (module docstring); `seconds` sums the time spent generating them."""
 
-    def __init__(self, *, models: int, sets: tuple, tokens: int, batch: int, seed: int = 0):
-        self.tokens, self.batch, self.seed, self.seconds = tokens, batch, seed, 0.0
+    def __init__(self, *, models: int, sets: tuple, tokens: int, batch: int, seed: int = 0,
+                 token_seed: int | None = None):
+        self.tokens, self.batch, self.seconds = tokens, batch, 0.0
+        self.token_seed = seed if token_seed is None else token_seed  # the tokens; `seed` draws the models
         g = torch.Generator().manual_seed(seed)
         width = sum(sets)
         self.shared = int(SHARED_FRACTION * width)
@@ -84,7 +91,7 @@ class Synthetic:
             yield batch
 
     def _batch(self, index: int, n: int) -> dict:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index + 1)
+        g = torch.Generator().manual_seed(self.token_seed * 1_000_003 + index + 1)
         latent = torch.randn(n, RANK, generator=g)
         features = torch.randn(n, self.shared, generator=g)
         batch = {}
@@ -168,6 +175,17 @@ def agreement(exact, sketch) -> dict:
     }
 
 
+def _changed_where_stable(exact, resampled, sketch) -> float:
+    """The share of `pairs` rows of live units whose partner the sketch changes, among those whose partner
+    is the same in exact mode on two independent token streams: the partners that are a property of the
+    models rather than of the tokens sampled."""
+    def partner(c):
+        return c.pairs["partner_unit_set"].astype(str).to_numpy() + "/" + c.pairs["partner_unit"].astype(str).to_numpy()
+    live = _pair_rows(exact, ~exact.units["dead"].to_numpy())
+    stable = live & (partner(exact) == partner(resampled))
+    return float((partner(sketch) != partner(exact))[stable].mean())
+
+
 def _pair_rows(comparison, keep: np.ndarray) -> np.ndarray:
     """Bool per `pairs` row: its unit is kept by `keep`, bool per `units` row (the pairs rows are, per
     model, its units in order for each other model in turn)."""
@@ -210,6 +228,14 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
     other, _ = _run(batches, source, seed=seed + 1, **common)
     noise = {key: value for key, value in agreement(exact, other).items()
              if key.startswith(("universal", "baseline", "excess"))}
+    # the partners' own noise: exact mode on other tokens of the same models (token seed + 1)
+    fresh = Synthetic(models=models, sets=sets, tokens=held, batch=batch, seed=seed, token_seed=seed + 1)
+    fresh_batches = fresh if regenerate else [b for b, _ in zip(itertools.cycle(list(fresh())), range(len(batches)))]
+    resampled, _ = _run(fresh_batches, fresh, seed=seed, **common)
+    del fresh_batches
+    token_noise = {key: value for key, value in agreement(exact, resampled).items()
+                   if key.startswith(("partner_changed", "universal"))}
+    token_noise["sketch_partner_changed_where_stable"] = _changed_where_stable(exact, resampled, sketch)
     median = {mode: {phase: statistics.median(run.get(phase, 0.0) for run in runs) for phase in runs[0]}
               for mode, runs in times.items()}
     pairs = int(median["sketch"].pop("pairs"))
@@ -223,7 +249,7 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
         "distinct_tokens": held, "subsample": subsample, "subsample_tokens": int(sketch.moments.count_),
         "candidates": candidates,
         "candidate_pairs": pairs, "threads": threads, "dtype": dtype, "rotation": rotation,
-        **agreement(exact, sketch), "exact_other_rotations": noise,
+        **agreement(exact, sketch), "exact_other_rotations": noise, "exact_other_tokens": token_noise,
         "seconds_exact": median["exact"]["total"], "seconds_sketch": median["sketch"]["total"],
         "speedup": median["exact"]["total"] / median["sketch"]["total"],
         "phases_exact": median["exact"], "phases_sketch": median["sketch"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -266,6 +267,23 @@ def test_a_language_run_with_the_task_writes_circuit_tables_and_the_report_grid(
     assert sorted(tables["ioi"].seed) == [0, 1, 2] and tables["ioi"].accuracy.between(0, 1).all()
     attribution = tables["circuit_attribution"]
     assert len(attribution[attribution.component == "head"]) == 3 * 2 * 2  # seeds x layers x heads
+    # 4 heads per seed, so all are checked by activation patching, as is every MLP
+    assert attribution["effect"].notna().all() and tables["ioi"]["attribution_spearman"].between(-1, 1).all()
     assert set(tables["circuits"].columns) >= {"seed", "role", "layer", "head", "score", "matched_head_in_other_seeds"}
     html = (run.run_dir / "report.html").read_text()
     assert "Circuits across seeds" in html and (run.run_dir / "plots" / "circuits.png").is_file()
+
+
+def test_the_run_checks_attribution_on_the_largest_heads_and_as_many_drawn_with_its_seed():
+    from universality.pipeline._circuits import CHECKED_HEADS, _checked_heads
+    layers, heads = 5, 8
+    table = pd.DataFrame({"component": ["head"] * layers * heads + ["mlp"] * layers,
+                          "layer": [l for l in range(layers) for _ in range(heads)] + list(range(layers)),
+                          "head": list(range(heads)) * layers + [-1] * layers,
+                          "attribution": np.r_[np.linspace(-1, 1, layers * heads), np.full(layers, 9.0)]})
+    picked = _checked_heads(table, seed=3)
+    assert len(set(picked)) == 2 * CHECKED_HEADS and picked == sorted(picked)
+    heads_only = table[table.component == "head"]
+    largest = heads_only.assign(size=heads_only.attribution.abs()).nlargest(CHECKED_HEADS, "size")
+    assert set(zip(largest["layer"], largest["head"])) <= set(picked)
+    assert _checked_heads(table, seed=3) == picked != _checked_heads(table, seed=4)

@@ -26,7 +26,7 @@ import tomli_w
 
 from .errors import UniversalityError, short_repr
 
-__all__ = ["fingerprint", "write_text_atomic", "write_parquet_atomic", "write_bytes_atomic", "replace_atomically",
+__all__ = ["seed_name", "fingerprint", "write_text_atomic", "write_parquet_atomic", "write_bytes_atomic", "replace_atomically",
            "file_digest", "save_tensors",
            "write_step_manifest", "read_step_manifest", "check_run_name", "provenance", "read_json",
            "resolved_config_text"]
@@ -35,6 +35,12 @@ STEP_MANIFEST = "manifest.json"  # in each step's directory: fingerprint + {file
 MAX_NAME = 100  # characters in a run name
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _BLOCK = 1 << 20  # bytes read at a time when hashing
+
+
+def seed_name(seed: int, prefix: str = "") -> str:
+    """The name of a trained seed's model, and of its directory under `models/`: "seed-<k>", or
+    "<prefix>seed-<k>" when a run trains several architectures."""
+    return f"{prefix}seed-{seed}"
 
 
 def fingerprint(**inputs) -> str:

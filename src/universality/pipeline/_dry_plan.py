@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from .._rundir import seed_name
 from ..collect import select_unit_sets
 from ..compare._sketch import check_sketch_settings
 from ..config import AnyExperimentConfig, ExperimentConfig, GroupExperimentConfig
@@ -78,7 +79,7 @@ def _layout(config) -> tuple[dict, int, int, str]:
         sizes = probe.unit_sets()
         names = select_unit_sets(sizes, config.collect.unit_sets)
         per_row = config.language.seq_len - int(config.collect.drop_bos)
-        layout = {f"seed-{seed}": {name: sizes[name] for name in names} for seed in config.seeds}
+        layout = {seed_name(seed): {name: sizes[name] for name in names} for seed in config.seeds}
         return layout, config.collect.batch_rows * per_row, config.collect.rows * per_row, config.device
     if isinstance(config, GroupExperimentConfig):
         from ..groups import make_group
@@ -89,7 +90,7 @@ def _layout(config) -> tuple[dict, int, int, str]:
         for index, model in enumerate(architectures):
             prefix = seed_prefix(architectures, index)
             width = model.hidden if model.arch == "mlp" else model.d_mlp
-            layout |= {f"{prefix}seed-{seed}": {_hidden(model): width} for seed in config.seeds}
+            layout |= {seed_name(seed, prefix): {_hidden(model): width} for seed in config.seeds}
         return layout, min(_PAIR_BATCH, order * order), order * order, "cpu"
     from ._pretrained import _load
     adapters = _load(config)

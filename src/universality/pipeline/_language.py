@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._rundir import fingerprint
+from .._rundir import fingerprint, seed_name
 from .._threads import resolve_threads, torch_threads
 from ..collect import batch_count, select_unit_sets, stream_activations, stream_layout
 from ..neurons import label_features, position_buckets, previous_token, unigram
@@ -145,7 +145,7 @@ def _class_tokens(language: SyntheticLanguage, shown: int = 6) -> dict[str, str]
 def _plan(config: ExperimentConfig, language: SyntheticLanguage) -> list[str]:
     """Build one model to check the shape and the unit-set names; returns the selected unit sets."""
     probe = TinyTransformer(config.model, vocab_size=language.vocab_size, n_ctx=config.language.seq_len)
-    check_sae_inputs(config.sae, probe.unit_sets(), [f"seed-{seed}" for seed in config.seeds])
+    check_sae_inputs(config.sae, probe.unit_sets(), [seed_name(seed) for seed in config.seeds])
     return select_unit_sets(probe.unit_sets(), config.collect.unit_sets)
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .._rundir import (file_digest, fingerprint, read_json, read_step_manifest, write_parquet_atomic,
-                       write_step_manifest)
+                       seed_name, write_step_manifest)
 from ..compare import Comparison, compare_moments
 from ..config import CompareConfig
 from ..errors import UniversalityError
@@ -76,7 +76,7 @@ def train_or_load(seeds: list[int], run_dir: Path, inputs: dict, *, load: Callab
     ({name: what load or train returned}, {name: fingerprint})."""
     results, prints = {}, {}
     for seed in seeds:
-        name = f"{prefix}seed-{seed}"
+        name = seed_name(seed, prefix)
         directory = run_dir / "models" / name
         prints[name] = fingerprint(**inputs, seed=seed)
         saved = read_json(directory / "metadata.json")

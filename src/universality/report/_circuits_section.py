@@ -37,7 +37,9 @@ def circuit_sections(tables: dict[str, pd.DataFrame]) -> list[ReportSection]:
         text=(task + " Heads are classified by their defining scores; each role's "
               "head is matched one to one to a head of every other seed by attention patterns, and the grid shows "
               "at which layer and head each seed put each role. Attribution patching (gradient x activation "
-              "difference, three passes) estimates each head's effect on the logit difference IO - S."),
+              "difference, three passes) estimates each head's effect on the logit difference IO - S; activation "
+              "patching checks it on the largest 8 and 8 random other heads and every MLP (attribution_spearman, "
+              "their rank correlation)."),
         tables=[("Task scores per seed (accuracy: IO is the top token; logit difference IO - S, clean and with the "
                  "subject replaced)", tables["ioi"]),
                 ("Roles: how many heads, in how many seeds, and on average how many of a head's matched partners in "

@@ -242,6 +242,31 @@ def test_row_baselines_over_the_whole_stream_equal_exact_modes_baselines_with_th
             np.testing.assert_allclose(got, rows[f"baseline_max_corr_r{r}"].to_numpy(), atol=2e-5, rtol=0)
 
 
+def test_row_comoments_folded_from_float32_partial_sums_equal_float64_centred_products(monkeypatch):
+    """The full rows sum each batch's products in float32 and fold them, with the rank-one mean corrections,
+    into float64 every `_ROW_FOLD_TOKENS` tokens (here 3000: 4 folds over 10000 tokens, one mid-batch count):
+    equal to the centred co-moments computed in float64, to float32 rounding; own-model entries 0."""
+    from universality.compare import _refine
+    monkeypatch.setattr(_refine, "_ROW_FOLD_TOKENS", 3000)
+    torch.set_num_threads(1)
+    acts = _activations()
+    batches = _batches(acts)[:5]
+    layout = {m: dict(zip(("s0", "s1"), SETS)) for m in MODELS}
+    rows = torch.tensor([0, 7, 150, 299])
+    refine = _refine.CandidateMoments(layout, torch.tensor([[0, 100]]), torch.full((300,), 0.5, dtype=torch.float64),
+                                      rows=rows)
+    for batch in batches:
+        refine.update(batch)
+    x = torch.cat([torch.cat([acts[m][s][:5 * BATCH] for s in ("s0", "s1")], dim=1) for m in MODELS], dim=1)
+    x = (x - x.mean(dim=0)) * 0.5  # [tokens, units], scaled as the refine pass scales
+    want = x[:, rows].T @ x  # [rows, units]
+    for r, unit in enumerate(rows.tolist()):
+        own = slice(unit // sum(SETS) * sum(SETS), (unit // sum(SETS) + 1) * sum(SETS))
+        want[r, own] = 0
+    got = refine.end_stream().row_comoment_
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
 def test_units_near_the_threshold_get_exact_baselines_and_exact_modes_universal_flags():
     """Narrow sets (3 models x 96 units, a rank-8 latent) with 24 units copying shared features at
     correlations spread across the threshold, 800 subsample tokens of 40000: every unit whose exact

@@ -21,7 +21,11 @@ pair, read from a [units, tokens] tile that stays in cache, instead of a gather 
 rows (10-60x slower in measurements). Every unit is multiplied by a power of two (`scale`, exact)
 that brings its spread near 1, so float32 products neither overflow nor underflow; correlations do
 not depend on it. The rows of `rows` (units whose rotation baseline the sketch makes exact) are dense
-GEMMs per batch, each model's rows against the other models' units, [rows, tokens] x [tokens, units].
+GEMMs per batch, each model's rows against the other models' units, [rows, tokens] x [tokens, units],
+added into a float32 partial sum; the per-batch corrections are rank one (the residual means, Chan's
+shift), so they are kept as factors, and every `_ROW_FOLD_TOKENS` tokens (and at `end_stream`) the partial
+sum and one GEMM of the factors fold into the float64 `row_comoment_`. Folding every batch instead
+cost about as much as the GEMMs themselves at 1024-token batches: six passes over [rows, units] float64.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ _TOKENS = 128  # tokens per product tile: [units, 128] float32 is 16 MB at 32768
 # shared 2-core machine, 1 thread ran them at 0.17 ms per token (4 x 8192 units, 786k pairs) and 2
 # threads at 1.04 ms. The rows' GEMM runs on the caller's threads.
 _TILE_THREADS = 1
+# tokens whose row products are summed in float32 before they fold into float64 (at most 2**15 centred,
+# unit-spread products per entry: float32 keeps them to ~1e-6 relative, as an exact pass's batch GEMMs)
+_ROW_FOLD_TOKENS = 2**15
 
 
 class CandidateMoments:
@@ -88,10 +95,13 @@ class CandidateMoments:
         self.variance_ = torch.zeros_like(self.mean_)
         self.comoment_ = torch.zeros(len(self.pairs), dtype=torch.float64, device=device)
         self.rows = (torch.zeros(0, dtype=torch.int64) if rows is None else rows).to(device)
-        self.row_comoment_ = torch.zeros(len(self.rows), self.total_units, dtype=torch.float64, device=device)
+        self._row_total = torch.zeros(len(self.rows), self.total_units, dtype=torch.float64, device=device)
         ends = torch.tensor([sum(sets.values()) for sets in self.layout.values()]).cumsum(0).tolist()
         cut = torch.searchsorted(self.rows.cpu(), torch.tensor([0] + ends)).tolist()  # each model's rows
         self._row_models = [(r0, r1, m0, m1) for r0, r1, m0, m1 in zip(cut, cut[1:], [0] + ends, ends) if r1 > r0]
+        self._row_partial = torch.zeros(len(self.rows), self.total_units, dtype=torch.float32, device=device)
+        self._row_factors: list[tuple[torch.Tensor, torch.Tensor]] = []  # (u [rows], v [units]): u v^T to add
+        self._row_tokens = 0  # tokens in `_row_partial` and `_row_factors`
         self._scratch = None
 
     def update(self, batch) -> "CandidateMoments":
@@ -112,21 +122,28 @@ class CandidateMoments:
         i, j = self._rows, self._columns
         products -= tokens * residual[i] * residual[j]
         squares -= tokens * residual.square()
-        row_products = self._row_products(centred).addr_(residual[self.rows], residual, alpha=-tokens)  # [rows, units]
         mean = mean + residual
-        if not all(bool(torch.isfinite(x).all()) for x in (products, squares, row_products)):
-            raise UniversalityError("activations beyond float32 range relative to their subsample spread (a unit "
-                                    "the subsample barely saw); multiply them by a constant or raise subsample")
+        if not all(bool(torch.isfinite(x).all()) for x in (products, squares)):
+            raise _beyond_float32()
         weight = self.count_ * tokens / (self.count_ + tokens)  # Chan's update
         delta = mean - self.mean_
         self.comoment_ += products + weight * delta[i] * delta[j]
-        self.row_comoment_ += row_products.addr_(delta[self.rows], delta, alpha=weight)  # no [rows, units] temporary
-        for r0, r1, m0, m1 in self._row_models:
-            self.row_comoment_[r0:r1, m0:m1] = 0  # a row's own model is never read
+        if len(self.rows):
+            self._add_row_products(centred)
+            self._row_factors += [(-tokens * residual[self.rows], residual), (weight * delta[self.rows], delta)]
+            self._row_tokens += tokens
+            if self._row_tokens >= _ROW_FOLD_TOKENS:
+                self._fold_rows()
         self.variance_ += squares + weight * delta.square()
         self.mean_ += delta * (tokens / (self.count_ + tokens))
         self.count_ += tokens
         return self
+
+    @property
+    def row_comoment_(self) -> torch.Tensor:
+        """float64 [rows, units] (module docstring), with every batch so far folded in."""
+        self._fold_rows()
+        return self._row_total
 
     def correlation(self) -> torch.Tensor:
         """Pearson correlation of every pair over the stream, float64 [pairs]; NaN where a unit is dead."""
@@ -135,19 +152,34 @@ class CandidateMoments:
         return self.comoment_ * inverse[self._rows] * inverse[self._columns]
 
     def end_stream(self) -> "CandidateMoments":
-        """Free the batch scratch matrix once the stream is done; returns self."""
-        self._scratch = None
+        """Fold what the rows hold in float32 into `row_comoment_`, and free the batch scratch matrix and the
+        partial sum once the stream is done; returns self."""
+        self._fold_rows()
+        self._scratch = self._row_partial = None
         return self
 
-    def _row_products(self, centred: torch.Tensor) -> torch.Tensor:
-        """The rows' products with the other models' units over one batch, float64 [rows, units] (own model: 0):
-        two GEMMs per model, [rows of it, tokens] x [tokens, the units before it / after it]."""
-        out = torch.zeros(len(self.rows), self.total_units, dtype=torch.float32, device=self.device)
+    def _add_row_products(self, centred: torch.Tensor) -> None:
+        """Add the rows' products with the other models' units over one batch into the float32 partial sum
+        (own model: untouched): two GEMMs per model, [rows of it, tokens] x [tokens, the units before / after it]."""
         for r0, r1, m0, m1 in self._row_models:
             picked = centred[:, self.rows[r0:r1]].T  # [rows of the model, tokens]
-            torch.matmul(picked, centred[:, :m0], out=out[r0:r1, :m0])
-            torch.matmul(picked, centred[:, m1:], out=out[r0:r1, m1:])
-        return out.double()
+            self._row_partial[r0:r1, :m0].addmm_(picked, centred[:, :m0])
+            self._row_partial[r0:r1, m1:].addmm_(picked, centred[:, m1:])
+
+    def _fold_rows(self) -> None:
+        """row_comoment_ += the float32 partial sum + the rank-one corrections held as factors (one GEMM), its
+        own-model blocks left at 0; then start a new partial sum."""
+        if not self._row_tokens:
+            return
+        if not bool(torch.isfinite(self._row_partial).all()):
+            raise _beyond_float32()
+        self._row_total += self._row_partial  # float32 -> float64 elementwise, no [rows, units] temporary
+        u, v = (torch.stack(side, dim=1) for side in zip(*self._row_factors))  # [rows, 2 batches], [units, ...]
+        self._row_total.addmm_(u, v.T)
+        for r0, r1, m0, m1 in self._row_models:
+            self._row_total[r0:r1, m0:m1] = 0  # a row's own model is never read
+        self._row_partial.zero_()
+        self._row_factors, self._row_tokens = [], 0
 
     def _centre(self, models: dict, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch centred on its float32 mean, then scaled, as float32 [tokens, units] (a scratch
@@ -167,3 +199,8 @@ class CandidateMoments:
                 means.append(mean * self.scale[start:start + size])
                 start += size
         return centred, torch.cat(means).double()
+
+
+def _beyond_float32() -> UniversalityError:
+    return UniversalityError("activations beyond float32 range relative to their subsample spread (a unit the "
+                             "subsample barely saw); multiply them by a constant or raise subsample")

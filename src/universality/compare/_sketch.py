@@ -44,9 +44,9 @@ DEFAULT_CANDIDATES = 8
 # subsample correlations rest on so few tokens (standard error >= 1/sqrt(32) = 0.18) that they
 # cannot rank its partners.
 MIN_SEEN_TOKENS = 32
-# Bytes per unit of one full row in pass 2: its float64 total, the batch's float32 product and its
-# float64 copy (`CandidateMoments.row_comoment_`).
-_ROW_BYTES = 20
+# Bytes per unit of one full row in pass 2: its float64 total and its float32 partial sum
+# (`CandidateMoments.row_comoment_`).
+_ROW_BYTES = 12
 _SUBSAMPLE_KEY = 0x5B5A  # keeps subsample seeds apart from rotation seeds (both SeedSequence words)
 
 

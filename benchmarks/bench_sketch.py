@@ -2,6 +2,10 @@
 in one run on the same stream. Not a test; prints progress and, last, one JSON line.
 
     .venv/bin/python benchmarks/bench_sketch.py [--tokens 16384] [--subsample 0.02] [--units 1024,2048,3072,2048]
+    .venv/bin/python benchmarks/bench_sketch.py --sketch-only MS_PER_TOKEN,FIXED_S --tokens 1048576 ...
+
+The second form runs the sketch alone on a stream too long to run exact mode here, against exact mode's
+time projected from the per-token and fixed costs the first form measured (`measure_sketch_only`).
 
 Workload: `models` models with unit sets `sets`, synthetic activations generated per batch from
 (seed, batch index). Per model: a rank-16 latent shared by all models seen through model-specific
@@ -262,6 +266,29 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
     }
 
 
+def measure_sketch_only(*, exact_ms_per_token: float, exact_fixed_s: float, models: int = 4,
+                        sets: tuple = (1024, 2048, 3072, 2048), tokens: int, batch: int = 1024, subsample: float,
+                        candidates: int = 8, threads: int = 2, dtype: str = "float32", rotation: str = "fast",
+                        seed: int = 0) -> dict:
+    """The sketch alone on a stream too long for an exact run here (generated afresh each pass, its time taken
+    out), against exact mode's time projected from its per-token and fixed costs measured by `measure` at this
+    width: exact mode's stream is one GEMM per batch at a constant rate, so its time is linear in tokens.
+    No agreement figures: they need the exact run."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    source = Synthetic(models=models, sets=sets, tokens=tokens, batch=batch, seed=seed)
+    sketch, phases = _run(source, source, mode="sketch", subsample=subsample, candidates=candidates, seed=seed,
+                          dtype=dtype, rotation=rotation)
+    projected = exact_ms_per_token * tokens / 1e3 + exact_fixed_s
+    return {"models": models, "sets": list(sets), "tokens": tokens, "subsample": subsample,
+            "subsample_tokens": int(sketch.moments.count_), "candidates": candidates, "threads": threads,
+            "phases_sketch": phases, "seconds_sketch": phases["total"],
+            "baseline_exact": int(sketch.units["baseline_exact"].sum()),
+            "barely_seen": int(sketch.units["barely_seen"].sum()),
+            "universal_sketch": int(sketch.units["universal"].sum()),
+            "seconds_exact_projected": projected, "speedup_projected": projected / phases["total"]}
+
+
 def _speedup(tokens: int, per_token: dict, fixed: dict) -> float:
     return (per_token["exact"] * tokens + fixed["exact"]) / (per_token["sketch"] * tokens + fixed["sketch"])
 
@@ -284,8 +311,18 @@ def main() -> None:
     parser.add_argument("--rotation", default="fast")
     parser.add_argument("--distinct", type=int, default=None, help="batches held; the stream cycles them")
     parser.add_argument("--regenerate", action="store_true", help="generate the batches on every pass, hold none")
+    parser.add_argument("--sketch-only", default=None, metavar="MS_PER_TOKEN,FIXED_S",
+                        help="run the sketch alone, against exact mode's per-token and fixed cost measured before")
     args = parser.parse_args()
-    result = measure(models=args.models, sets=tuple(int(n) for n in args.units.split(",")), tokens=args.tokens,
+    sets = tuple(int(n) for n in args.units.split(","))
+    if args.sketch_only:
+        per_token, fixed = (float(v) for v in args.sketch_only.split(","))
+        print(json.dumps(measure_sketch_only(exact_ms_per_token=per_token, exact_fixed_s=fixed, models=args.models,
+                                             sets=sets, tokens=args.tokens, batch=args.batch, subsample=args.subsample,
+                                             candidates=args.candidates, threads=args.threads, dtype=args.dtype,
+                                             rotation=args.rotation)))
+        return
+    result = measure(models=args.models, sets=sets, tokens=args.tokens,
                      batch=args.batch, subsample=args.subsample, candidates=args.candidates, repeats=args.repeats,
                      threads=args.threads, dtype=args.dtype, rotation=args.rotation,
                      distinct=args.distinct, regenerate=args.regenerate, log=lambda s: print(s, flush=True))

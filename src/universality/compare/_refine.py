@@ -35,18 +35,18 @@ import warnings
 import torch
 
 from .._defaults import is_dead
-from .._threads import torch_threads
+from .._threads import map_single_threaded
 from ..errors import UniversalityError
 from ..moments import normalize_batch
 
 __all__ = ["CandidateMoments"]
 
 _TOKENS = 128  # tokens per product tile: [units, 128] float32 is 16 MB at 32768 units, within L3
-# Threads for the sampled products (CPU). Their work is many small memory-bound ops (per tile a
-# transpose, a sampled product, sums), each of which waits for every thread to be scheduled: on this
-# shared 2-core machine, 1 thread ran them at 0.17 ms per token (4 x 8192 units, 786k pairs) and 2
+# The sampled products run on single-threaded workers, one per torch thread, each over its share of the
+# tiles (`map_single_threaded`). Their work is many small memory-bound ops (per tile a transpose, a sampled
+# product, sums), each of which would wait for every thread of a multi-threaded op to be scheduled: on
+# this shared 2-core machine, 1 thread ran them at 0.17 ms per token (4 x 8192 units, 786k pairs) and 2
 # threads at 1.04 ms. The rows' GEMM runs on the caller's threads.
-_TILE_THREADS = 1
 # tokens whose row products are summed in float32 before they fold into float64 (at most 2**15 centred,
 # unit-spread products per entry: float32 keeps them to ~1e-6 relative, as an exact pass's batch GEMMs)
 _ROW_FOLD_TOKENS = 2**15
@@ -112,13 +112,11 @@ class CandidateMoments:
             return self
         centred, mean = self._centre(models, tokens)  # float32 [tokens, units], float64 [units]
         residual = centred.sum(dim=0).double() / tokens  # [units], ~eps32 |mean|: float32 suffices
-        products = torch.zeros_like(self.comoment_)
-        squares = torch.zeros_like(self.mean_)
-        with torch_threads(_TILE_THREADS):
-            for start in range(0, tokens, _TOKENS):
-                tile = centred[start:start + _TOKENS].T.contiguous()  # [units, tile tokens]
-                products += torch.sparse.sampled_addmm(self._pattern, tile, tile.T, beta=0.0).values()
-                squares += torch.linalg.vector_norm(tile, dim=1).double().square()
+        starts = range(0, tokens, _TOKENS)
+        workers = torch.get_num_threads() if torch.device(self.device).type == "cpu" else 1
+        parts = map_single_threaded(lambda k: self._tile_products(centred, starts[k::workers]), range(workers),
+                                    workers)
+        products, squares = (sum(side) for side in zip(*parts))
         i, j = self._rows, self._columns
         products -= tokens * residual[i] * residual[j]
         squares -= tokens * residual.square()
@@ -157,6 +155,16 @@ class CandidateMoments:
         self._fold_rows()
         self._scratch = self._row_partial = None
         return self
+
+    def _tile_products(self, centred: torch.Tensor, starts: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidate pairs' products float64 [pairs] and the units' sums of squares float64 [units] over
+        the tiles of `_TOKENS` tokens of `centred` [tokens, units] beginning at `starts`."""
+        products, squares = torch.zeros_like(self.comoment_), torch.zeros_like(self.mean_)
+        for start in starts:
+            tile = centred[start:start + _TOKENS].T.contiguous()  # [units, tile tokens]
+            products += torch.sparse.sampled_addmm(self._pattern, tile, tile.T, beta=0.0).values()
+            squares += torch.linalg.vector_norm(tile, dim=1).double().square()
+        return products, squares
 
     def _add_row_products(self, centred: torch.Tensor) -> None:
         """Add the rows' products with the other models' units over one batch into the float32 partial sum

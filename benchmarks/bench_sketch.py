@@ -179,6 +179,23 @@ def agreement(exact, sketch) -> dict:
     }
 
 
+def _floors(exact, sketch, batches, source: Synthetic, common: dict, *, regenerate: bool, seed: int
+            ) -> tuple[dict, dict]:
+    """Exact mode against itself: with other rotations (seed + 1), the rule's own noise at the threshold; on
+    other tokens of the same models (token seed + 1), the partners' own noise (module docstring)."""
+    other, _ = _run(batches, source, seed=seed + 1, **common)
+    noise = {key: value for key, value in agreement(exact, other).items()
+             if key.startswith(("universal", "baseline", "excess"))}
+    fresh = Synthetic(models=len(source.models), sets=next(iter(source.models.values()))["sets"],
+                      tokens=source.tokens, batch=source.batch, seed=seed, token_seed=seed + 1)
+    fresh_batches = fresh if regenerate else [b for b, _ in zip(itertools.cycle(list(fresh())), range(len(batches)))]
+    resampled, _ = _run(fresh_batches, fresh, seed=seed, **common)
+    token_noise = {key: value for key, value in agreement(exact, resampled).items()
+                   if key.startswith(("partner_changed", "universal"))}
+    token_noise["sketch_partner_changed_where_stable"] = _changed_where_stable(exact, resampled, sketch)
+    return noise, token_noise
+
+
 def _changed_where_stable(exact, resampled, sketch) -> float:
     """The share of `pairs` rows of live units whose partner the sketch changes, among those whose partner
     is the same in exact mode on two independent token streams: the partners that are a property of the
@@ -204,11 +221,12 @@ def _pair_rows(comparison, keep: np.ndarray) -> np.ndarray:
 def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: int = 16384, batch: int = 1024,
             subsample: float = 0.02, candidates: int = 8, repeats: int = 3, threads: int = 1,
             dtype: str = "float32", rotation: str = "fast", distinct: int | None = None, regenerate: bool = False,
-            seed: int = 0, log=print) -> dict:
+            floors: bool = True, seed: int = 0, log=print) -> dict:
     """Run exact and sketch `repeats` times each, alternated, on one synthetic stream; the dict of
     agreement, times and the projection (module docstring). `distinct`: hold only that many batches
     and cycle them to make the stream (for timing long streams in little memory; the agreement
-    figures are then those of a stream that repeats itself)."""
+    figures are then those of a stream that repeats itself). `floors=False` skips the two extra exact
+    runs (other rotations, other tokens)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     held = tokens if distinct is None else distinct * batch
@@ -228,18 +246,8 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
                               **common)
         times["sketch"].append(phases)
         log(f"sketch run {repeat + 1}/{repeats}: " + _show(phases))
-    # the exact rule's own noise: exact mode again with other rotations (seed + 1), against the first
-    other, _ = _run(batches, source, seed=seed + 1, **common)
-    noise = {key: value for key, value in agreement(exact, other).items()
-             if key.startswith(("universal", "baseline", "excess"))}
-    # the partners' own noise: exact mode on other tokens of the same models (token seed + 1)
-    fresh = Synthetic(models=models, sets=sets, tokens=held, batch=batch, seed=seed, token_seed=seed + 1)
-    fresh_batches = fresh if regenerate else [b for b, _ in zip(itertools.cycle(list(fresh())), range(len(batches)))]
-    resampled, _ = _run(fresh_batches, fresh, seed=seed, **common)
-    del fresh_batches
-    token_noise = {key: value for key, value in agreement(exact, resampled).items()
-                   if key.startswith(("partner_changed", "universal"))}
-    token_noise["sketch_partner_changed_where_stable"] = _changed_where_stable(exact, resampled, sketch)
+    noise, token_noise = _floors(exact, sketch, batches, source, common, regenerate=regenerate, seed=seed) \
+        if floors else ({}, {})
     median = {mode: {phase: statistics.median(run.get(phase, 0.0) for run in runs) for phase in runs[0]}
               for mode, runs in times.items()}
     pairs = int(median["sketch"].pop("pairs"))
@@ -311,6 +319,7 @@ def main() -> None:
     parser.add_argument("--rotation", default="fast")
     parser.add_argument("--distinct", type=int, default=None, help="batches held; the stream cycles them")
     parser.add_argument("--regenerate", action="store_true", help="generate the batches on every pass, hold none")
+    parser.add_argument("--no-floors", action="store_true", help="skip exact mode's runs against itself")
     parser.add_argument("--sketch-only", default=None, metavar="MS_PER_TOKEN,FIXED_S",
                         help="run the sketch alone, against exact mode's per-token and fixed cost measured before")
     args = parser.parse_args()
@@ -325,7 +334,8 @@ def main() -> None:
     result = measure(models=args.models, sets=sets, tokens=args.tokens,
                      batch=args.batch, subsample=args.subsample, candidates=args.candidates, repeats=args.repeats,
                      threads=args.threads, dtype=args.dtype, rotation=args.rotation,
-                     distinct=args.distinct, regenerate=args.regenerate, log=lambda s: print(s, flush=True))
+                     distinct=args.distinct, regenerate=args.regenerate, floors=not args.no_floors,
+                     log=lambda s: print(s, flush=True))
     print(json.dumps(result))
 
 

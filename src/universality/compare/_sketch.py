@@ -8,7 +8,8 @@ exact pass is too slow.
    from this pass, with the subsample's sampling noise taken out (see `compare_sketch`).
 2) Refine: every token once more, accumulating only the candidate pairs' co-moments (about
    M (M - 1) U m of them) plus every unit's mean and variance (`CandidateMoments`). Max correlation
-   and partner are then exact over all tokens, the max taken over a unit's candidate pairs.
+   and partner are then exact over all tokens, the max taken over a unit's candidate pairs; for the
+   units near the threshold, whose full rows pass 2 also accumulates, over every unit of the other model.
 
 `subsample` is a fraction, not a token count: a stream's length is unknown until it ends (an
 iterator, a callable re-running models), so only a fraction can be applied to each batch on its own,

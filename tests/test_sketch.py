@@ -323,8 +323,8 @@ def test_units_with_full_rows_take_exact_modes_partner_where_the_subsample_ranks
     assert on_rows[copies].sum() >= 16  # of the copies' 32 pairs rows; the rest lie outside the band
     for column in ("partner_unit_set", "partner_unit"):
         assert (sketch.pairs[column].to_numpy()[on_rows] == exact.pairs[column].to_numpy()[on_rows]).all()
-    np.testing.assert_allclose(sketch.pairs["max_corr"].to_numpy()[on_rows], exact.pairs["max_corr"].to_numpy()[on_rows],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(sketch.pairs["max_corr"].to_numpy()[on_rows],
+                               exact.pairs["max_corr"].to_numpy()[on_rows], atol=1e-5, rtol=0)
 
 
 def test_full_rows_beyond_the_memory_budget_are_left_to_the_denoised_baseline_with_a_warning():

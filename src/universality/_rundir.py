@@ -26,10 +26,9 @@ import tomli_w
 
 from .errors import UniversalityError, short_repr
 
-__all__ = ["seed_name", "fingerprint", "write_text_atomic", "write_parquet_atomic", "write_bytes_atomic", "replace_atomically",
-           "file_digest", "save_tensors",
-           "write_step_manifest", "read_step_manifest", "check_run_name", "provenance", "read_json",
-           "resolved_config_text"]
+__all__ = ["seed_name", "fingerprint", "write_text_atomic", "write_parquet_atomic", "write_bytes_atomic",
+           "replace_atomically", "file_digest", "save_tensors", "write_step_manifest", "read_step_manifest",
+           "check_run_name", "provenance", "read_json", "resolved_config_text"]
 
 STEP_MANIFEST = "manifest.json"  # in each step's directory: fingerprint + {file: sha256}
 MAX_NAME = 100  # characters in a run name

@@ -42,9 +42,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.nn import functional as F
 
 from ..errors import UniversalityError
+from ..models import apply_norm
 from ..neurons._heads import _offset_mean, induction_tokens
 from ..tasks import IOIPrompts
 from ._patching import check_components, run_components, z_site
@@ -93,13 +93,6 @@ def repeated_sequence_scores(adapter, *, batch: int = 32, half: int | None = Non
                        previous_token=_offset_mean(patterns, 1, start + 1),
                        duplicate_token=_offset_mean(patterns, half, start + half),
                        induction=_offset_mean(patterns, half - 1, start + half))
-
-
-def _norm(x: torch.Tensor, weights: dict, prefix: str, eps: float) -> torch.Tensor:
-    """The norm `prefix` of x [..., d_model]: LayerNorm when its `.b` is in `weights`, else RMSNorm (as `_fold`)."""
-    if prefix + ".b" in weights:
-        return F.layer_norm(x, x.shape[-1:], weights[prefix + ".w"], weights[prefix + ".b"], eps)
-    return weights[prefix + ".w"] * x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
 def _bias(weights: dict, key: str, heads: int, d_head: int) -> torch.Tensor:
@@ -153,7 +146,7 @@ def name_mover_scores(adapter, prompts: IOIPrompts) -> pd.DataFrame:
     centre = "ln_final.b" in weights  # a final LayerNorm removes the mean; an RMSNorm does not
     copy, negative = [], []
     for l in range(adapter.n_layers):
-        x = _norm(resid[f"blocks.{l}.hook_resid_pre"].double().cpu()[rows, prompts.io_pos],
+        x = apply_norm(resid[f"blocks.{l}.hook_resid_pre"].double().cpu()[rows, prompts.io_pos],
                   weights, f"blocks.{l}.ln1", adapter.norm_eps)  # [batch, d_model]
         v = torch.einsum("bd,hde->bhe", x, weights[f"blocks.{l}.attn.W_V"]) \
             + _bias(weights, f"blocks.{l}.attn.b_V", adapter.n_heads, adapter.d_head)  # [batch, heads, d_head]
@@ -197,12 +190,12 @@ def s_inhibition_scores(adapter, prompts: IOIPrompts, receivers: list[tuple[int,
             x = clean[prefix + "hook_resid_pre"].double().cpu()  # [batch, pos, d_model]
             w_q, w_k = weights[prefix + "attn.W_Q"][head], weights[prefix + "attn.W_K"][head]  # [d_model, d_head]
             b_q, b_k = (_bias(weights, prefix + f"attn.b_{part}", heads, d_head)[head] for part in "QK")  # [d_head]
-            keys = _norm(x, weights, prefix + "ln1", adapter.norm_eps) @ w_k + b_k  # [batch, pos, d_head]
+            keys = apply_norm(x, weights, prefix + "ln1", adapter.norm_eps) @ w_k + b_k  # [batch, pos, d_head]
             keys = keys if rotary is None else _rotate(keys, *rotary)
             scale = adapter.attention_scale(layer)
 
             def difference(query_input: torch.Tensor) -> torch.Tensor:  # [batch, d_model] -> [batch]
-                q = _norm(query_input, weights, prefix + "ln1", adapter.norm_eps) @ w_q + b_q  # [batch, d_head]
+                q = apply_norm(query_input, weights, prefix + "ln1", adapter.norm_eps) @ w_q + b_q  # [batch, d_head]
                 q = q if rotary is None else _rotate(q, rotary[0][end], rotary[1][end])
                 attn = (torch.einsum("be,bpe->bp", q, keys) * scale).softmax(dim=-1)  # [batch, pos]
                 return attn[rows, prompts.io_pos] - attn[rows, prompts.s1_pos] - attn[rows, prompts.s2_pos]

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import UniversalityError
 
-__all__ = ["fold_layernorm", "is_post_layernorm"]
+__all__ = ["fold_layernorm", "is_post_layernorm", "apply_norm"]
 
 
 def fold_layernorm(weights: dict[str, torch.Tensor], *, center: bool = True) -> dict[str, torch.Tensor]:
@@ -76,3 +76,14 @@ def _fold(out: dict, ln: str, readers: list[tuple[str, str]], center: bool) -> N
 def is_post_layernorm(weights: dict[str, torch.Tensor]) -> bool:
     """True for post-LN (BERT-style) weights, whose embedding output is normalised (`ln_embed`)."""
     return "ln_embed.w" in weights
+
+
+def apply_norm(x: torch.Tensor, weights: dict[str, torch.Tensor], prefix: str, eps: float) -> torch.Tensor:
+    """The raw (unfolded) pre-norm `prefix` (e.g. "blocks.3.ln1") of x [..., d_model], in x's dtype:
+    LayerNorm (x - mean) / sqrt(var + eps) * w + b when `prefix.b` is in `weights`, else RMSNorm
+    x / sqrt(mean x^2 + eps) * w."""
+    w, b = weights[prefix + ".w"].to(x), weights.get(prefix + ".b")
+    if b is not None:
+        x = x - x.mean(dim=-1, keepdim=True)
+    x = x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt() * w
+    return x if b is None else x + b.to(x)

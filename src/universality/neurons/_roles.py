@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from ..errors import UniversalityError
-from ..models import fold_layernorm
+from ..models import apply_norm, fold_layernorm
 from ._interventions import measure, run_with_edits, set_units
 from ._weights import named_weight, row_moments
 
@@ -205,10 +205,7 @@ def _bos_keys(adapter, raw: Mapping, tokens: torch.Tensor, ln_eps: float | None 
         x = resid[f"blocks.{l - 1}.hook_resid_post"][:, 0].double().cpu()  # [batch, d_model]
         p = f"blocks.{l}."
         if not post_ln:
-            if p + "ln1.b" in raw:
-                x = x - x.mean(dim=-1, keepdim=True)
-            x = x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
-            x = x * raw[p + "ln1.w"].double() + (raw[p + "ln1.b"].double() if p + "ln1.b" in raw else 0.0)
+            x = apply_norm(x, raw, p + "ln1", eps)
         k = torch.einsum("bd,hde->bhe", x, raw[p + "attn.W_K"].double())  # [batch, heads, d_head]
         if p + "attn.b_K" in raw:
             k = k + raw[p + "attn.b_K"].double()

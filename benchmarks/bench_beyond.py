@@ -11,9 +11,8 @@ single-threaded workers). Each figure is the median over `repeats`, the ratio ta
 streaming time of the same run. Calibration computes its 32 maxima from 16 rotations and their
 antithetic partners (`compare._universality.rotated_maxima`).
 
-Measured at the issue's size on 2 cores at load 8-11 (README, "What they cost"): similarity 0.21,
-calibration 0.30 of the stream with 31 independent rotations, whose FLOP count, 2 R n / tokens, is 0.22 of
-the stream's (n = 256 units per set); antithetic pairs halve it (R / 2 = 16 products).
+Measured at the issue's size on 2 idle cores (README, "What they cost"): similarity 0.223 and 0.229,
+calibration 0.171 and 0.177 of the stream, in two runs of `--repeats 5`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import universality
 from universality import UniversalityError
 from universality.similarity import (Reservoir, cca, compare_representations, debiased_cka, linear_cka,
                                      mutual_knn, procrustes, pwcca, regression_r2, svcca)
+from universality.similarity._state_metrics import thin_svd
 
 STATE = {"cka": linear_cka, "cca": cca, "svcca": svcca, "pwcca": pwcca, "procrustes": procrustes,
          "regression": regression_r2}
@@ -195,6 +196,25 @@ def test_rank_deficient_and_wider_than_tokens_sets_give_finite_scores(name, ridg
     for pair in ((x, y), (duplicated, y), (y, duplicated)):
         score = STATE[name](*_sums(*pair), **settings)
         assert math.isfinite(score) and -1e-9 <= score <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (60, 25), (25, 60)])
+def test_thin_svd_equals_lapack_svd_and_falls_back_where_a_singular_value_is_tiny(shape):
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(*shape, generator=g, dtype=torch.float64)
+    p, rho, qh = thin_svd(m)
+    p_ref, rho_ref, qh_ref = torch.linalg.svd(m, full_matrices=False)
+    assert torch.allclose(rho, rho_ref, rtol=0, atol=1e-12)
+    assert torch.allclose(p @ torch.diag(rho) @ qh, m, rtol=0, atol=1e-12)
+    k = min(shape)
+    assert torch.allclose(p.T @ p, torch.eye(k, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(qh @ qh.T, torch.eye(k, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose((p * p_ref).sum(0).abs(), torch.ones(k, dtype=torch.float64), atol=1e-9)  # same vectors
+    deficient = m.clone()
+    deficient[0], deficient[:, 0] = 0.0, 0.0  # a dead unit on each side: rho = 0, whose vectors LAPACK completes
+    for matrix in (deficient, torch.zeros(shape, dtype=torch.float64)):
+        assert all(torch.equal(ours, lapack) for ours, lapack in zip(thin_svd(matrix),
+                                                                      torch.linalg.svd(matrix, full_matrices=False)))
 
 
 def test_a_dead_set_has_no_similarity():

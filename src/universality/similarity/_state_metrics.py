@@ -51,9 +51,10 @@ from ..errors import UniversalityError
 
 __all__ = ["linear_cka", "cca", "svcca", "pwcca", "procrustes", "regression_r2", "Spectrum", "spectrum",
            "eigen_cross", "state_scores", "state_outputs", "check_ridge", "checked_pair", "kept_directions",
-           "kept_cosines", "Canonical", "canonical", "mean_cca_from", "cka_from", "STATE_METRICS"]
+           "kept_cosines", "Canonical", "canonical", "thin_svd", "mean_cca_from", "cka_from", "STATE_METRICS"]
 
 STATE_METRICS = ("cka", "cca", "svcca", "pwcca", "procrustes", "regression")
+_SVD_FLOOR = 1e-4  # `thin_svd` divides by singular values down to this fraction of the largest
 _OUTPUTS = {"regression": ("regression_b_from_a", "regression_a_from_b")}  # metric -> table rows
 
 
@@ -110,12 +111,35 @@ def canonical(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> Canoni
     """
     root_a, root_b = _inverse(a.values, ridge).sqrt(), _inverse(b.values, ridge).sqrt()  # K's eigenvalues
     m = root_a[:, None] * t * root_b[None, :]  # [n_a, n_b] = K_a S_ab K_b
-    p, rho, qh = torch.linalg.svd(m, full_matrices=False)  # p [n_a, k], rho [k], qh [k, n_b]
+    p, rho, qh = thin_svd(m)  # p [n_a, k], rho [k], qh [k, n_b]
     # X_c u_i = sqrt(N) U diag(sqrt(l_a)) V_a^T u_i (X_c = sqrt(N) U diag(sqrt(l_a)) V_a^T): these coordinates
     # have norm^2 = u_i^T S_a u_i, and `pwcca_from` orthonormalises them.
     variates_a = (a.values.sqrt() * root_a)[:, None] * p  # [n_a, k]
     variates_b = (b.values.sqrt() * root_b)[:, None] * qh.T  # [n_b, k]
     return Canonical(rho, variates_a.norm(dim=0) * variates_b.norm(dim=0), variates_a)
+
+
+def thin_svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """m [r, c] = p diag(rho) qh, as `torch.linalg.svd(m, full_matrices=False)` returns it: p [r, k], rho [k]
+    descending, qh [k, c], k = min(r, c); float64.
+
+    From the eigenvectors w_i of the smaller Gram (m m^T or m^T m): rho_i = ||m^T w_i|| (or ||m w_i||) and
+    the other side's vector is that image over rho_i. About half of LAPACK's SVD with vectors at 256 x 256
+    (5.7 + 2 x 0.7 ms against 12.3 ms on one thread), which every CCA pair of a similarity table pays.
+    Rounding in w_i reaches the other side's vector as about eps / (rho_i x the gap to the nearest
+    rho_j^2) relative to ||m||^2, so where a singular value is below `_SVD_FLOOR` of the largest (a
+    rank-deficient m, a dead unit, an empty one) this is LAPACK's SVD itself.
+    """
+    wide = m.shape[0] > m.shape[1]  # decompose the Gram of the shorter side
+    short = m.T if wide else m  # [k, longer]
+    vectors = torch.linalg.eigh(short @ short.T)[1]  # [k, k], eigenvalues rho^2 ascending
+    images = short.T @ vectors  # [longer, k]: column i is rho_i times the longer side's vector
+    rho = images.norm(dim=0)
+    if rho.numel() == 0 or not rho.min() > _SVD_FLOOR * rho.max():
+        return torch.linalg.svd(m, full_matrices=False)
+    order = rho.argsort(descending=True)
+    vectors, rho, images = vectors[:, order], rho[order], images[:, order] / rho[order]
+    return (images, rho, vectors.T) if wide else (vectors, rho, images.T)
 
 
 def mean_cca_from(c: Canonical) -> float:

@@ -24,7 +24,9 @@ partners are a property of the tokens sampled (near ties), not of the models; it
 `sketch_partner_changed_where_stable` is the sketch's partner change among the rows whose partner both
 exact runs agree on. `partner_regret_*`: exact max_corr minus the sketch's, which is exact over all
 tokens for the partner the sketch found, so a changed partner of nearly the same correlation (a
-near tie) costs nearly nothing. `--regenerate` generates the stream on every pass instead of
+near tie) costs nearly nothing; `partner_regret_above_se` counts the changed partners that cost more than
+1 / sqrt(tokens), one standard error of a null correlation over the whole stream: the changes the stream
+itself could tell apart from a tie. `--regenerate` generates the stream on every pass instead of
 holding it (its time taken out), for streams larger than memory.
 
 Agreement is over the `pairs` rows of live units (`partner_changed`; `_seen`: without the units the
@@ -166,6 +168,7 @@ def agreement(exact, sketch) -> dict:
         "partner_changed": float(changed[rows].mean()), "partner_changed_seen": float(changed[seen_rows].mean()),
         "partner_regret_mean": float(np.nanmean(regret)), "partner_regret_p99": float(np.nanquantile(regret, 0.99)),
         "partner_regret_above_0.01": float(np.mean(regret > 0.01)),
+        "partner_regret_above_se": float(np.mean(regret > exact.moments.count_ ** -0.5)),
         "max_corr_max_abs_diff": float(np.nanmax(np.abs(x["max_corr"].to_numpy() - y["max_corr"].to_numpy()))),
         "excess_max_abs_diff": float(np.nanmax(excess)), "excess_mean_abs_diff": float(np.nanmean(excess)),
         "baseline_mean_diff": float(np.nanmean(baseline)), "baseline_max_abs_diff": float(np.nanmax(np.abs(baseline))),

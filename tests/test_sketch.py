@@ -267,6 +267,28 @@ def test_row_comoments_folded_from_float32_partial_sums_equal_float64_centred_pr
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("column_block", [7, 64, 4096])
+def test_candidate_co_moments_in_column_blocks_equal_float64_centred_products(monkeypatch, column_block):
+    """The sampled products run one column block of units at a time (`_COLUMN_BLOCK`; 7 and 64 cut the 300
+    units into 43 and 5 blocks, some holding no pair) and come back in the order of `pairs`."""
+    from universality.compare import _refine
+    monkeypatch.setattr(_refine, "_COLUMN_BLOCK", column_block)
+    torch.set_num_threads(1)
+    acts = _activations()
+    batches = _batches(acts)[:3]
+    layout = {m: dict(zip(("s0", "s1"), SETS)) for m in MODELS}
+    g = torch.Generator().manual_seed(5)
+    i, j = torch.randint(0, 150, (400,), generator=g), torch.randint(150, 300, (400,), generator=g)
+    keys = torch.unique(i * 300 + j)
+    pairs = torch.stack([keys // 300, keys % 300], dim=1)  # sorted by row then column, across every block
+    refine = _refine.CandidateMoments(layout, pairs, torch.full((300,), 0.5, dtype=torch.float64))
+    for batch in batches:
+        refine.update(batch)
+    x = torch.cat([torch.cat([acts[m][s][:3 * BATCH] for s in ("s0", "s1")], dim=1) for m in MODELS], dim=1)
+    want = torch.corrcoef(x.double().T)[pairs[:, 0], pairs[:, 1]]
+    assert torch.allclose(refine.correlation(), want, rtol=0, atol=1e-6, equal_nan=True)  # NaN: a unit dead here
+
+
 def test_units_near_the_threshold_get_exact_baselines_and_exact_modes_universal_flags():
     """Narrow sets (3 models x 96 units, a rank-8 latent) with 24 units copying shared features at
     correlations spread across the threshold, 800 subsample tokens of 40000: every unit whose exact

@@ -15,10 +15,10 @@ import torch
 
 from ..errors import UniversalityError, short_repr
 
-__all__ = ["TensorFile", "read_json", "read_safetensors", "read_torch", "size", "topk_k", "jump_threshold"]
+__all__ = ["TensorFile", "read_json_object", "read_safetensors", "read_torch", "size", "topk_k", "jump_threshold"]
 
 
-def read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     """The JSON object in `path`; `UniversalityError` when it is missing, unreadable or not an object."""
     if not path.is_file():
         raise UniversalityError(f"{path}: file not found")

@@ -28,7 +28,7 @@ import torch
 
 from .._rundir import replace_atomically, save_tensors, write_text_atomic
 from ..errors import UniversalityError, short_repr
-from ._files import read_json, read_safetensors, size, topk_k
+from ._files import read_json_object, read_safetensors, size, topk_k
 from ._libraries import load_dictionary_learning, load_saelens, load_sparsify
 from ._sae import ACTIVATIONS, SAE
 
@@ -70,7 +70,7 @@ def save(sae: SAE, directory: str | Path) -> Path:
 def _load_universality(directory: Path) -> SAE:
     """An SAE written by `save`."""
     config_path = directory / _CONFIG
-    config = read_json(config_path)
+    config = read_json_object(config_path)
     if (config.get("format"), config.get("version")) != (_FORMAT_NAME, _FORMAT_VERSION):
         raise UniversalityError(f"{config_path}: format {short_repr(config.get('format'))} version "
                                 f"{short_repr(config.get('version'))} is not {_FORMAT_NAME} version {_FORMAT_VERSION}; "

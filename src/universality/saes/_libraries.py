@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import UniversalityError, short_repr
-from ._files import TensorFile, jump_threshold, read_json, read_safetensors, read_torch, size, topk_k
+from ._files import TensorFile, jump_threshold, read_json_object, read_safetensors, read_torch, size, topk_k
 from ._sae import SAE
 
 __all__ = ["load_saelens", "load_sparsify", "load_dictionary_learning", "SAELENS_ARCHITECTURES", "DICT_CLASSES"]
@@ -45,7 +45,7 @@ def load_saelens(directory: Path) -> SAE:
     Decode multiplied latents by `scaling_factor` (before 3.0) or `finetuning_scaling_factor` [d_sae].
     """
     cfg_path, weights_path = directory / "cfg.json", directory / "sae_weights.safetensors"
-    cfg = read_json(cfg_path)
+    cfg = read_json_object(cfg_path)
     d_in, latents = size(cfg, "d_in", cfg_path), size(cfg, "d_sae", cfg_path)
     architecture = cfg.get("architecture", "standard")  # no such key before 3.x: every SAE was standard
     activation_fn = cfg.get("activation_fn_str", cfg.get("activation_fn", "relu"))  # absent from 6.0 on
@@ -113,7 +113,7 @@ def _saelens_input_scale(cfg: dict, cfg_path: Path, directory: Path) -> float | 
     if mode in ("expected_average_only_in", True):  # True: the same, before 3.x
         # a training checkpoint keeps the factor beside it; finished SAEs have it folded in already
         scaler = directory / "activation_scaler.json"
-        factor = read_json(scaler).get("scaling_factor") if scaler.is_file() else None
+        factor = read_json_object(scaler).get("scaling_factor") if scaler.is_file() else None
         if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0:
             return float(factor)
         raise UniversalityError(f"{cfg_path}: normalize_activations {mode!r} scales inputs by a dataset norm factor "
@@ -143,7 +143,7 @@ def load_sparsify(directory: Path) -> SAE:
     Encode: top-k of relu(encoder(x - b_dec)).
     """
     cfg_path, weights_path = directory / "cfg.json", directory / "sae.safetensors"
-    cfg = read_json(cfg_path)
+    cfg = read_json_object(cfg_path)
     for key, what in (("transcode", "a transcoder predicts another module's output from its input"),
                       ("skip_connection", "its skip connection W_skip adds a linear map of the input"),
                       ("signed", "a signed SAE keeps the top k pre-activations without a ReLU")):
@@ -200,7 +200,7 @@ def load_dictionary_learning(directory: Path) -> SAE:
     `from_pretrained(normalize_decoder=True)` rescales latents, this does not.
     """
     config_path, weights_path = directory / "config.json", directory / "ae.pt"
-    trainer = read_json(config_path).get("trainer")
+    trainer = read_json_object(config_path).get("trainer")
     if not isinstance(trainer, dict):
         raise UniversalityError(f"{config_path}: no 'trainer' object (dictionary_learning writes "
                                 '{"trainer": {"dict_class": ..., "activation_dim": ..., "dict_size": ...}})')

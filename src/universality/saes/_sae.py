@@ -55,7 +55,8 @@ class SAE:
         if self.activation not in ACTIVATIONS:
             raise UniversalityError(f"{name}: activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.W_dec.ndim != 2 or self.W_dec.shape[0] == 0 or self.W_dec.shape[1] == 0:
-            raise UniversalityError(f"{name}: W_dec must be [latents, d_in] with both > 0, got {tuple(self.W_dec.shape)}")
+            raise UniversalityError(f"{name}: W_dec must be [latents, d_in] with both > 0, "
+                                    f"got {tuple(self.W_dec.shape)}")
         latents, d_in = self.W_dec.shape
         expected = {"W_enc": (latents, d_in), "b_enc": (latents,), "b_dec": (d_in,)}
         for key, shape in expected.items():

@@ -174,9 +174,10 @@ def test_denoised_baseline_is_unbiased_where_the_subsample_baseline_is_biased_hi
 
 
 def test_a_run_in_sketch_mode_with_the_whole_stream_as_subsample_gives_the_exact_tables_and_is_not_streamed_again(
-        tmp_path):
+        tmp_path, monkeypatch):
     """subsample = 1: pass 1 is the exact comparison, so its top candidate is the exact partner and the
-    denoised baseline is the exact one; a finished sketch run is not streamed again."""
+    denoised baseline is the exact one; a finished sketch run is not streamed again, unless the sketch's
+    fixed rules (`sketch_rules`) changed."""
     import tomllib
     from universality.api import run_experiment
     from universality.config import parse_config
@@ -198,6 +199,14 @@ def test_a_run_in_sketch_mode_with_the_whole_stream_as_subsample_gives_the_exact
     run_experiment(parse_config(tomllib.loads(sketch_text)), runs_dir=tmp_path,
                    on_progress=lambda task, done, total: seen.append(task))
     assert not [task for task in seen if task.startswith("stream activations (sketch, stream")], seen
+    from universality.compare import _sketch_baselines
+    monkeypatch.setattr(_sketch_baselines, "MARGIN_SCALE", 3.0)  # another band around the threshold
+    seen.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run_experiment(parse_config(tomllib.loads(sketch_text)), runs_dir=tmp_path,
+                       on_progress=lambda task, done, total: seen.append(task))
+    assert [task for task in seen if task.startswith("stream activations (sketch, stream")], seen  # other rules
 
 
 @pytest.mark.parametrize("extra, message", [

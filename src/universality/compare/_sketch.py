@@ -33,11 +33,12 @@ from ._comparison import Comparison
 from ._maxima import PairMaxima, baseline_scales
 from ._passes import stream_passes
 from ._refine import CandidateMoments
+from . import _sketch_baselines
 from ._sketch_baselines import denoised_baseline, exact_row_baselines, margin_for, units_near_threshold
 from ._universality import tables_from_maxima
 
 __all__ = ["compare_sketch", "check_sketch_settings", "subsample_rows", "DEFAULT_SUBSAMPLE", "DEFAULT_CANDIDATES",
-           "MIN_SEEN_TOKENS"]
+           "MIN_SEEN_TOKENS", "sketch_rules"]
 
 DEFAULT_SUBSAMPLE = 0.02  # pass 1 costs 2% of an exact pass
 DEFAULT_CANDIDATES = 8
@@ -49,6 +50,13 @@ MIN_SEEN_TOKENS = 32
 # (`CandidateMoments.row_comoment_`).
 _ROW_BYTES = 12
 _SUBSAMPLE_KEY = 0x5B5A  # keeps subsample seeds apart from rotation seeds (both SeedSequence words)
+
+
+def sketch_rules() -> dict:
+    """The fixed rules that shape a sketch's tables beyond its settings (the band around the threshold whose
+    units get full rows, the tokens that make a unit seen). Run fingerprints hold them, so a run saved under
+    other rules is computed again rather than reused."""
+    return {"band_margin_scale": _sketch_baselines.MARGIN_SCALE, "min_seen_tokens": MIN_SEEN_TOKENS}
 
 
 def check_sketch_settings(mode: str, subsample, candidates) -> tuple[float | None, int | None]:

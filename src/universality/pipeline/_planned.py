@@ -27,7 +27,7 @@ from .._rundir import fingerprint
 from ..compare import Comparison
 from ..compare._maxima import PairMaxima
 from ..compare._passes import run_plan
-from ..compare._sketch import check_sketch_settings, compare_sketch
+from ..compare._sketch import check_sketch_settings, compare_sketch, sketch_rules
 from ..config import CalibrationConfig, CompareConfig, ScaleConfig
 from ..distributed import SourceFactory, pass_streamer
 from ..errors import UniversalityError, short_repr
@@ -172,7 +172,7 @@ def _sketch_and_compare(run_name: str, moments_print: str, run_dir: Path, total:
     saved with the tables, so a finished run is not streamed again."""
     subsample, candidates = check_sketch_settings("sketch", scale.subsample, scale.candidates)
     settings = compare.model_dump(exclude={"accumulate", "top_k"}) | {"mode": "sketch", "subsample": subsample,
-                                                                      "candidates": candidates}
+                                                                      "candidates": candidates} | sketch_rules()
     tables_print = fingerprint(moments=moments_print, compare=settings)
     store = _RunDirStore(run_dir / "moments", fingerprint(moments=moments_print, sketch=settings,
                                                           dtype=compare.accumulate),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .._rundir import fingerprint, resolved_config_text, write_text_atomic
 from .._threads import resolve_threads
+from ..compare._sketch import sketch_rules
 from ..distributed import ray_session
 from ..errors import UniversalityError
 from ._features import feature_step
@@ -57,6 +58,8 @@ def run_fingerprint(config) -> str:
     if "train" in settings:
         settings["train"] = trained_inputs(config.train)
     settings["scale"] = config.scale.model_dump(mode="json", exclude={"backend", "address", "workers"})
+    if config.scale.mode == "sketch":
+        settings["scale"]["rules"] = sketch_rules()
     return fingerprint(run=settings)
 
 

@@ -28,12 +28,12 @@ import torch
 from .._defaults import is_dead
 from ..errors import UniversalityError, short_repr
 from ..moments import normalize_batch, plan_passes
+from . import _sketch_baselines
 from ._candidates import TopCandidates
 from ._comparison import Comparison
 from ._maxima import PairMaxima, baseline_scales
 from ._passes import stream_passes
 from ._refine import CandidateMoments
-from . import _sketch_baselines
 from ._sketch_baselines import denoised_baseline, exact_row_baselines, margin_for, units_near_threshold
 from ._universality import tables_from_maxima
 

@@ -298,6 +298,35 @@ def test_candidate_co_moments_in_column_blocks_equal_float64_centred_products(mo
     assert torch.allclose(refine.correlation(), want, rtol=0, atol=1e-6, equal_nan=True)  # NaN: a unit dead here
 
 
+def test_refine_checks_deferred_as_off_cpu_name_the_first_bad_batch_and_change_nothing_else():
+    """`check_every` (the default off CPU): the batches' checks stay on the device and are read every k
+    batches and at `end_stream`; a clean stream gives the same moments as checks read at once, and a bad
+    batch is named, by kind, once read."""
+    from universality.compare._refine import CandidateMoments
+    torch.set_num_threads(1)
+    acts = _activations()
+    batches = _batches(acts)[:4]
+    layout = {m: dict(zip(("s0", "s1"), SETS)) for m in MODELS}
+    pairs, scale = torch.tensor([[0, 100], [3, 250], [120, 299]]), torch.ones(300, dtype=torch.float64)
+    at_once, deferred = (CandidateMoments(layout, pairs, scale, check_every=k) for k in (None, 3))
+    for batch in batches:
+        at_once.update(batch)
+        deferred.update(batch)
+    assert torch.equal(at_once.end_stream().comoment_, deferred.end_stream().comoment_)
+    for bad, message in ((float("nan"), "model 'b', unit set 's1' has NaN or inf activations"),
+                         (1e30, "model 'b', unit set 's1' has activations beyond float32 range")):
+        refine = CandidateMoments(layout, pairs, scale, check_every=3)
+        poisoned = {m: {s: x.clone() for s, x in sets.items()} for m, sets in batches[1].items()}
+        poisoned["b"]["s1"][5, 7] = bad
+        refine.update(batches[0]).update(poisoned)  # not read yet: 2 of 3 batches
+        with pytest.raises(UniversalityError, match=f"^{message}.* in batch 1 of this state.*then stream again$"):
+            refine.update(batches[2])
+        with pytest.raises(UniversalityError, match="in batch 1 of this state"):  # and stays failed
+            refine.end_stream()
+    with pytest.raises(UniversalityError, match="^check_every must be a positive int or None, got 0$"):
+        CandidateMoments(layout, pairs, scale, check_every=0)
+
+
 def test_units_near_the_threshold_get_exact_baselines_and_exact_modes_universal_flags():
     """Narrow sets (3 models x 96 units, a rank-8 latent) with 24 units copying shared features at
     correlations spread across the threshold, 800 subsample tokens of 40000: every unit whose exact

@@ -39,6 +39,8 @@ from .._defaults import is_dead
 from .._threads import map_single_threaded
 from ..errors import UniversalityError
 from ..moments import normalize_batch
+from ..moments._accumulator import DEVICE_CHECK_EVERY
+from ..moments._checks import DeferredChecks
 
 __all__ = ["CandidateMoments"]
 
@@ -48,6 +50,10 @@ _TOKENS = 128  # tokens per product tile: [units, 128] float32 is 16 MB at 32768
 # rather than from the whole tile. Measured at 4 x 8192 units, 786k pairs, one thread (medians of 3):
 # 0.174 ms per token unblocked, 0.133 in blocks of 4096.
 _COLUMN_BLOCK = 4096
+# The two checks of every batch, as `DeferredChecks` words them: (the problem, its fix).
+_CHECKS = (("has NaN or inf activations (or beyond float32 range)", "pass finite values"),
+           ("has activations beyond float32 range relative to their subsample spread (a unit the subsample barely "
+            "saw)", "multiply them by a constant or raise subsample"))
 # The sampled products run on single-threaded workers, one per torch thread, each over its share of the
 # tiles (`map_single_threaded`). Their work is many small memory-bound ops (per tile a transpose, a sampled
 # product, sums), each of which would wait for every thread of a multi-threaded op to be scheduled: on
@@ -72,6 +78,12 @@ class CandidateMoments:
     rows : int64 Tensor [rows], optional
         Global indices (sorted) of units whose co-moments with every unit of the other models are
         accumulated (`row_comoment_`).
+    check_every : int >= 1 or None, default=None
+        When each batch's checks (finite activations, products within float32) are read. None: at once
+        on CPU (a bad batch raises before it is added), and every `DEVICE_CHECK_EVERY` batches elsewhere,
+        where a read stalls the stream; an int: every `check_every` batches. Deferred checks stay on the
+        device (`moments._checks.DeferredChecks`) and are read again by `check` and `end_stream`; a bad
+        batch is then named, and the pass must stream again.
 
     >>> import torch
     >>> x = torch.randn(50, 2)
@@ -82,7 +94,9 @@ class CandidateMoments:
     """
 
     def __init__(self, layout: dict, pairs: torch.Tensor, scale: torch.Tensor, device: str = "cpu",
-                 rows: torch.Tensor | None = None):
+                 rows: torch.Tensor | None = None, check_every: int | None = None):
+        if check_every is not None and (type(check_every) is not int or check_every < 1):
+            raise UniversalityError(f"check_every must be a positive int or None, got {check_every!r}")
         self.layout = {model: dict(sets) for model, sets in layout.items()}
         self.total_units = sum(sum(sets.values()) for sets in self.layout.values())
         self.device = device
@@ -112,6 +126,13 @@ class CandidateMoments:
         self._row_factors: list[tuple[torch.Tensor, torch.Tensor]] = []  # (u [rows], v [units]): u v^T to add
         self._row_tokens = 0  # tokens in `_row_partial` and `_row_factors`
         self._scratch = None
+        sizes = torch.tensor([size for sets in self.layout.values() for size in sets.values()])
+        self._set_of_unit = torch.repeat_interleave(torch.arange(len(sizes)), sizes).to(device)  # [units]
+        every = DEVICE_CHECK_EVERY if check_every is None and torch.device(device).type != "cpu" else check_every
+        self._deferred = None if every is None else DeferredChecks(
+            [(model, name) for model, sets in self.layout.items() for name in sets], every, device, kinds=_CHECKS,
+            again="stream again")
+        self.batches_ = 0
 
     def update(self, batch) -> "CandidateMoments":
         """Add one batch `{model: {unit_set: Tensor[tokens, units]}}`; returns self."""
@@ -119,7 +140,7 @@ class CandidateMoments:
         tokens = next(iter(next(iter(models.values())).values())).shape[0]
         if tokens == 0:
             return self
-        centred, mean = self._centre(models, tokens)  # float32 [tokens, units], float64 [units]
+        centred, mean, finite = self._centre(models, tokens)  # float32 [tokens, units], float64 [units], [sets]
         residual = centred.sum(dim=0).double() / tokens  # [units], ~eps32 |mean|: float32 suffices
         starts = range(0, tokens, _TOKENS)
         workers = torch.get_num_threads() if torch.device(self.device).type == "cpu" else 1
@@ -130,8 +151,9 @@ class CandidateMoments:
         products -= tokens * residual[i] * residual[j]
         squares -= tokens * residual.square()
         mean = mean + residual
-        if not all(bool(torch.isfinite(x).all()) for x in (products, squares)):
+        if self._deferred is None and not all(bool(torch.isfinite(x).all()) for x in (products, squares)):
             raise _beyond_float32()
+        failed = None if self._deferred is None else self._failed(finite, products, squares)
         weight = self.count_ * tokens / (self.count_ + tokens)  # Chan's update
         delta = mean - self.mean_
         self.comoment_ += products + weight * delta[i] * delta[j]
@@ -144,6 +166,16 @@ class CandidateMoments:
         self.variance_ += squares + weight * delta.square()
         self.mean_ += delta * (tokens / (self.count_ + tokens))
         self.count_ += tokens
+        self.batches_ += 1
+        if failed is not None and self._deferred.add(failed, self.batches_ - 1):
+            self.check()
+        return self
+
+    def check(self) -> "CandidateMoments":
+        """Read the deferred checks of the batches added since the last read (one host read); raises one
+        line naming the first bad batch. Nothing to read when each batch was checked at once. Returns self."""
+        if self._deferred is not None:
+            self._deferred.read(self.batches_)
         return self
 
     @property
@@ -160,10 +192,20 @@ class CandidateMoments:
 
     def end_stream(self) -> "CandidateMoments":
         """Fold what the rows hold in float32 into `row_comoment_`, and free the batch scratch matrix and the
-        partial sum once the stream is done; returns self."""
+        partial sum once the stream is done, after reading the deferred checks; returns self."""
+        self.check()
         self._fold_rows()
         self._scratch = self._row_partial = None
         return self
+
+    def _failed(self, finite: torch.Tensor, products: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
+        """bool [unit sets, 2] on the device, read nothing: a non-finite batch mean; a non-finite sum of squares
+        or product of one of the set's units (`_CHECKS`)."""
+        bad = (~torch.isfinite(squares)).long()  # [units]
+        wrong = (~torch.isfinite(products)).long()  # [pairs]
+        bad.index_add_(0, self._rows, wrong).index_add_(0, self._columns, wrong)
+        per_set = torch.zeros(len(finite), dtype=torch.long, device=bad.device).index_add_(0, self._set_of_unit, bad)
+        return torch.stack([~finite, per_set > 0], dim=1)
 
     def _tile_products(self, centred: torch.Tensor, starts: range) -> tuple[torch.Tensor, torch.Tensor]:
         """The candidate pairs' products float64 [pairs] and the units' sums of squares float64 [units] over
@@ -202,24 +244,26 @@ class CandidateMoments:
         self._row_partial.zero_()
         self._row_factors, self._row_tokens = [], 0
 
-    def _centre(self, models: dict, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _centre(self, models: dict, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The batch centred on its float32 mean, then scaled, as float32 [tokens, units] (a scratch
-        matrix reused across batches), and that mean float64 [units] (scaled)."""
+        matrix reused across batches), that mean float64 [units] (scaled), and whether each unit set's
+        mean is finite, bool [unit sets] (read here unless the checks are deferred)."""
         if self._scratch is None or self._scratch.shape[0] < tokens:
             self._scratch = torch.empty(tokens, self.total_units, dtype=torch.float32, device=self.device)
-        centred, means, start = self._scratch[:tokens], [], 0
+        centred, means, finite, start = self._scratch[:tokens], [], [], 0
         for model, sets in self.layout.items():
             for name, size in sets.items():
                 x = models[model][name].to(self.device)
                 mean = x.sum(dim=0, dtype=torch.float32) / tokens
-                if not bool(torch.isfinite(mean).all()):
+                finite.append(torch.isfinite(mean).all())
+                if self._deferred is None and not bool(finite[-1]):
                     raise UniversalityError(f"model {model!r}, unit set {name!r} has NaN or inf activations (or "
                                             "beyond float32 range); pass finite values")
                 block = centred[:, start:start + size]
                 torch.sub(x, mean, out=block).mul_(self.scale[start:start + size])
                 means.append(mean * self.scale[start:start + size])
                 start += size
-        return centred, torch.cat(means).double()
+        return centred, torch.cat(means).double(), torch.stack(finite)
 
 
 def _pattern(rows: torch.Tensor, columns: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -187,7 +187,7 @@ def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments
     exponent = torch.frexp(spread).exponent  # spread = f 2^e, f in [1/2, 1)
     scale = torch.where((spread > 0) & torch.isfinite(spread), torch.ldexp(torch.ones_like(spread), -exponent), 1.0)
     refine = CandidateMoments(layout, pairs, scale, device=device, rows=rows)
-    atoms = _Atoms(sum(sum(sets.values()) for sets in layout.values()))
+    atoms = _Atoms(sum(sum(sets.values()) for sets in layout.values()), device)
     index = 0  # by hand, and each batch let go before the next is built (enumerate would hold it)
     for batch in make():
         models = _normalized(batch, layout, index, "pass 2 (refine), ")
@@ -196,28 +196,33 @@ def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments
         except UniversalityError as error:
             raise UniversalityError(f"pass 2 (refine), batch {index}: {error}") from None
         kept = subsample_rows(subsample, seed, index, _tokens(models))
-        atoms.update(torch.cat([x[kept.to(x.device)].to("cpu", torch.float64) for sets in models.values()
+        atoms.update(torch.cat([x[kept.to(x.device)].to(device, torch.float64) for sets in models.values()
                                 for x in sets.values()], dim=1))
         del batch, models
         index += 1
+    try:
+        refine.end_stream()  # reads the checks it deferred (off CPU)
+    except UniversalityError as error:
+        raise UniversalityError(f"pass 2 (refine): {error}") from None
     mean = torch.cat([moments.mean_[m].cpu() for m in layout])
-    gap = (atoms.total / max(atoms.count, 1) - mean).abs()
+    gap = (atoms.total.cpu() / max(atoms.count, 1) - mean).abs()
     if atoms.count != moments.count_ or bool((gap > 1e-5 * spread.cpu() + 1e-6 * mean.abs() + 1e-30).any()):
         raise UniversalityError(f"pass 2 (refine) saw other batches than pass 1 ({atoms.count} subsample tokens, "
                                 f"pass 1 had {moments.count_}); the batches must be the same in every pass")
-    return refine.end_stream(), atoms.seen().numpy()
+    return refine, atoms.seen().cpu().numpy()
 
 
 class _Atoms:
-    """Per unit over the subsample: floor and ceiling, how many tokens sit exactly on each, and the sum."""
+    """Per unit over the subsample: floor and ceiling, how many tokens sit exactly on each, and the sum; on
+    `device`, read only at the end (no host read per batch)."""
 
-    def __init__(self, units: int):
+    def __init__(self, units: int, device: str = "cpu"):
         self.count = 0
-        self.low = torch.full((units,), torch.inf, dtype=torch.float64)
+        self.low = torch.full((units,), torch.inf, dtype=torch.float64, device=device)
         self.high = -self.low
-        self.at_low = torch.zeros(units, dtype=torch.int64)
-        self.at_high = torch.zeros(units, dtype=torch.int64)
-        self.total = torch.zeros(units, dtype=torch.float64)
+        self.at_low = torch.zeros(units, dtype=torch.int64, device=device)
+        self.at_high = torch.zeros(units, dtype=torch.int64, device=device)
+        self.total = torch.zeros(units, dtype=torch.float64, device=device)
 
     def update(self, x: torch.Tensor) -> None:
         """Add the subsample rows x float64 [rows, all units]."""

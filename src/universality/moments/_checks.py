@@ -119,12 +119,15 @@ class DeferredChecks:
     """The first failing batch of each check, kept on the device until read.
 
     `first_bad` : int64 [unit sets, 2] on the device, -1 where nothing failed; column 0: a non-finite
-    batch mean, column 1: a deviation outside float32's range. `unread`: batches added since the last
-    read; a read is due every `every` of them.
+    batch mean, column 1: a deviation outside float32's range (`kinds` words both for the error).
+    `unread`: batches added since the last read; a read is due every `every` of them.
     """
 
-    def __init__(self, unit_sets: list[tuple[str, str]], every: int, device: str):
+    def __init__(self, unit_sets: list[tuple[str, str]], every: int, device: str, kinds: tuple | None = None,
+                 again: str = "stream again (or resume from a state saved before batch {batch})"):
         self.unit_sets, self.every, self.unread = unit_sets, every, 0
+        self.kinds = _KINDS if kinds is None else kinds  # per column: (the problem, its fix), as `_KINDS`
+        self.again = again  # what to do once fixed; "{batch}" is the failed batch
         self.first_bad = torch.full((len(unit_sets), 2), -1, dtype=torch.int64, device=device)
 
     def add(self, failed: torch.Tensor, batch: int) -> bool:
@@ -145,8 +148,8 @@ class DeferredChecks:
             self.unread = 0
             return
         batch, kind, i = min(failures)
-        (model, unit_set), (problem, fix) = self.unit_sets[i], _KINDS[kind]
+        (model, unit_set), (problem, fix) = self.unit_sets[i], self.kinds[kind]
         raise UniversalityError(
             f"model {model!r}, unit set {unit_set!r} {problem} in batch {batch} of this state, found by the checks "
             f"kept on the device (read every {self.every} batches) once batches {batch} to {batches - 1} were added: "
-            f"the state cannot be used; {fix}, then stream again (or resume from a state saved before batch {batch})")
+            f"the state cannot be used; {fix}, then {self.again.format(batch=batch)}")

@@ -217,6 +217,26 @@ def test_thin_svd_equals_lapack_svd_and_falls_back_where_a_singular_value_is_tin
                                                                       torch.linalg.svd(matrix, full_matrices=False)))
 
 
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+def test_dropping_the_directions_without_variance_changes_no_score(ridge):
+    """Sets wider than their tokens (50 and 40 units, 30 tokens: rank 29): `spectrum` keeps 29 directions,
+    and every score equals the one over all n eigen-directions (zero eigenvalues included) to 1e-10."""
+    from universality.similarity._state_metrics import (STATE_METRICS, Spectrum, eigen_cross, spectrum,
+                                                        state_scores)
+    x, y = _related(tokens=30, widths=(50, 40), seed=4)
+    g_a, g_b, c, n = _sums(x, y)
+    kept = [spectrum(g, n) for g in (g_a, g_b)]
+    assert [len(s.values) for s in kept] == [29, 29] and [s.width for s in kept] == [50, 40]
+
+    def whole(g):  # every eigen-direction, rounding negatives clamped to 0
+        values, vectors = torch.linalg.eigh(g / n)
+        return Spectrum(values.flip(0).clamp(min=0), vectors.flip(1), len(values))
+    full = [whole(g) for g in (g_a, g_b)]
+    got = state_scores(*kept, eigen_cross(c, *kept, n), STATE_METRICS, ridge=ridge)
+    want = state_scores(*full, eigen_cross(c, *full, n), STATE_METRICS, ridge=ridge)
+    assert got == pytest.approx(want, abs=1e-10)
+
+
 def test_a_dead_set_has_no_similarity():
     x, _ = _related()
     dead = torch.full((400, 3), 2.5, dtype=torch.float64)

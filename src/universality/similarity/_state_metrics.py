@@ -8,8 +8,11 @@
 | N      | int        | tokens; S_a = G_a / N, S_b = G_b / N, S_ab = C / N             |
 
 Everything is float64, in the eigenbases of the covariances (`Spectrum`): with S_a = V_a diag(l_a) V_a^T,
-the rotated cross-covariance T = V_a^T S_ab V_b [n_a, n_b] holds all a pair needs, so each unit set is
-decomposed once however many partners it has.
+the rotated cross-covariance T = V_a^T S_ab V_b [r_a, r_b] holds all a pair needs, so each unit set is
+decomposed once however many partners it has. Only the r directions of positive variance are kept
+(eigenvalues within rounding of 0 dropped, r <= min(n, N - 1)): the tokens span nothing in the others,
+so the cross-covariance vanishes there and no score changes, while a unit set wider than its tokens
+costs r^3 per pair instead of n^3 (a 1536-wide set over 384 tokens: 383 directions).
 
 | metric     | definition                                                     | symmetric | self |
 |------------|----------------------------------------------------------------|-----------|------|
@@ -59,26 +62,31 @@ _OUTPUTS = {"regression": ("regression_b_from_a", "regression_a_from_b")}  # met
 
 
 class Spectrum(NamedTuple):
-    """One unit set's covariance S = G / N = vectors diag(values) vectors^T, float64."""
-    values: torch.Tensor  # [n] eigenvalues, descending, rounding negatives clamped to 0
-    vectors: torch.Tensor  # [n, n] eigenvectors as columns (unit basis -> eigenbasis)
+    """One unit set's covariance S = G / N = vectors diag(values) vectors^T, float64, over its r directions
+    of positive variance (`spectrum`)."""
+    values: torch.Tensor  # [r] eigenvalues, descending, each above rounding of 0
+    vectors: torch.Tensor  # [n, r] their eigenvectors as columns (unit basis -> eigenbasis)
+    width: int  # n, the units: the ridge's mean variance is tr S / n
 
 
 class Canonical(NamedTuple):
-    """The ridge-regularised canonical correlation analysis of a pair (`canonical`); k = min(n_a, n_b)."""
+    """The ridge-regularised canonical correlation analysis of a pair (`canonical`); k = min(r_a, r_b)."""
     correlations: torch.Tensor  # [k] regularised canonical correlations rho_i, descending
     scales: torch.Tensor  # [k] s_i >= rho_i: the largest value rho_i could take (s_i = 1 at ridge 0)
-    variates_a: torch.Tensor  # [n_a, k] side a's canonical variates, in the coordinates of `pwcca_from`
+    variates_a: torch.Tensor  # [r_a, k] side a's canonical variates, in the coordinates of `pwcca_from`
 
 
 def spectrum(gram: torch.Tensor, tokens: int) -> Spectrum:
-    """The eigendecomposition of S = gram / tokens (gram [n, n], a centred co-moment sum)."""
+    """The eigendecomposition of S = gram / tokens (gram [n, n], a centred co-moment sum), cut to the
+    eigenvalues above n eps times the largest (none for a dead set): the rest are rounding of 0."""
     values, vectors = torch.linalg.eigh(gram.double() / tokens)  # ascending
-    return Spectrum(values.flip(0).clamp(min=0), vectors.flip(1))
+    values, vectors = values.flip(0), vectors.flip(1)
+    rank = int((values > len(values) * torch.finfo(torch.float64).eps * values.max()).sum())
+    return Spectrum(values[:rank], vectors[:, :rank], len(values))
 
 
 def eigen_cross(cross: torch.Tensor, a: Spectrum, b: Spectrum, tokens: int) -> torch.Tensor:
-    """T = V_a^T (cross / tokens) V_b, float64 [n_a, n_b]: the cross-covariance in both eigenbases."""
+    """T = V_a^T (cross / tokens) V_b, float64 [r_a, r_b]: the cross-covariance in both eigenbases."""
     return a.vectors.T @ (cross.double() / tokens) @ b.vectors
 
 
@@ -90,10 +98,10 @@ def check_ridge(ridge) -> float:
     return float(ridge)
 
 
-def _inverse(values: torch.Tensor, ridge: float) -> torch.Tensor:
-    """1 / (l + ridge * mean l) per eigenvalue l [n]; 0 where that is within rounding of 0 (a pseudo-inverse)."""
-    shifted = values + ridge * values.mean()
-    floor = len(values) * torch.finfo(torch.float64).eps * shifted.max()
+def _inverse(s: Spectrum, ridge: float) -> torch.Tensor:
+    """1 / (l + ridge * tr S / n) per eigenvalue l [r]; 0 where that is within rounding of 0 (a pseudo-inverse)."""
+    shifted = s.values + ridge * s.values.sum() / s.width
+    floor = s.width * torch.finfo(torch.float64).eps * shifted.max()
     return torch.where(shifted > floor, 1 / shifted.clamp(min=floor), 0.0)
 
 
@@ -109,13 +117,13 @@ def canonical(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> Canoni
     plain correlations rho_i / s_i of the regularised variates averaged with weights s_i, so directions
     the ridge suppresses count little and null directions not at all; 1 for a set against itself.
     """
-    root_a, root_b = _inverse(a.values, ridge).sqrt(), _inverse(b.values, ridge).sqrt()  # K's eigenvalues
-    m = root_a[:, None] * t * root_b[None, :]  # [n_a, n_b] = K_a S_ab K_b
-    p, rho, qh = thin_svd(m)  # p [n_a, k], rho [k], qh [k, n_b]
+    root_a, root_b = _inverse(a, ridge).sqrt(), _inverse(b, ridge).sqrt()  # K's eigenvalues
+    m = root_a[:, None] * t * root_b[None, :]  # [r_a, r_b] = K_a S_ab K_b
+    p, rho, qh = thin_svd(m)  # p [r_a, k], rho [k], qh [k, r_b]
     # X_c u_i = sqrt(N) U diag(sqrt(l_a)) V_a^T u_i (X_c = sqrt(N) U diag(sqrt(l_a)) V_a^T): these coordinates
     # have norm^2 = u_i^T S_a u_i, and `pwcca_from` orthonormalises them.
-    variates_a = (a.values.sqrt() * root_a)[:, None] * p  # [n_a, k]
-    variates_b = (b.values.sqrt() * root_b)[:, None] * qh.T  # [n_b, k]
+    variates_a = (a.values.sqrt() * root_a)[:, None] * p  # [r_a, k]
+    variates_b = (b.values.sqrt() * root_b)[:, None] * qh.T  # [r_b, k]
     return Canonical(rho, variates_a.norm(dim=0) * variates_b.norm(dim=0), variates_a)
 
 
@@ -158,7 +166,7 @@ def pwcca_from(c: Canonical, a: Spectrum) -> float:
     3) PWCCA = sum alpha_i rho_i / sum alpha_i s_i (`canonical`; at ridge 0, sum alpha_i rho_i / sum alpha_i).
     The paper's code weights the side with fewer units: pass that one as a to match it.
     """
-    q, _ = torch.linalg.qr(c.variates_a)  # [n_a, k]; a zero column gets some unit vector, weighted by rho = s = 0
+    q, _ = torch.linalg.qr(c.variates_a)  # [r_a, k]; a zero column gets some unit vector, weighted by rho = s = 0
     alpha = (q.T @ (a.values.sqrt()[:, None] * a.vectors.T)).abs().sum(dim=1)  # [k]
     return float((alpha * c.correlations).sum() / (alpha * c.scales).sum())
 
@@ -198,7 +206,7 @@ def regression_from(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> 
     in sample. W = (S_a + ridge (tr S_a / n_a) I)^-1 S_ab; with d_i = 1 / (l_i + ridge mean l), the
     explained variance tr(S_b) - E||b - W^T a||^2 = sum_i ||T_i||^2 (2 d_i - l_i d_i^2) (T_i: row i of T).
     """
-    d = _inverse(a.values, ridge)  # [n_a]
+    d = _inverse(a, ridge)  # [r_a]
     return float(((t ** 2).sum(dim=1) * d * (2 - a.values * d)).sum() / b.values.sum())
 
 

@@ -56,8 +56,7 @@ def principal_angles(gram_a, gram_b, cross, tokens: int, *, k: int | None = None
     a, b, t = checked_pair(gram_a, gram_b, cross, tokens)
     ranks = []
     for side, s in (("a", a), ("b", b)):
-        # eigenvalues within rounding of 0 (as `canonical`'s pseudo-inverse) span no direction
-        rank = int((s.values > len(s.values) * torch.finfo(torch.float64).eps * s.values.max()).sum())
+        rank = len(s.values)  # the directions of positive variance (`spectrum` drops rounding of 0)
         if rank == 0:
             raise UniversalityError(f"unit set {side} has no variance (every unit constant over the tokens): it "
                                     "spans no subspace")

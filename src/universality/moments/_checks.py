@@ -123,10 +123,10 @@ class DeferredChecks:
     `unread`: batches added since the last read; a read is due every `every` of them.
     """
 
-    def __init__(self, unit_sets: list[tuple[str, str]], every: int, device: str, kinds: tuple | None = None,
+    def __init__(self, unit_sets: list[tuple[str, str]], every: int, device: str, kinds: tuple = _KINDS,
                  again: str = "stream again (or resume from a state saved before batch {batch})"):
         self.unit_sets, self.every, self.unread = unit_sets, every, 0
-        self.kinds = _KINDS if kinds is None else kinds  # per column: (the problem, its fix), as `_KINDS`
+        self.kinds = kinds  # per column: (the problem, its fix)
         self.again = again  # what to do once fixed; "{batch}" is the failed batch
         self.first_bad = torch.full((len(unit_sets), 2), -1, dtype=torch.int64, device=device)
 

@@ -30,7 +30,7 @@ compared as if the narrower side were padded with zero units.
 
 The ridge (default `SIMILARITY_RIDGE` = 1e-3) is scale-free: S -> S + ridge * (tr S / n) I, so any
 ridge > 0 makes a rank-deficient covariance (a unit set wider than its tokens) invertible; ridge 0 is
-the plain metric with a pseudo-inverse. CCA and PWCCA read 1 for a set against itself at any ridge
+the plain metric with a pseudo-inverse (the directions without variance are not in the spectrum). CCA and PWCCA read 1 for a set against itself at any ridge
 (`canonical`); ridge regression R^2 of a set from itself is 1 minus at most `ridge` (shrinkage is real).
 
 Invariances: every metric is unchanged by an orthogonal map (and an isotropic scaling) of either unit
@@ -99,7 +99,8 @@ def check_ridge(ridge) -> float:
 
 
 def _inverse(s: Spectrum, ridge: float) -> torch.Tensor:
-    """1 / (l + ridge * tr S / n) per eigenvalue l [r]; 0 where that is within rounding of 0 (a pseudo-inverse)."""
+    """1 / (l + ridge * tr S / n) per eigenvalue l [r]; 0 where that is within rounding of 0 (a pseudo-inverse:
+    `spectrum` keeps no such eigenvalue, a Spectrum built over every direction may)."""
     shifted = s.values + ridge * s.values.sum() / s.width
     floor = s.width * torch.finfo(torch.float64).eps * shifted.max()
     return torch.where(shifted > floor, 1 / shifted.clamp(min=floor), 0.0)
@@ -108,14 +109,15 @@ def _inverse(s: Spectrum, ridge: float) -> torch.Tensor:
 def canonical(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> Canonical:
     """Ridge CCA in the eigenbases: K = (S + ridge (tr S / n) I)^(-1/2) per side, M = K_a S_ab K_b.
 
-    1) The singular values rho_i of M [n_a, n_b] are the regularised canonical correlations, with
+    1) The singular values rho_i of M [r_a, r_b] are the regularised canonical correlations, with
        singular vectors p_i, q_i; the canonical variates are u_i = K_a p_i and v_i = K_b q_i.
     2) By Cauchy-Schwarz rho_i = u_i^T S_ab v_i <= s_i = sqrt(u_i^T S_a u_i * v_i^T S_b v_i): s_i is the
-       value rho_i would have for perfectly correlated variates. At ridge 0 (full rank) s_i = 1; a ridge
-       shrinks s_i below 1 in the directions of low variance, and s_i = 0 in a null direction.
+       value rho_i would have for perfectly correlated variates. At ridge 0 s_i = 1 (every direction of a
+       `spectrum` has variance); a ridge shrinks s_i below 1 in the directions of low variance.
     Then mean CCA = sum rho_i / sum s_i: the mean canonical correlation at ridge 0, and for ridge > 0 the
     plain correlations rho_i / s_i of the regularised variates averaged with weights s_i, so directions
-    the ridge suppresses count little and null directions not at all; 1 for a set against itself.
+    the ridge suppresses count little (directions without variance are not in the spectrum at all);
+    1 for a set against itself.
     """
     root_a, root_b = _inverse(a, ridge).sqrt(), _inverse(b, ridge).sqrt()  # K's eigenvalues
     m = root_a[:, None] * t * root_b[None, :]  # [r_a, r_b] = K_a S_ab K_b

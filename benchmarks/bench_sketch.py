@@ -166,6 +166,7 @@ def agreement(exact, sketch) -> dict:
     regret = (exact.pairs["max_corr"].to_numpy() - sketch.pairs["max_corr"].to_numpy())[seen_rows]
     return {
         "partner_changed": float(changed[rows].mean()), "partner_changed_seen": float(changed[seen_rows].mean()),
+        "partner_changed_barely_seen": float(changed[rows & ~seen_rows].mean()) if (rows & ~seen_rows).any() else 0.0,
         "partner_regret_mean": float(np.nanmean(regret)), "partner_regret_p99": float(np.nanquantile(regret, 0.99)),
         "partner_regret_above_0.01": float(np.mean(regret > 0.01)),
         "partner_regret_above_se": float(np.mean(regret > exact.moments.count_ ** -0.5)),
@@ -224,12 +225,13 @@ def _pair_rows(comparison, keep: np.ndarray) -> np.ndarray:
 def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: int = 16384, batch: int = 1024,
             subsample: float = 0.02, candidates: int = 8, repeats: int = 3, threads: int = 1,
             dtype: str = "float32", rotation: str = "fast", distinct: int | None = None, regenerate: bool = False,
-            floors: bool = True, seed: int = 0, log=print) -> dict:
+            floors: bool = True, more_candidates: tuple = (), seed: int = 0, log=print) -> dict:
     """Run exact and sketch `repeats` times each, alternated, on one synthetic stream; the dict of
     agreement, times and the projection (module docstring). `distinct`: hold only that many batches
     and cycle them to make the stream (for timing long streams in little memory; the agreement
     figures are then those of a stream that repeats itself). `floors=False` skips the two extra exact
-    runs (other rotations, other tokens)."""
+    runs (other rotations, other tokens). `more_candidates`: after them, the sketch once with each of
+    these candidate counts, against the same exact run (`by_candidates`)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     held = tokens if distinct is None else distinct * batch
@@ -253,6 +255,12 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
         if floors else ({}, {})
     median = {mode: {phase: statistics.median(run.get(phase, 0.0) for run in runs) for phase in runs[0]}
               for mode, runs in times.items()}
+    by_candidates = {}
+    for count in more_candidates:
+        other, phases = _run(batches, source, mode="sketch", subsample=subsample, candidates=count, seed=seed, **common)
+        log(f"sketch, {count} candidates: " + _show(phases))
+        by_candidates[count] = {**agreement(exact, other), "seconds_sketch": phases["total"], "phases_sketch": phases,
+                                "speedup": median["exact"]["total"] / phases["total"]}
     pairs = int(median["sketch"].pop("pairs"))
     per_token = {mode: (m["stream"] + m["refine"]) / tokens for mode, m in median.items()}
     fixed = {mode: m["candidates"] + m["fixed"] for mode, m in median.items()}
@@ -269,7 +277,7 @@ def measure(*, models: int = 4, sets: tuple = (1024, 2048, 3072, 2048), tokens: 
         "speedup": median["exact"]["total"] / median["sketch"]["total"],
         "phases_exact": median["exact"], "phases_sketch": median["sketch"],
         "ms_per_token_exact": 1e3 * per_token["exact"], "ms_per_token_sketch": 1e3 * per_token["sketch"],
-        "ms_per_token_source": 1e3 * source.seconds / held,
+        "ms_per_token_source": 1e3 * source.seconds / held, "by_candidates": by_candidates,
         "projected": {"speedup_at_10x_tokens": _speedup(10 * tokens, per_token, fixed),
                       "speedup_asymptotic": asymptotic, "tokens_for_20x": needed,
                       "speedup_asymptotic_with_source": (per_token["exact"] + source.seconds / held)
@@ -323,6 +331,7 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=None, help="batches held; the stream cycles them")
     parser.add_argument("--regenerate", action="store_true", help="generate the batches on every pass, hold none")
     parser.add_argument("--no-floors", action="store_true", help="skip exact mode's runs against itself")
+    parser.add_argument("--more-candidates", default="", help="e.g. 32: the sketch once more per count, same exact run")
     parser.add_argument("--sketch-only", default=None, metavar="MS_PER_TOKEN,FIXED_S",
                         help="run the sketch alone, against exact mode's per-token and fixed cost measured before")
     args = parser.parse_args()
@@ -338,6 +347,7 @@ def main() -> None:
                      batch=args.batch, subsample=args.subsample, candidates=args.candidates, repeats=args.repeats,
                      threads=args.threads, dtype=args.dtype, rotation=args.rotation,
                      distinct=args.distinct, regenerate=args.regenerate, floors=not args.no_floors,
+                     more_candidates=tuple(int(n) for n in args.more_candidates.split(",") if n),
                      log=lambda s: print(s, flush=True))
     print(json.dumps(result))
 

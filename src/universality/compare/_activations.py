@@ -70,9 +70,10 @@ def compare_activations(batches, *, threshold: float = THRESHOLD, rotations: int
         every token for the candidate pairs only. max_corr and partner are exact over all tokens
         among the candidates; the baseline is the subsample's, denoised, except for units whose
         excess after pass 1 lies within 4 / sqrt(subsample tokens) of the threshold: pass 2 also
-        accumulates their full rows and their baselines are over all tokens. `units` gains
-        `barely_seen` (live units the subsample saw move on fewer than 32 tokens; NaN if never) and
-        `baseline_exact` (the units with baselines over all tokens).
+        accumulates their full rows and their baselines are over all tokens. So do the units the
+        subsample saw move on fewer than 32 tokens (`barely_seen`), whose rows cost only the tokens
+        where they leave their floor (or ceiling): partner, max and baseline as exact mode's. `units`
+        gains `barely_seen` and `baseline_exact` (the units with full rows: baselines over all tokens).
         Streams the batches twice or more: pass a callable or a list. Local backend only.
     subsample : float in (0, 1], default=0.02 (mode='sketch' only)
         Fraction of every batch's tokens pass 1 keeps, drawn from (seed, batch index): a fraction,

@@ -27,6 +27,14 @@ residual means, Chan's shift), so they are kept as factors, and every `_ROW_FOLD
 `end_stream`) the partial sum and one GEMM of the factors fold into the float64 `row_comoment_`. Folding
 every batch instead cost about as much as the GEMMs themselves at 1024-token batches: six passes over
 [rows, units] float64.
+
+A row with an atom a_i (a value the unit takes on almost every token: a ReLU's 0, a latent's floor) runs
+over the other tokens only: e_i = x_i - a_i (scaled) is exactly 0 on the atom, so its products are one
+sparse-dense product per batch, [sparse rows, tokens] (CSR) x [tokens, units], at a cost proportional to
+how often the unit leaves its atom. They equal the centred products exactly: with c_i = e_i - (m_i - a_i)
+the batch-centred unit, sum_t c_i c_j = sum_t e_i c_j - (m_i - a_i) n r_j, one more rank-one factor.
+Measured at 2456 rows leaving their atom on 1%, 0.1% and 0.01% of 1024-token batches against 32768 units
+(2 threads): 0.06 ms per token, against 0.93 as dense GEMM rows.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ _CHECKS = (("has NaN or inf activations (or beyond float32 range)", "pass finite
 # tokens whose row products are summed in float32 before they fold into float64 (at most 2**15 centred,
 # unit-spread products per entry: float32 keeps them to ~1e-6 relative, as an exact pass's batch GEMMs)
 _ROW_FOLD_TOKENS = 2**15
+_FOLD_ROWS = 256  # rows folded at a time where only some rows are dense (or sparse): float64 temporaries
 
 
 class CandidateMoments:
@@ -78,6 +87,9 @@ class CandidateMoments:
     rows : int64 Tensor [rows], optional
         Global indices (sorted) of units whose co-moments with every unit of the other models are
         accumulated (`row_comoment_`).
+    atoms : float64 Tensor [rows], optional
+        Each row's atom (module docstring), in the units' own scale; NaN: a dense row (GEMM over every
+        token). Any value is exact; an atom the unit rarely leaves makes its row cheap.
     check_every : int >= 1 or None, default=None
         When each batch's checks (finite activations, products within float32) are read. None: at once
         on CPU (a bad batch raises before it is added), and every `DEVICE_CHECK_EVERY` batches elsewhere,
@@ -94,7 +106,7 @@ class CandidateMoments:
     """
 
     def __init__(self, layout: dict, pairs: torch.Tensor, scale: torch.Tensor, device: str = "cpu",
-                 rows: torch.Tensor | None = None, check_every: int | None = None):
+                 rows: torch.Tensor | None = None, atoms: torch.Tensor | None = None, check_every: int | None = None):
         if check_every is not None and (type(check_every) is not int or check_every < 1):
             raise UniversalityError(f"check_every must be a positive int or None, got {check_every!r}")
         self.layout = {model: dict(sets) for model, sets in layout.items()}
@@ -118,11 +130,19 @@ class CandidateMoments:
         self.variance_ = torch.zeros_like(self.mean_)
         self.comoment_ = torch.zeros(len(self.pairs), dtype=torch.float64, device=device)
         self.rows = (torch.zeros(0, dtype=torch.int64) if rows is None else rows).to(device)
+        atoms = torch.full((len(self.rows),), torch.nan, dtype=torch.float64) if atoms is None else atoms
+        sparse = ~torch.isnan(atoms.cpu())
+        self._dense_at, self._sparse_at = (torch.nonzero(side).flatten().to(device) for side in (~sparse, sparse))
+        self._sparse_units = self.rows[self._sparse_at]  # [sparse rows], global
+        self._sparse_atoms = (atoms.to(device)[self._sparse_at] * scale.to(device)[self._sparse_units]).float()
         self._row_total = torch.zeros(len(self.rows), self.total_units, dtype=torch.float64, device=device)
         ends = torch.tensor([sum(sets.values()) for sets in self.layout.values()]).cumsum(0).tolist()
-        cut = torch.searchsorted(self.rows.cpu(), torch.tensor([0] + ends)).tolist()  # each model's rows
+        dense = self.rows[self._dense_at].cpu()
+        cut = torch.searchsorted(dense, torch.tensor([0] + ends)).tolist()  # each model's dense rows
         self._row_models = [(r0, r1, m0, m1) for r0, r1, m0, m1 in zip(cut, cut[1:], [0] + ends, ends) if r1 > r0]
-        self._row_partial = torch.zeros(len(self.rows), self.total_units, dtype=torch.float32, device=device)
+        # float32 partial sums of the dense and of the sparse rows' products (positions `_dense_at`, `_sparse_at`)
+        self._row_partial = [torch.zeros(len(at), self.total_units, dtype=torch.float32, device=device)
+                             for at in (self._dense_at, self._sparse_at)]
         self._row_factors: list[tuple[torch.Tensor, torch.Tensor]] = []  # (u [rows], v [units]): u v^T to add
         self._row_tokens = 0  # tokens in `_row_partial` and `_row_factors`
         self._scratch = None
@@ -142,6 +162,8 @@ class CandidateMoments:
             return self
         centred, mean, finite = self._centre(models, tokens)  # float32 [tokens, units], float64 [units], [sets]
         residual = centred.sum(dim=0).double() / tokens  # [units], ~eps32 |mean|: float32 suffices
+        if len(self.rows):
+            self._add_row_products(centred, models, mean, residual)
         starts = range(0, tokens, _TOKENS)
         workers = torch.get_num_threads() if torch.device(self.device).type == "cpu" else 1
         parts = map_single_threaded(lambda k: self._tile_products(centred, starts[k::workers]), range(workers),
@@ -158,7 +180,6 @@ class CandidateMoments:
         delta = mean - self.mean_
         self.comoment_ += products + weight * delta[i] * delta[j]
         if len(self.rows):
-            self._add_row_products(centred)
             self._row_factors += [(-tokens * residual[self.rows], residual), (weight * delta[self.rows], delta)]
             self._row_tokens += tokens
             if self._row_tokens >= _ROW_FOLD_TOKENS:
@@ -195,7 +216,7 @@ class CandidateMoments:
         partial sum once the stream is done, after reading the deferred checks; returns self."""
         self.check()
         self._fold_rows()
-        self._scratch = self._row_partial = None
+        self._scratch, self._row_partial = None, [None, None]
         return self
 
     def _failed(self, finite: torch.Tensor, products: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
@@ -221,27 +242,49 @@ class CandidateMoments:
             squares += torch.linalg.vector_norm(tile, dim=1).double().square()
         return products[self._unblock], squares
 
-    def _add_row_products(self, centred: torch.Tensor) -> None:
-        """Add the rows' products with the other models' units over one batch into the float32 partial sum
-        (own model: untouched): two GEMMs per model, [rows of it, tokens] x [tokens, the units before / after it]."""
+    def _add_row_products(self, centred: torch.Tensor, models: dict, mean: torch.Tensor, residual: torch.Tensor
+                          ) -> None:
+        """Add the rows' products over one batch into the float32 partial sums. Dense rows: with the other models'
+        units only, two GEMMs per model, [its rows, tokens] x [tokens, the units before / after it]. Sparse rows:
+        one CSR product over the tokens off their atoms, with every unit (own model dropped at the fold), and
+        their rank-one factor -(m - a) n r (module docstring; `mean` m float64 [units], scaled, the batch's
+        float32 mean, `residual` r the centred batch's mean)."""
+        dense, sparse = self._row_partial
         for r0, r1, m0, m1 in self._row_models:
-            picked = centred[:, self.rows[r0:r1]].T  # [rows of the model, tokens]
-            self._row_partial[r0:r1, :m0].addmm_(picked, centred[:, :m0])
-            self._row_partial[r0:r1, m1:].addmm_(picked, centred[:, m1:])
+            picked = centred[:, self.rows[self._dense_at[r0:r1]]].T  # [dense rows of the model, tokens]
+            dense[r0:r1, :m0].addmm_(picked, centred[:, :m0])
+            dense[r0:r1, m1:].addmm_(picked, centred[:, m1:])
+        if not len(self._sparse_at):
+            return
+        off_atom = _columns(models, self.layout, self._sparse_units).to(self.device)  # [tokens, sparse rows]
+        off_atom.mul_(self.scale[self._sparse_units]).sub_(self._sparse_atoms)  # exactly 0 on the atom
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            torch.addmm(sparse, off_atom.T.to_sparse_csr(), centred, out=sparse)
+        shift = torch.zeros(len(self.rows), dtype=torch.float64, device=self.device)
+        shift[self._sparse_at] = -centred.shape[0] * (mean[self._sparse_units] - self._sparse_atoms.double())
+        self._row_factors.append((shift, residual))
 
     def _fold_rows(self) -> None:
-        """row_comoment_ += the float32 partial sum + the rank-one corrections held as factors (one GEMM), its
-        own-model blocks left at 0; then start a new partial sum."""
+        """row_comoment_ += the float32 partial sums + the rank-one corrections held as factors (one GEMM), its
+        own-model blocks left at 0; then start new partial sums."""
         if not self._row_tokens:
             return
-        if not bool(torch.isfinite(self._row_partial).all()):
+        if not all(bool(torch.isfinite(partial).all()) for partial in self._row_partial):
             raise _beyond_float32()
-        self._row_total += self._row_partial  # float32 -> float64 elementwise, no [rows, units] temporary
-        u, v = (torch.stack(side, dim=1) for side in zip(*self._row_factors))  # [rows, 2 batches], [units, ...]
+        for at, partial in zip((self._dense_at, self._sparse_at), self._row_partial):
+            if len(at) == len(self.rows):
+                self._row_total += partial  # float32 -> float64 elementwise, no [rows, units] temporary
+            else:
+                for k in range(0, len(at), _FOLD_ROWS):  # float64 temporaries of at most _FOLD_ROWS rows
+                    self._row_total.index_add_(0, at[k:k + _FOLD_ROWS], partial[k:k + _FOLD_ROWS].double())
+            partial.zero_()
+        u, v = (torch.stack(side, dim=1) for side in zip(*self._row_factors))  # [rows, factors], [units, factors]
         self._row_total.addmm_(u, v.T)
-        for r0, r1, m0, m1 in self._row_models:
-            self._row_total[r0:r1, m0:m1] = 0  # a row's own model is never read
-        self._row_partial.zero_()
+        ends = [0, *torch.tensor([sum(sets.values()) for sets in self.layout.values()]).cumsum(0).tolist()]
+        own = torch.searchsorted(torch.tensor(ends[1:]), self.rows.cpu(), right=True)  # each row's model
+        for model, (m0, m1) in enumerate(zip(ends, ends[1:])):
+            self._row_total[(own == model).to(self.device), m0:m1] = 0  # a row's own model is never read
         self._row_factors, self._row_tokens = [], 0
 
     def _centre(self, models: dict, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -273,6 +316,18 @@ def _pattern(rows: torch.Tensor, columns: torch.Tensor, size: tuple[int, int]) -
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(torch.cat([ends.new_zeros(1), ends]), columns,
                                        torch.zeros(len(rows), device=rows.device), size=size, check_invariants=True)
+
+
+def _columns(models: dict, layout: dict, units: torch.Tensor) -> torch.Tensor:
+    """The raw activations of the global units `units` (sorted) of one normalised batch: float32 [tokens, len(units)]."""
+    parts, start = [], 0
+    for model, sets in layout.items():
+        for name, size in sets.items():
+            inside = units[(units >= start) & (units < start + size)] - start
+            if len(inside):
+                parts.append(models[model][name][:, inside.to(models[model][name].device)].float())
+            start += size
+    return torch.cat(parts, dim=1)
 
 
 def _beyond_float32() -> UniversalityError:

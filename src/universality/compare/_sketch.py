@@ -9,7 +9,9 @@ exact pass is too slow.
 2) Refine: every token once more, accumulating only the candidate pairs' co-moments (about
    M (M - 1) U m of them) plus every unit's mean and variance (`CandidateMoments`). Max correlation
    and partner are then exact over all tokens, the max taken over a unit's candidate pairs; for the
-   units near the threshold, whose full rows pass 2 also accumulates, over every unit of the other model.
+   units whose full rows pass 2 also accumulates, over every unit of the other model: the units near the
+   threshold, and the units the subsample barely saw move (a sparse unit's candidates are noise), whose
+   rows cost only the tokens where they leave their atom (`CandidateMoments(atoms=...)`).
 
 `subsample` is a fraction, not a token count: a stream's length is unknown until it ends (an
 iterator, a callable re-running models), so only a fraction can be applied to each batch on its own,
@@ -54,9 +56,10 @@ _SUBSAMPLE_KEY = 0x5B5A  # keeps subsample seeds apart from rotation seeds (both
 
 def sketch_rules() -> dict:
     """The fixed rules that shape a sketch's tables beyond its settings (the band around the threshold whose
-    units get full rows, the tokens that make a unit seen). Run fingerprints hold them, so a run saved under
-    other rules is computed again rather than reused."""
-    return {"band_margin_scale": _sketch_baselines.MARGIN_SCALE, "min_seen_tokens": MIN_SEEN_TOKENS}
+    units get full rows, the tokens that make a unit seen, and that the units seen on fewer get full rows).
+    Run fingerprints hold them, so a run saved under other rules is computed again rather than reused."""
+    return {"band_margin_scale": _sketch_baselines.MARGIN_SCALE, "min_seen_tokens": MIN_SEEN_TOKENS,
+            "barely_seen_get_full_rows": True}
 
 
 def check_sketch_settings(mode: str, subsample, candidates) -> tuple[float | None, int | None]:
@@ -111,8 +114,10 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     `Comparison.moments` holds the subsample's means and Grams (pass 1; its cross blocks are dropped),
     `Comparison.plan` pass 1's plan. A unit is `barely_seen` when it is live over all tokens but fewer
     than `MIN_SEEN_TOKENS` subsample tokens sit off the atoms at its floor and ceiling (a ReLU's zeros):
-    its candidates, max correlation and baseline rest on too few tokens (NaN if it never moved); a
-    warning counts them.
+    its candidates rest on too few tokens, so it gets its full rows in pass 2, over the tokens off the atom
+    more subsample tokens sit on, and with them exact mode's partner, max and baseline (`baseline_exact`).
+    The full rows share the memory budget, the least seen units first, then the units near the threshold;
+    a warning counts the barely seen units left without them.
     """
     for model, size in ((m, sum(sets.values())) for m, sets in layout.items()):
         if candidates > size:
@@ -122,14 +127,22 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     plan = plan_passes(layout, budget=budget, dtype=dtype, batch_tokens=batch_tokens, rotations=rotations,
                        rotation=rotation)
 
+    total_units = sum(sum(sets.values()) for sets in layout.values())
+    atoms, streams = _Atoms(total_units, device), []
+
     def gathered():
         """The kept rows of consecutive batches, gathered into batches of `batch_tokens` rows (a GEMM
-        over a few rows runs far below peak, and every update adds into the whole state)."""
-        held, count = [], 0
+        over a few rows runs far below peak, and every update adds into the whole state); the first
+        stream also counts each unit's atoms."""
+        held, count, first = [], 0, not streams
+        streams.append(True)
         for index, batch in enumerate(make()):
             models = _normalized(batch, layout, index)
             rows = subsample_rows(subsample, seed, index, _tokens(models))
             held.append({m: {s: x[rows.to(x.device)] for s, x in sets.items()} for m, sets in models.items()})
+            if first:
+                atoms.update(torch.cat([x.to(device, torch.float64) for sets in held[-1].values() for x in sets.values()],
+                                       dim=1))
             count += len(rows)
             if count >= batch_tokens:
                 yield _concatenated(held)
@@ -151,44 +164,49 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     except UniversalityError as error:
         raise UniversalityError(f"pass 1 (subsample={subsample:g}): {error}") from None
     moments.is_default = False  # the cross blocks were reduced (and were the subsample's only)
-    total_units = sum(sum(sets.values()) for sets in layout.values())
     # pass 2 holds about pass 1's resident memory (batch, scratch, Grams) beside the full rows
     limit = None if budget is None else max(0, budget - sum(plan.resident.values())) // (_ROW_BYTES * total_units)
+    seen = atoms.seen().cpu()
+    barely = torch.nonzero(seen < MIN_SEEN_TOKENS).flatten()
+    sparse = barely[seen[barely].argsort(stable=True)[:limit]].sort().values  # the least seen first
     near, left_out = units_near_threshold(top, baseline, threshold=threshold, margin=margin_for(moments.count_),
                                           subsample_tokens=moments.count_, tokens=round(moments.count_ / subsample),
-                                          limit=limit)
+                                          limit=None if limit is None else limit - len(sparse), leave_out=sparse)
     if left_out:
         warnings.warn(f"{left_out} units within {margin_for(moments.count_):.3f} of the threshold keep the subsample's "
                       f"denoised baseline: the full rows of the {len(near)} closest fill the memory budget "
                       "(units.baseline_exact); raise memory_budget to settle them all", stacklevel=3)
-    refine, seen = _refine(make, layout, top.pairs(), near, moments, subsample=subsample, seed=seed, device=device)
+    rows = torch.cat([sparse, near]).sort().values
+    refine = _refine(make, layout, top.pairs(), rows, atoms.atom().cpu()[rows].where(torch.isin(rows, sparse), torch.nan),
+                     moments, subsample=subsample, seed=seed, device=device)
     maxima = PairMaxima(layout, rotations).load_state_dict(
         _state(refine, baseline, exact_row_baselines(refine, moments.gram_, scales[0]), layout,
                subsample_tokens=moments.count_))
     dead = {m: part.cpu().numpy() for m, part in _split(is_dead(refine.variance_ / refine.count_, refine.mean_),
                                                         layout).items()}
     units, pairs = tables_from_maxima(maxima, dead, threshold=threshold)
-    units["barely_seen"] = ~units["dead"].to_numpy() & (seen < MIN_SEEN_TOKENS)
-    units["baseline_exact"] = np.isin(np.arange(len(units)), near.numpy())
-    if units["barely_seen"].any():
-        warnings.warn(f"{int(units['barely_seen'].sum())} of {int((~units['dead']).sum())} live units moved on fewer "
-                      f"than {MIN_SEEN_TOKENS} of the {moments.count_} subsample tokens (units.barely_seen): their "
-                      "partners and baselines rest on too few tokens; raise subsample to see them", stacklevel=3)
+    units["barely_seen"] = ~units["dead"].to_numpy() & (seen.numpy() < MIN_SEEN_TOKENS)
+    units["baseline_exact"] = np.isin(np.arange(len(units)), rows.numpy())
+    unsettled = units["barely_seen"] & ~units["baseline_exact"]
+    if unsettled.any():
+        warnings.warn(f"{int(unsettled.sum())} of {int((~units['dead']).sum())} live units moved on fewer than "
+                      f"{MIN_SEEN_TOKENS} of the {moments.count_} subsample tokens and their full rows do not fit the "
+                      "memory budget (units.barely_seen, not baseline_exact): their partners and baselines rest on "
+                      "too few tokens; raise memory_budget or subsample", stacklevel=3)
     return Comparison(moments, units, pairs, threshold=threshold, rotations=rotations, seed=seed, plan=plan)
 
 
-def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments, *, subsample: float, seed: int,
-            device: str) -> tuple[CandidateMoments, np.ndarray]:
-    """Pass 2 over every batch: the candidates' moments and the full rows of the units `rows`, and
-    per unit the subsample tokens off its floor and ceiling atoms (int64 [all units]); checks that the
-    subsample is pass 1's."""
+def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, atoms: torch.Tensor, moments, *,
+            subsample: float, seed: int, device: str) -> CandidateMoments:
+    """Pass 2 over every batch: the candidates' moments and the full rows of the units `rows` (sparse where
+    `atoms` holds their atom, `CandidateMoments`); checks that the subsample is pass 1's."""
     variance = torch.cat([moments.variance(m) for m in layout]) / moments.count_
     spread = variance.sqrt()
     exponent = torch.frexp(spread).exponent  # spread = f 2^e, f in [1/2, 1)
     scale = torch.where((spread > 0) & torch.isfinite(spread), torch.ldexp(torch.ones_like(spread), -exponent), 1.0)
-    refine = CandidateMoments(layout, pairs, scale, device=device, rows=rows)
-    atoms = _Atoms(sum(sum(sets.values()) for sets in layout.values()), device)
-    index = 0  # by hand, and each batch let go before the next is built (enumerate would hold it)
+    refine = CandidateMoments(layout, pairs, scale, device=device, rows=rows, atoms=atoms)
+    total = torch.zeros(len(scale), dtype=torch.float64, device=device)  # the subsample's sum, read at the end
+    count = index = 0  # by hand, and each batch let go before the next is built (enumerate would hold it)
     for batch in make():
         models = _normalized(batch, layout, index, "pass 2 (refine), ")
         try:
@@ -196,8 +214,9 @@ def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments
         except UniversalityError as error:
             raise UniversalityError(f"pass 2 (refine), batch {index}: {error}") from None
         kept = subsample_rows(subsample, seed, index, _tokens(models))
-        atoms.update(torch.cat([x[kept.to(x.device)].to(device, torch.float64) for sets in models.values()
-                                for x in sets.values()], dim=1))
+        total += torch.cat([x[kept.to(x.device)].to(device, torch.float64).sum(dim=0) for sets in models.values()
+                            for x in sets.values()])
+        count += len(kept)
         del batch, models
         index += 1
     try:
@@ -205,16 +224,16 @@ def _refine(make, layout: dict, pairs: torch.Tensor, rows: torch.Tensor, moments
     except UniversalityError as error:
         raise UniversalityError(f"pass 2 (refine): {error}") from None
     mean = torch.cat([moments.mean_[m].cpu() for m in layout])
-    gap = (atoms.total.cpu() / max(atoms.count, 1) - mean).abs()
-    if atoms.count != moments.count_ or bool((gap > 1e-5 * spread.cpu() + 1e-6 * mean.abs() + 1e-30).any()):
-        raise UniversalityError(f"pass 2 (refine) saw other batches than pass 1 ({atoms.count} subsample tokens, "
+    gap = (total.cpu() / max(count, 1) - mean).abs()
+    if count != moments.count_ or bool((gap > 1e-5 * spread.cpu() + 1e-6 * mean.abs() + 1e-30).any()):
+        raise UniversalityError(f"pass 2 (refine) saw other batches than pass 1 ({count} subsample tokens, "
                                 f"pass 1 had {moments.count_}); the batches must be the same in every pass")
-    return refine, atoms.seen().cpu().numpy()
+    return refine
 
 
 class _Atoms:
-    """Per unit over the subsample: floor and ceiling, how many tokens sit exactly on each, and the sum; on
-    `device`, read only at the end (no host read per batch)."""
+    """Per unit over pass 1's subsample: floor and ceiling, and how many tokens sit exactly on each; on `device`,
+    read only at the end (no host read per batch)."""
 
     def __init__(self, units: int, device: str = "cpu"):
         self.count = 0
@@ -222,7 +241,6 @@ class _Atoms:
         self.high = -self.low
         self.at_low = torch.zeros(units, dtype=torch.int64, device=device)
         self.at_high = torch.zeros(units, dtype=torch.int64, device=device)
-        self.total = torch.zeros(units, dtype=torch.float64, device=device)
 
     def update(self, x: torch.Tensor) -> None:
         """Add the subsample rows x float64 [rows, all units]."""
@@ -234,12 +252,15 @@ class _Atoms:
             same, new = value == bound, pick(torch.stack([value, bound]), dim=0) != bound
             at.copy_(torch.where(new, hits, torch.where(same, at + hits, at)))
             bound.copy_(torch.where(new, value, bound))
-        self.total += x.sum(dim=0)
         self.count += x.shape[0]
 
     def seen(self) -> torch.Tensor:
         """Subsample tokens off the floor and ceiling atoms, int64 [units] (0: never moved)."""
         return self.count - torch.maximum(self.at_low, self.at_high)
+
+    def atom(self) -> torch.Tensor:
+        """The value of the atom more tokens sit on, floor or ceiling, float64 [units] (inf: no token yet)."""
+        return torch.where(self.at_low >= self.at_high, self.low, self.high)
 
 
 def _state(refine: CandidateMoments, baseline: PairMaxima, exact: dict, layout: dict, *, subsample_tokens: int

@@ -67,11 +67,13 @@ def denoised_baseline(peak: torch.Tensor, rotated: torch.Tensor, subsample_token
 
 
 def units_near_threshold(top: TopCandidates, baseline: PairMaxima, *, threshold: float, margin: float,
-                         subsample_tokens: int, tokens: int, limit: int | None = None) -> tuple[torch.Tensor, int]:
+                         subsample_tokens: int, tokens: int, limit: int | None = None,
+                         leave_out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Global indices (int64 [near], sorted) of the units whose excess estimated after pass 1 lies
     within `margin` of `threshold` (the subsample's largest correlation with each other model, the top
     candidate's, minus the denoised baseline for `tokens` tokens, averaged as the tables do), at most
-    `limit` of them, the closest to the threshold; and how many more were within the margin."""
+    `limit` of them, the closest to the threshold; and how many more were within the margin. Units of
+    `leave_out` (global indices: those getting full rows anyway) are neither returned nor counted."""
     distance = []
     for a in top.layout:
         maxima, baselines = [], []
@@ -83,6 +85,8 @@ def units_near_threshold(top: TopCandidates, baseline: PairMaxima, *, threshold:
         excess = _nanmean(torch.stack(maxima)) - _nanmean(torch.stack(baselines))  # [units_a], NaN: dead
         distance.append((excess - threshold).abs())
     distance = torch.cat(distance)  # [all units], NaN: dead
+    if leave_out is not None:
+        distance[leave_out] = torch.nan
     near = torch.nonzero(distance <= margin).flatten()
     kept = near if limit is None else near[distance[near].argsort(stable=True)[:limit]]
     return kept.sort().values, len(near) - len(kept)

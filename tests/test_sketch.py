@@ -441,3 +441,38 @@ def test_barely_seen_units_beyond_the_memory_budget_keep_their_flag_and_a_warnin
     for column in ("other_model", "partner_unit_set", "partner_unit"):
         np.testing.assert_array_equal(got[column], want[column])
     np.testing.assert_allclose(got["max_corr"], want["max_corr"], atol=1e-6, rtol=0)
+
+
+def test_a_seen_units_best_partner_among_units_with_full_rows_is_found_from_their_rows():
+    """Model b's unit 5 copies, with a little noise on every token, a ReLU of model a that fires on about 9 of
+    40000 tokens: the subsample sees a's ReLU constant (never a candidate), but its full row holds its correlation
+    with every unit of b, so b's unit 5 takes exact mode's partner and max from it."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(2)
+    tokens, width = 40_000, 30
+    rare = torch.relu(torch.randn(tokens, generator=g, dtype=torch.float64) - 3.5) * 10  # P(z > 3.5) = 2.3e-4
+    acts = {m: {"s": torch.randn(tokens, width, generator=g, dtype=torch.float64)} for m in MODELS}
+    acts["a"]["s"][:, 0] = rare
+    acts["b"]["s"][:, 5] = rare + 0.01 * torch.randn(tokens, generator=g, dtype=torch.float64)
+    batches = [{m: {"s": x["s"][i:i + 4000]} for m, x in acts.items()} for i in range(0, tokens, 4000)]
+    exact = compare_activations(batches, seed=3)
+    sketch = compare_activations(batches, mode="sketch", subsample=0.02, candidates=2, seed=3)
+    assert sketch.units.set_index(["model", "unit"]).loc[("a", 0), "barely_seen"]
+    rows = [(c.pairs["model"] == "b") & (c.pairs["unit"] == 5) & (c.pairs["other_model"] == "a") for c in (exact, sketch)]
+    want, got = exact.pairs[rows[0]].iloc[0], sketch.pairs[rows[1]].iloc[0]
+    assert want["partner_unit"] == 0 and want["max_corr"] > 0.5
+    assert got["partner_unit"] == 0 and abs(got["max_corr"] - want["max_corr"]) < 1e-6
+
+
+def test_atoms_name_the_value_most_subsample_tokens_sit_on_floor_or_ceiling_and_count_the_tokens_off_it():
+    from universality.compare._sketch import _Atoms
+    x = torch.zeros(100, 3, dtype=torch.float64)
+    x[:5, 0] = torch.arange(1.0, 6.0)  # a ReLU: floor 0 on 95 tokens
+    x[:, 1] = -2.0
+    x[:3, 1] = -torch.arange(3.0, 6.0)  # a negated ReLU at -2: its ceiling on 97 tokens
+    x[:, 2] = torch.linspace(-1, 1, 100)  # no atom: one token on each bound
+    atoms = _Atoms(3)
+    atoms.update(x[:60])
+    atoms.update(x[60:])
+    assert atoms.atom().tolist() == [0.0, -2.0, -1.0]
+    assert atoms.seen().tolist() == [5, 3, 99]

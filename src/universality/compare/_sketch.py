@@ -265,8 +265,9 @@ class _Atoms:
 
 def _state(refine: CandidateMoments, baseline: PairMaxima, exact: dict, layout: dict, *, subsample_tokens: int
            ) -> dict[str, torch.Tensor]:
-    """A `PairMaxima.state_dict`: max correlation and partner over each unit's candidate pairs (ties:
-    the lower partner index, as the exact max) or, for the units of `exact`, over their full rows
+    """A `PairMaxima.state_dict`: max correlation and partner over each unit's candidate pairs and the
+    other model's units with full rows, whose rows hold their correlation with every unit (`_column_maxima`;
+    ties: the lower partner index, as the exact max) or, for the units of `exact`, over their own full rows
     (`_row_maxima`), baselines from the subsample's maxima (`baseline`)
     with its sampling noise taken out (`denoised_baseline`), except the units of `exact`
     (`exact_row_baselines`), whose baselines are over all tokens."""
@@ -288,6 +289,10 @@ def _state(refine: CandidateMoments, baseline: PairMaxima, exact: dict, layout: 
             best = np.full(offsets[ia + 1] - offsets[ia], -np.inf)
             found = np.full(best.shape, -1, dtype=np.int64)
             best[unit[first]], found[unit[first]] = value[first], partner[first]
+            column_max, column_partner = _column_maxima(refine, offsets[ib], offsets[ib + 1], offsets[ia],
+                                                        offsets[ia + 1])
+            better = (column_max > best) | ((column_max == best) & (column_partner < found))
+            best, found = np.where(better, column_max, best), np.where(better, column_partner, found)
             found[np.isneginf(best)] = -1
             state[f"max_corr/{a}/{b}"] = torch.from_numpy(best)
             state[f"partner/{a}/{b}"] = torch.from_numpy(found)
@@ -307,14 +312,35 @@ def _row_maxima(refine: CandidateMoments, units: torch.Tensor, start: int, stop:
     among the units [start, stop) of the other model; ties: the lowest) over all tokens of the `units` (global
     indices, all in `refine.rows`) from their full rows: exact mode's max and partner, where the candidates'
     max holds only if the subsample ranked the best partner among the top m."""
+    corr = _row_correlations(refine, units, start, stop)  # [n, units of the other model]
+    partner = corr.argmax(axis=1)  # numpy: the first of equal maxima
+    best = corr[np.arange(len(partner)), partner]
+    return torch.from_numpy(best), torch.from_numpy(np.where(np.isneginf(best), -1, partner))
+
+
+def _column_maxima(refine: CandidateMoments, start: int, stop: int, start_a: int, stop_a: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """For each unit of [start_a, stop_a): its max correlation float64 [units] (-inf: none) over all tokens with
+    the units of [start, stop) (the other model) that have full rows, and which one, int64 (index from `start`;
+    ties: the lowest; -1: none)."""
+    rows = refine.rows.cpu()
+    mine = rows[(rows >= start) & (rows < stop)]
+    if not len(mine):
+        return np.full(stop_a - start_a, -np.inf), np.full(stop_a - start_a, -1, dtype=np.int64)
+    corr = _row_correlations(refine, mine, start_a, stop_a)  # [rows of the other model, units]
+    which = corr.argmax(axis=0)  # the first of equal maxima: rows are sorted
+    best = corr[which, np.arange(corr.shape[1])]
+    return best, np.where(np.isneginf(best), -1, mine.numpy()[which] - start)
+
+
+def _row_correlations(refine: CandidateMoments, units: torch.Tensor, start: int, stop: int) -> np.ndarray:
+    """Correlations over all tokens of the `units` (global, all in `refine.rows`) with the units [start, stop),
+    from the full rows: float64 [n, stop - start], -inf where either is dead."""
     where = torch.searchsorted(refine.rows.cpu(), units)
     inverse = refine.variance_.cpu().rsqrt()
     inverse[is_dead(refine.variance_.cpu() / refine.count_, refine.mean_.cpu())] = float("nan")
     corr = refine.row_comoment_.cpu()[where, start:stop] * inverse[units, None] * inverse[None, start:stop]
-    corr = torch.nan_to_num(corr, nan=-torch.inf).numpy()  # [n, units of the other model]
-    partner = corr.argmax(axis=1)  # numpy: the first of equal maxima
-    best = corr[np.arange(len(partner)), partner]
-    return torch.from_numpy(best), torch.from_numpy(np.where(np.isneginf(best), -1, partner))
+    return torch.nan_to_num(corr, nan=-torch.inf).numpy()
 
 
 def _normalized(batch, layout: dict, index: int, where: str = "") -> dict:

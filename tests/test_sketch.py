@@ -476,3 +476,16 @@ def test_atoms_name_the_value_most_subsample_tokens_sit_on_floor_or_ceiling_and_
     atoms.update(x[60:])
     assert atoms.atom().tolist() == [0.0, -2.0, -1.0]
     assert atoms.seen().tolist() == [5, 3, 99]
+
+
+def test_without_a_memory_budget_full_rows_take_at_most_the_default_share_of_available_memory(runs, monkeypatch):
+    """Barely seen units can be many (an SAE's dead and rare latents): with no budget the rows still fit
+    `DEFAULT_BUDGET_FRACTION` of the memory available (here made to hold pass 1's resident memory and one row)."""
+    from universality.compare import _sketch
+    _, batches, _, free = runs
+    resident = sum(free.plan.resident.values())
+    monkeypatch.setattr(_sketch, "available_memory", lambda device: int((resident + 10**6) / _sketch.DEFAULT_BUDGET_FRACTION))
+    monkeypatch.setattr(_sketch, "_ROW_BYTES", int(10**6 / (1.5 * len(free.units))))  # one row fits, not two
+    with pytest.warns(UserWarning, match=r"^2 of 300 live units moved on fewer than 32"):
+        capped = compare_activations(batches, mode="sketch", subsample=0.05, candidates=4)
+    assert capped.units["baseline_exact"].sum() == 1

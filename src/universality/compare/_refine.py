@@ -162,8 +162,6 @@ class CandidateMoments:
             return self
         centred, mean, finite = self._centre(models, tokens)  # float32 [tokens, units], float64 [units], [sets]
         residual = centred.sum(dim=0).double() / tokens  # [units], ~eps32 |mean|: float32 suffices
-        if len(self.rows):
-            self._add_row_products(centred, models, mean, residual)
         starts = range(0, tokens, _TOKENS)
         workers = torch.get_num_threads() if torch.device(self.device).type == "cpu" else 1
         parts = map_single_threaded(lambda k: self._tile_products(centred, starts[k::workers]), range(workers),
@@ -172,7 +170,7 @@ class CandidateMoments:
         i, j = self._rows, self._columns
         products -= tokens * residual[i] * residual[j]
         squares -= tokens * residual.square()
-        mean = mean + residual
+        float32_mean, mean = mean, mean + residual
         if self._deferred is None and not all(bool(torch.isfinite(x).all()) for x in (products, squares)):
             raise _beyond_float32()
         failed = None if self._deferred is None else self._failed(finite, products, squares)
@@ -180,6 +178,7 @@ class CandidateMoments:
         delta = mean - self.mean_
         self.comoment_ += products + weight * delta[i] * delta[j]
         if len(self.rows):
+            self._add_row_products(centred, models, float32_mean, residual)
             self._row_factors += [(-tokens * residual[self.rows], residual), (weight * delta[self.rows], delta)]
             self._row_tokens += tokens
             if self._row_tokens >= _ROW_FOLD_TOKENS:

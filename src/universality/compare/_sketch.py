@@ -29,7 +29,7 @@ import torch
 
 from .._defaults import is_dead
 from ..errors import UniversalityError, short_repr
-from ..moments import normalize_batch, plan_passes
+from ..moments import DEFAULT_BUDGET_FRACTION, available_memory, normalize_batch, plan_passes
 from . import _sketch_baselines
 from ._candidates import TopCandidates
 from ._comparison import Comparison
@@ -116,8 +116,8 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     than `MIN_SEEN_TOKENS` subsample tokens sit off the atoms at its floor and ceiling (a ReLU's zeros):
     its candidates rest on too few tokens, so it gets its full rows in pass 2, over the tokens off the atom
     more subsample tokens sit on, and with them exact mode's partner, max and baseline (`baseline_exact`).
-    The full rows share the memory budget, the least seen units first, then the units near the threshold;
-    a warning counts the barely seen units left without them.
+    The full rows share the memory budget (without one, `DEFAULT_BUDGET_FRACTION` of the memory available),
+    the least seen units first, then the units near the threshold; a warning counts the units left without them.
     """
     for model, size in ((m, sum(sets.values())) for m, sets in layout.items()):
         if candidates > size:
@@ -164,14 +164,17 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
     except UniversalityError as error:
         raise UniversalityError(f"pass 1 (subsample={subsample:g}): {error}") from None
     moments.is_default = False  # the cross blocks were reduced (and were the subsample's only)
-    # pass 2 holds about pass 1's resident memory (batch, scratch, Grams) beside the full rows
-    limit = None if budget is None else max(0, budget - sum(plan.resident.values())) // (_ROW_BYTES * total_units)
+    # pass 2 holds about pass 1's resident memory (batch, scratch, Grams) beside the full rows; without a budget
+    # the rows take at most the default budget's share of the memory available (barely seen units can be many:
+    # an SAE's dead and rare latents)
+    room = int(DEFAULT_BUDGET_FRACTION * available_memory(device)) if budget is None else budget
+    limit = max(0, room - sum(plan.resident.values())) // (_ROW_BYTES * total_units)
     seen = atoms.seen().cpu()
     barely = torch.nonzero(seen < MIN_SEEN_TOKENS).flatten()
     sparse = barely[seen[barely].argsort(stable=True)[:limit]].sort().values  # the least seen first
     near, left_out = units_near_threshold(top, baseline, threshold=threshold, margin=margin_for(moments.count_),
                                           subsample_tokens=moments.count_, tokens=round(moments.count_ / subsample),
-                                          limit=None if limit is None else limit - len(sparse), leave_out=sparse)
+                                          limit=limit - len(sparse), leave_out=sparse)
     if left_out:
         warnings.warn(f"{left_out} units within {margin_for(moments.count_):.3f} of the threshold keep the subsample's "
                       f"denoised baseline: the full rows of the {len(near)} closest fill the memory budget "

@@ -45,7 +45,8 @@ def experiment_plan(config: AnyExperimentConfig) -> tuple[Plan, dict[str, str]]:
         "passes": str(len(plan.passes)) if subsample is None else
                   (f"sketch: {len(plan.passes)} over a {subsample:.3g} subsample of every batch (the plan below, for "
                    f"whole batches; a subsample's batches are smaller), then one stream over the {candidates} "
-                   "candidate partners per unit and other model (not counted below)"),
+                   "candidate partners per unit and other model and the full rows of the units pass 1 barely saw or "
+                   "found near the threshold (sized after pass 1, within the budget; not counted below)"),
         "GFLOP per token (all passes)": f"{plan.flop_per_token / 1e9:.3g}",
         "total TFLOP": f"{flop / 1e12:.3g} (streaming {plan.flop_per_token * streamed / 1e12:.3g}, rotation baseline "
                        f"{plan.reduction_flop / 1e12:.3g})",

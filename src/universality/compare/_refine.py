@@ -134,12 +134,17 @@ class CandidateMoments:
         sparse = ~torch.isnan(atoms.cpu())
         self._dense_at, self._sparse_at = (torch.nonzero(side).flatten().to(device) for side in (~sparse, sparse))
         self._sparse_units = self.rows[self._sparse_at]  # [sparse rows], global
+        self._sparse_scale = self.scale[self._sparse_units]
         self._sparse_atoms = (atoms.to(device)[self._sparse_at] * scale.to(device)[self._sparse_units]).float()
+        self._sparse_columns = _local_columns(self.layout, self._sparse_units.cpu())
         self._row_total = torch.zeros(len(self.rows), self.total_units, dtype=torch.float64, device=device)
         ends = torch.tensor([sum(sets.values()) for sets in self.layout.values()]).cumsum(0).tolist()
-        dense = self.rows[self._dense_at].cpu()
-        cut = torch.searchsorted(dense, torch.tensor([0] + ends)).tolist()  # each model's dense rows
-        self._row_models = [(r0, r1, m0, m1) for r0, r1, m0, m1 in zip(cut, cut[1:], [0] + ends, ends) if r1 > r0]
+        # (first row, last + 1, first unit of its model, last + 1) per model: of all rows (own-model blocks are
+        # zeroed at each fold), and of the dense rows among them (`_dense_at` positions: their GEMMs)
+        self._row_blocks, self._row_models = (
+            [(r0, r1, m0, m1) for r0, r1, m0, m1 in zip(cut, cut[1:], [0] + ends, ends) if r1 > r0]
+            for cut in (torch.searchsorted(r, torch.tensor([0] + ends)).tolist()
+                        for r in (self.rows.cpu(), self.rows[self._dense_at].cpu())))
         # float32 partial sums of the dense and of the sparse rows' products (positions `_dense_at`, `_sparse_at`)
         self._row_partial = [torch.zeros(len(at), self.total_units, dtype=torch.float32, device=device)
                              for at in (self._dense_at, self._sparse_at)]
@@ -255,8 +260,9 @@ class CandidateMoments:
             dense[r0:r1, m1:].addmm_(picked, centred[:, m1:])
         if not len(self._sparse_at):
             return
-        off_atom = _columns(models, self.layout, self._sparse_units).to(self.device)  # [tokens, sparse rows]
-        off_atom.mul_(self.scale[self._sparse_units]).sub_(self._sparse_atoms)  # exactly 0 on the atom
+        off_atom = torch.cat([models[model][name][:, inside.to(models[model][name].device)].float()
+                              for model, name, inside in self._sparse_columns], dim=1).to(self.device)
+        off_atom.mul_(self._sparse_scale).sub_(self._sparse_atoms)  # [tokens, sparse rows], exactly 0 on the atom
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
             torch.addmm(sparse, off_atom.T.to_sparse_csr(), centred, out=sparse)
@@ -280,10 +286,8 @@ class CandidateMoments:
             partial.zero_()
         u, v = (torch.stack(side, dim=1) for side in zip(*self._row_factors))  # [rows, factors], [units, factors]
         self._row_total.addmm_(u, v.T)
-        ends = [0, *torch.tensor([sum(sets.values()) for sets in self.layout.values()]).cumsum(0).tolist()]
-        own = torch.searchsorted(torch.tensor(ends[1:]), self.rows.cpu(), right=True)  # each row's model
-        for model, (m0, m1) in enumerate(zip(ends, ends[1:])):
-            self._row_total[(own == model).to(self.device), m0:m1] = 0  # a row's own model is never read
+        for r0, r1, m0, m1 in self._row_blocks:
+            self._row_total[r0:r1, m0:m1] = 0  # a row's own model is never read
         self._row_factors, self._row_tokens = [], 0
 
     def _centre(self, models: dict, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -317,16 +321,17 @@ def _pattern(rows: torch.Tensor, columns: torch.Tensor, size: tuple[int, int]) -
                                        torch.zeros(len(rows), device=rows.device), size=size, check_invariants=True)
 
 
-def _columns(models: dict, layout: dict, units: torch.Tensor) -> torch.Tensor:
-    """The raw activations of the global units `units` (sorted) of one normalised batch: float32 [tokens, len(units)]."""
+def _local_columns(layout: dict, units: torch.Tensor) -> list[tuple[str, str, torch.Tensor]]:
+    """(model, unit set, the indices inside it) of the global units `units` (sorted, CPU), in their order; the
+    sets holding none left out."""
     parts, start = [], 0
     for model, sets in layout.items():
         for name, size in sets.items():
             inside = units[(units >= start) & (units < start + size)] - start
             if len(inside):
-                parts.append(models[model][name][:, inside.to(models[model][name].device)].float())
+                parts.append((model, name, inside))
             start += size
-    return torch.cat(parts, dim=1)
+    return parts
 
 
 def _beyond_float32() -> UniversalityError:

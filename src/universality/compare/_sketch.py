@@ -128,22 +128,21 @@ def compare_sketch(make, layout: dict, batch_tokens: int, *, subsample: float, c
                        rotation=rotation)
 
     total_units = sum(sum(sets.values()) for sets in layout.values())
-    atoms, streams = _Atoms(total_units, device), []
+    atoms = _Atoms(total_units, device)
 
     def gathered():
         """The kept rows of consecutive batches, gathered into batches of `batch_tokens` rows (a GEMM
         over a few rows runs far below peak, and every update adds into the whole state); the first
         stream also counts each unit's atoms."""
-        held, count, first = [], 0, not streams
-        streams.append(True)
+        held, count, first = [], 0, atoms.count == 0  # (a stream that kept no row counts nothing: no harm)
         for index, batch in enumerate(make()):
             models = _normalized(batch, layout, index)
-            rows = subsample_rows(subsample, seed, index, _tokens(models))
-            held.append({m: {s: x[rows.to(x.device)] for s, x in sets.items()} for m, sets in models.items()})
+            kept = subsample_rows(subsample, seed, index, _tokens(models))
+            held.append({m: {s: x[kept.to(x.device)] for s, x in sets.items()} for m, sets in models.items()})
             if first:
                 atoms.update(torch.cat([x.to(device, torch.float64) for sets in held[-1].values() for x in sets.values()],
                                        dim=1))
-            count += len(rows)
+            count += len(kept)
             if count >= batch_tokens:
                 yield _concatenated(held)
                 held, count = [], 0

@@ -205,7 +205,7 @@ def kept_cosines(a: Spectrum, b: Spectrum, t: torch.Tensor, ka: int, kb: int) ->
 
 def regression_from(a: Spectrum, b: Spectrum, t: torch.Tensor, ridge: float) -> float:
     """R^2 of b from a: the fraction of b's total variance tr S_b that the ridge fit of b on a explains,
-    in sample. W = (S_a + ridge (tr S_a / n_a) I)^-1 S_ab; with d_i = 1 / (l_i + ridge mean l), the
+    in sample. W = (S_a + ridge (tr S_a / n_a) I)^-1 S_ab; with d_i = 1 / (l_i + ridge tr S_a / n_a), the
     explained variance tr(S_b) - E||b - W^T a||^2 = sum_i ||T_i||^2 (2 d_i - l_i d_i^2) (T_i: row i of T).
     """
     d = _inverse(a, ridge)  # [r_a]
